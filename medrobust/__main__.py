@@ -1,0 +1,3 @@
+from medrobust.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,229 @@
+"""Export a trained Keras model as the SavedModel contract (see ARCHITECTURE.md).
+
+Signatures:
+  serving_default(image)            -> logits, probabilities, class_id
+  gradcam(image)                    -> probabilities, class_id, heatmap [, attention_map]
+  vjp(image, cotangent)             -> logits, gradient  (cotangent . d logits / d image)
+Beside the variables: assets.extra/model_card.json and assets.extra/tf_serving_warmup_requests.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import medrobust
+from training import repository
+from training.models import describe_model, model_name
+
+CARD_SCHEMA_VERSION = 1
+_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    model: str
+    version: int
+    path: Path
+    card: Mapping[str, Any]
+
+
+def gradcam_maps(features: tf.Tensor, grads: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+    """Grad-CAM from a feature map and the class score's gradient: [N, h, w, C] -> [N, H, W] in [0, 1].
+
+    Channel weights are the spatially averaged gradients; the weighted sum is rectified, resized
+    to the input and divided by its maximum plus an epsilon, so an all-zero map stays zero.
+    """
+    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+    cam = tf.nn.relu(tf.reduce_sum(features * weights, axis=-1, keepdims=True))
+    cam = tf.image.resize(cam, size, method="bilinear")[..., 0]
+    return cam / (tf.reduce_max(cam, axis=(1, 2), keepdims=True) + _EPS)
+
+
+def attention_overview(maps: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+    """Soft-attention heads [N, h, w, heads] summed and scaled to [0, 1] at input size."""
+    total = tf.reduce_sum(maps, axis=-1, keepdims=True)
+    total = tf.image.resize(total, size, method="bilinear")[..., 0]
+    low = tf.reduce_min(total, axis=(1, 2), keepdims=True)
+    return (total - low) / (tf.reduce_max(total, axis=(1, 2), keepdims=True) - low + _EPS)
+
+
+class _Contract(tf.Module):
+    """The three signatures over one Keras model."""
+
+    def __init__(self, model: keras.Model, tap_layer: str, attention: bool):
+        super().__init__(name="medrobust_contract")
+        self.model = model
+        outputs = [model.get_layer(tap_layer).output, model.output]
+        if attention:
+            outputs.append(model.get_layer("soft_attention").output[1])
+        self.explainer = keras.Model(model.input, outputs, name=f"{model.name}_explainer")
+        self.attention = attention
+        h, w = (int(s) for s in model.input_shape[1:3])
+        self.size = (h, w)
+        k = int(model.output_shape[-1])
+        image = tf.TensorSpec([None, h, w, 3], tf.float32, name="image")
+        cotangent = tf.TensorSpec([None, k], tf.float32, name="cotangent")
+        self.serving_default = tf.function(self._serve, input_signature=[image])
+        self.gradcam = tf.function(self._gradcam, input_signature=[image])
+        self.vjp = tf.function(self._vjp, input_signature=[image, cotangent])
+
+    def _serve(self, image):
+        logits = self.model(image, training=False)
+        return {
+            "logits": logits,
+            "probabilities": tf.nn.softmax(logits),
+            "class_id": tf.argmax(logits, axis=-1, output_type=tf.int64),
+        }
+
+    def _gradcam(self, image):
+        with tf.GradientTape() as tape:
+            outs = self.explainer(image, training=False)
+            features, logits = outs[0], outs[1]
+            class_id = tf.argmax(logits, axis=-1, output_type=tf.int64)
+            score = tf.reduce_sum(logits * tf.one_hot(class_id, tf.shape(logits)[-1]), axis=-1)
+        grads = tape.gradient(score, features)
+        result = {
+            "probabilities": tf.nn.softmax(logits),
+            "class_id": class_id,
+            "heatmap": gradcam_maps(features, grads, self.size),
+        }
+        if self.attention:
+            result["attention_map"] = attention_overview(outs[2], self.size)
+        return result
+
+    def _vjp(self, image, cotangent):
+        with tf.GradientTape() as tape:
+            tape.watch(image)
+            logits = self.model(image, training=False)
+            total = tf.reduce_sum(logits * cotangent)
+        return {"logits": logits, "gradient": tape.gradient(total, image)}
+
+
+def code_version() -> str:
+    """medrobust's version, with the git commit when run from a checkout."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        return f"{medrobust.__version__}+g{sha}"
+    except (OSError, subprocess.SubprocessError):
+        return medrobust.__version__
+
+
+def _warmup_records(name: str, size: tuple[int, int], num_classes: int) -> list[bytes]:
+    """One PredictionLog per signature, so TF Serving traces each before taking traffic."""
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    image = tf.make_tensor_proto(np.full((1, *size, 3), 0.5, np.float32))
+    cotangent = tf.make_tensor_proto(np.ones((1, num_classes), np.float32))
+    records = []
+    for signature, inputs in (
+        ("serving_default", {"image": image}),
+        ("gradcam", {"image": image}),
+        ("vjp", {"image": image, "cotangent": cotangent}),
+    ):
+        request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=name, signature_name=signature))
+        for key, proto in inputs.items():
+            request.inputs[key].CopyFrom(proto)
+        log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+        records.append(log.SerializeToString())
+    return records
+
+
+def build_card(
+    model: keras.Model,
+    *,
+    task: str,
+    class_names: Sequence[str],
+    dataset: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The model card: everything a server, front end or audit needs to know besides the weights."""
+    desc = describe_model(model)
+    if len(class_names) != desc.num_classes:
+        raise ValueError(f"expected {desc.num_classes} class names for a {desc.num_classes}-class model, got {len(class_names)}")
+    name = model_name(task, desc.backbone, desc.attention)
+    gradcam_outputs = ["probabilities", "class_id", "heatmap"] + (["attention_map"] if desc.attention else [])
+    return {
+        "schema_version": CARD_SCHEMA_VERSION,
+        "name": name,
+        "task": task,
+        "backbone": desc.backbone.value,
+        "attention": desc.attention,
+        "class_names": list(class_names),
+        "num_classes": desc.num_classes,
+        "input_size": [desc.image_size, desc.image_size],
+        "pixel_range": [0.0, 1.0],
+        "gradcam_layer": desc.tap_layer,
+        "signatures": {
+            "serving_default": {"inputs": ["image"], "outputs": ["logits", "probabilities", "class_id"]},
+            "gradcam": {"inputs": ["image"], "outputs": gradcam_outputs},
+            "vjp": {"inputs": ["image", "cotangent"], "outputs": ["logits", "gradient"]},
+        },
+        "parameters": int(model.count_params()),
+        "dataset": dict(dataset or {}),
+        "metrics": dict(metrics or {}),
+        "training": dict(training or {}),
+        "code_version": code_version(),
+    }
+
+
+def export_model(
+    model: keras.Model,
+    repo: str | Path,
+    *,
+    task: str,
+    class_names: Sequence[str],
+    dataset: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
+    serving_root: str | None = None,
+) -> ExportResult:
+    """Write `model` as the next version of `<task>-<backbone>-<variant>` and refresh models.config."""
+    repo = Path(repo)
+    card = build_card(model, task=task, class_names=class_names, dataset=dataset, metrics=metrics, training=training)
+    contract = _Contract(model, card["gradcam_layer"], card["attention"])
+    staged = repository.staging_dir(repo)
+    try:
+        tf.saved_model.save(
+            contract,
+            str(staged),
+            signatures={
+                "serving_default": contract.serving_default,
+                "gradcam": contract.gradcam,
+                "vjp": contract.vjp,
+            },
+        )
+        extra = staged / "assets.extra"
+        extra.mkdir(exist_ok=True)
+        with tf.io.TFRecordWriter(str(staged / repository.WARMUP_PATH)) as writer:
+            for record in _warmup_records(card["name"], contract.size, card["num_classes"]):
+                writer.write(record)
+        with repository.locked(repo):
+            card["exported_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+            version_hint = (repository.versions_of(repo / card["name"]) or (0,))[-1] + 1
+            card["version"] = version_hint
+            (staged / repository.CARD_PATH).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+            version, path = repository.publish_version(repo, card["name"], staged)
+            repository.write_models_config(repo, serving_root)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return ExportResult(card["name"], version, path, card)

@@ -1,0 +1,127 @@
+"""The model repository as TF Serving polls it: `<repo>/<model>/<version>/` plus `models.config`.
+
+Versions appear atomically (written beside, then renamed into place) so a server polling the
+repository never loads half a version; numbers only ever increase.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MODEL_NAME = re.compile(r"^[a-z0-9_]+-(resnet50|inception_resnet_v2)-(attention|baseline)$")
+CARD_PATH = Path("assets.extra") / "model_card.json"
+WARMUP_PATH = Path("assets.extra") / "tf_serving_warmup_requests"
+MODELS_CONFIG = "models.config"
+
+
+@dataclass(frozen=True)
+class RepoModel:
+    """One model folder: its versions (ascending) and the newest version's card."""
+
+    name: str
+    path: Path
+    versions: tuple[int, ...]
+    card: dict[str, Any]
+
+    @property
+    def latest(self) -> int:
+        return self.versions[-1]
+
+
+def versions_of(model_dir: Path) -> tuple[int, ...]:
+    """Complete versions in a model folder, ascending (TF Serving ignores non-numeric names)."""
+    if not model_dir.is_dir():
+        return ()
+    return tuple(sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir()))
+
+
+def read_card(version_dir: Path) -> dict[str, Any]:
+    """The model card of one exported version."""
+    path = version_dir / CARD_PATH
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: expected a model card beside the SavedModel, found none") from None
+
+
+def list_models(repo: str | os.PathLike) -> tuple[RepoModel, ...]:
+    """Every model in the repository that has at least one complete version, by name."""
+    root = Path(repo)
+    if not root.is_dir():
+        return ()
+    found = []
+    for child in sorted(root.iterdir()):
+        if not MODEL_NAME.match(child.name):
+            continue
+        versions = versions_of(child)
+        if versions:
+            found.append(RepoModel(child.name, child, versions, read_card(child / str(versions[-1]))))
+    return tuple(found)
+
+
+@contextlib.contextmanager
+def locked(repo: Path) -> Iterator[None]:
+    """Serialise writers (two trainings exporting at once must not take the same version)."""
+    repo.mkdir(parents=True, exist_ok=True)
+    with open(repo / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def publish_version(repo: Path, model: str, staged: Path) -> tuple[int, Path]:
+    """Rename a fully written SavedModel folder into place as the next version; returns it."""
+    if not MODEL_NAME.match(model):
+        raise ValueError(f"model names are <task>-<resnet50|inception_resnet_v2>-<attention|baseline>, got {model!r}")
+    model_dir = repo / model
+    model_dir.mkdir(parents=True, exist_ok=True)
+    version = (versions_of(model_dir) or (0,))[-1] + 1
+    target = model_dir / str(version)
+    os.rename(staged, target)  # atomic on one filesystem: staged lives inside the repository
+    return version, target
+
+
+def staging_dir(repo: Path) -> Path:
+    """A fresh folder inside the repository (same filesystem, so the final rename is atomic)."""
+    repo.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=".staging-", dir=repo))
+
+
+def models_config_text(repo: str | os.PathLike, serving_root: str | None = None) -> str:
+    """TF Serving's ModelServerConfig (text proto) listing every model in the repository.
+
+    `serving_root` is where the repository is mounted in the TF Serving container (for example
+    `/models`); by default the repository's own absolute path.
+    """
+    root = serving_root or str(Path(repo).resolve())
+    entries = []
+    for m in list_models(repo):
+        entries.append(
+            "  config {\n"
+            f'    name: "{m.name}"\n'
+            f'    base_path: "{root.rstrip("/")}/{m.name}"\n'
+            '    model_platform: "tensorflow"\n'
+            "    model_version_policy { latest { num_versions: 2 } }\n"
+            "  }\n"
+        )
+    return "model_config_list {\n" + "".join(entries) + "}\n"
+
+
+def write_models_config(repo: str | os.PathLike, serving_root: str | None = None) -> Path:
+    """Regenerate `<repo>/models.config` atomically."""
+    path = Path(repo) / MODELS_CONFIG
+    tmp = path.with_name(f".{MODELS_CONFIG}.tmp")
+    tmp.write_text(models_config_text(repo, serving_root))
+    os.replace(tmp, path)
+    return path
