@@ -15,7 +15,7 @@ import sys
 from medrobust import __version__
 
 # Order here is the order `medrobust --help` lists the commands in.
-_COMMAND_MODULES = ("training.cli", "service.cli", "audit.cli", "medrobust.reproduce_cli")
+_COMMAND_MODULES = ("training.cli", "service.cli", "audit.cli", "medrobust.up", "medrobust.reproduce")
 
 
 class UsageError(Exception):
