@@ -1,0 +1,67 @@
+# syntax=docker/dockerfile:1
+# One image for every medrobust process: `serve` (the default), `audit worker`, `audit run`, `train`.
+#   docker build -t medrobust .
+#   docker run -p 8000:8000 -v "$PWD/model-repo:/models" medrobust
+#   docker run medrobust audit worker
+# The compose stack (deploy/compose.yaml) and the Kubernetes base (deploy/k8s/) use this image.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# ---- builder: a self-contained virtual environment with medrobust and its dependencies ----------
+FROM ${PYTHON_IMAGE} AS builder
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+WORKDIR /src
+# Metadata first: the dependency layer is rebuilt only when pyproject.toml changes.
+COPY pyproject.toml README.md* ./
+COPY medrobust/ medrobust/
+COPY training/ training/
+COPY service/ service/
+COPY audit/ audit/
+# psycopg2 is the driver behind MEDROBUST_DATABASE_URL=postgresql+psycopg2://... in the stack;
+# it is not a dependency of the package itself (SQLite needs none).
+RUN pip install --no-cache-dir . "psycopg2-binary==2.9.13" \
+    && medrobust --help > /dev/null
+
+# ---- runtime: slim Python, the venv, a non-root user -----------------------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+
+LABEL org.opencontainers.image.title="medrobust" \
+      org.opencontainers.image.description="Train, serve, explain and audit the adversarial robustness of medical image classifiers" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    TF_CPP_MIN_LOG_LEVEL=2 \
+    MEDROBUST_MODEL_REPO=/models \
+    PROMETHEUS_MULTIPROC_DIR=/tmp/medrobust-metrics
+
+# A fixed uid/gid so volumes (the model repository) can be chowned to it from outside the image.
+RUN groupadd --system --gid 10001 medrobust \
+    && useradd --system --uid 10001 --gid medrobust --home-dir /home/medrobust --create-home \
+       --shell /usr/sbin/nologin medrobust \
+    && install -d -o medrobust -g medrobust /models /tmp/medrobust-metrics
+
+COPY --from=builder /opt/venv /opt/venv
+
+# Numeric, so Kubernetes can verify runAsNonRoot without reading /etc/passwd.
+USER 10001:10001
+WORKDIR /home/medrobust
+
+# 8000: the front end (gunicorn); 9101: the audit worker's /metrics and /healthz.
+EXPOSE 8000 9101
+
+# curl is not in the slim image; Python's urllib is. The audit worker overrides the URL
+# (compose and Kubernetes set their own checks); `train` containers disable it.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status == 200 else 1)"]
+
+ENTRYPOINT ["medrobust"]
+CMD ["serve", "--model-repo", "/models", "--host", "0.0.0.0", "--port", "8000"]
