@@ -70,7 +70,8 @@ def grouped_stratified_split(
             continue
         donor = int(np.argmax(np.bincount(assignment, minlength=3)))
         candidates = np.flatnonzero(assignment == donor)
-        assignment[candidates[np.argmin(sizes[candidates])]] = split
+        smallest = candidates[sizes[candidates] == sizes[candidates].min()]
+        assignment[rng.choice(smallest)] = split
 
     sample_split = assignment[group_of]
     return tuple(np.flatnonzero(sample_split == s).astype(np.int64) for s in range(3))  # type: ignore[return-value]
