@@ -201,8 +201,11 @@ def resize_for_model(rgb: np.ndarray, size: int) -> np.ndarray:
 
 
 def load_for_model(
-    data: bytes, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(original uint8 RGB, float32 model input) for one uploaded image."""
-    rgb = decode_image(data, max_pixels=max_pixels)
+    """(decoded uint8 RGB, float32 model input) for one uploaded image.
+
+    Leave ``max_side`` unset for bit-for-bit parity with training's default full decode.
+    """
+    rgb = decode_image(data, max_pixels=max_pixels, max_side=max_side)
     return rgb, resize_for_model(rgb, size)
