@@ -189,7 +189,8 @@ def test_synthetic_is_labelled_deterministic_and_distinct():
     assert first.fingerprint == again.fingerprint != other.fingerprint
     np.testing.assert_array_equal(first.train.images, again.train.images)
     assert first.train.images.shape[1:] == (64, 64, 3)
-    assert len(load_dataset("synthetic").train) + len(load_dataset("synthetic").val) + len(load_dataset("synthetic").test) == 600
+    default = load_dataset("synthetic")
+    assert len(default.train) + len(default.val) + len(default.test) == 600
 
 
 def test_fingerprint_ignores_where_the_data_lives(tmp_path):
