@@ -1,0 +1,303 @@
+"""Generate the Grafana dashboards in dashboards/ from plain dicts.
+
+    python deploy/grafana/build_dashboards.py          # rewrite dashboards/*.json
+    python deploy/grafana/build_dashboards.py --check  # exit 1 if they are out of date
+
+Edit this file, not the JSON; tests/integration/test_deploy_grafana.py fails when they differ.
+Metric names are the ones fixed by the serving and audit issues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DASHBOARDS_DIR = Path(__file__).resolve().parent / "dashboards"
+# The uid given to the datasource in provisioning/datasources/prometheus.yml.
+DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
+PAPER_EPSILONS = ("0", "0.00125", "0.0025", "0.005", "0.01", "0.02", "0.04", "0.08", "0.16", "0.32")
+ATTACKS = ("linf_pgd", "fgsm", "l2_pgd", "uniform_noise")
+# Requests that are not predictions: left out of error rates (as in the alert rules).
+NOT_PREDICTIONS = 'endpoint!~".*(healthz|readyz|metrics).*"'
+
+
+def query(expr: str, legend: str = "", *, instant: bool = False, table: bool = False, ref: str = "A") -> dict:
+    """One Prometheus target."""
+    return {
+        "refId": ref,
+        "datasource": DATASOURCE,
+        "expr": expr,
+        "legendFormat": legend,
+        "instant": instant,
+        "range": not instant,
+        "format": "table" if table else "time_series",
+    }
+
+
+def panel(kind: str, title: str, description: str, targets: list[dict], *, unit: str, width: int = 12,
+          height: int = 8, min_value: float | None = None, max_value: float | None = None,
+          options: dict | None = None, transformations: list[dict] | None = None,
+          thresholds: list[tuple[str, float | None]] | None = None, mappings: list[dict] | None = None) -> dict:
+    """A panel; `gridPos` x/y are filled in by `layout`."""
+    defaults: dict = {"unit": unit}
+    if min_value is not None:
+        defaults["min"] = min_value
+    if max_value is not None:
+        defaults["max"] = max_value
+    if thresholds is not None:
+        defaults["thresholds"] = {
+            "mode": "absolute",
+            "steps": [{"color": color, "value": value} for color, value in thresholds],
+        }
+    if mappings is not None:
+        defaults["mappings"] = mappings
+    return {
+        "type": kind,
+        "title": title,
+        "description": description,
+        "datasource": DATASOURCE,
+        "gridPos": {"h": height, "w": width, "x": 0, "y": 0},
+        "targets": targets,
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "options": options or {},
+        "transformations": transformations or [],
+    }
+
+
+def row(title: str) -> dict:
+    return {"type": "row", "title": title, "collapsed": False, "gridPos": {"h": 1, "w": 24, "x": 0, "y": 0}, "panels": []}
+
+
+def layout(items: list[dict]) -> list[dict]:
+    """Place panels left to right, wrapping at Grafana's 24 columns; number them."""
+    x = y = row_height = 0
+    for number, item in enumerate(items, start=1):
+        item["id"] = number
+        pos = item["gridPos"]
+        if item["type"] == "row" or x + pos["w"] > 24:
+            x, y, row_height = 0, y + row_height, 0
+        pos["x"], pos["y"] = x, y
+        x += pos["w"]
+        row_height = max(row_height, pos["h"])
+        if item["type"] == "row":
+            x, y, row_height = 0, y + pos["h"], 0
+    return items
+
+
+def query_variable(name: str, label: str, definition: str) -> dict:
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": DATASOURCE,
+        "definition": definition,
+        "query": {"query": definition, "refId": f"{name}-variable"},
+        "refresh": 2,
+        "multi": True,
+        "includeAll": True,
+        "allValue": ".*",
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "sort": 1,
+    }
+
+
+def custom_variable(name: str, label: str, values: tuple[str, ...], default: str) -> dict:
+    return {
+        "name": name,
+        "label": label,
+        "type": "custom",
+        "query": ",".join(values),
+        "multi": False,
+        "includeAll": False,
+        "current": {"selected": True, "text": default, "value": default},
+        "options": [{"selected": v == default, "text": v, "value": v} for v in values],
+    }
+
+
+def dashboard(uid: str, title: str, description: str, variables: list[dict], panels: list[dict], *,
+              time_from: str) -> dict:
+    return {
+        "uid": uid,
+        "title": title,
+        "description": description,
+        "tags": ["medrobust"],
+        "timezone": "browser",
+        "editable": False,
+        "graphTooltip": 1,
+        "refresh": "1m",
+        "schemaVersion": 39,
+        "version": 1,
+        "time": {"from": time_from, "to": "now"},
+        "annotations": {"list": []},
+        "links": [{"title": "medrobust", "type": "dashboards", "tags": ["medrobust"], "asDropdown": False}],
+        "templating": {"list": variables},
+        "panels": layout(panels),
+    }
+
+
+TASK = query_variable("task", "Task", "label_values(medrobust_audit_clean_accuracy, task)")
+
+
+def epsilon_bars(expr: str, column: str) -> dict:
+    """Bar-chart options for an instant table query: one group of bars per epsilon."""
+    return {
+        "transformations": [
+            {"id": "groupingToMatrix", "options": {"rowField": "epsilon", "columnField": column, "valueField": "Value"}},
+        ],
+        "options": {"xField": "epsilon\\" + column, "orientation": "vertical", "legend": {"showLegend": True, "displayMode": "list", "placement": "bottom"}},
+        "targets": [query(expr, instant=True, table=True)],
+    }
+
+
+def robustness() -> dict:
+    selector = 'task=~"$task", model=~"$model"'
+    accuracy = dict(unit="percentunit", min_value=0, max_value=1)
+    latest = epsilon_bars(f'medrobust_audit_robust_accuracy{{{selector}, attack="$attack"}}', "model")
+    gain = epsilon_bars('medrobust_audit_attention_gain{task=~"$task", attack="$attack"}', "backbone")
+    panels = [
+        row("Latest audit"),
+        panel("barchart", "Robust accuracy against epsilon (latest audit)",
+              "Accuracy on the audit set under $attack at each epsilon of the paper's grid, per model.",
+              latest["targets"], transformations=latest["transformations"], options=latest["options"], **accuracy),
+        panel("barchart", "Attention gain: attentive minus baseline",
+              "Robust accuracy of the attentive model minus the baseline of the same task and backbone "
+              "(latest runs). Positive: attention helps, as the paper claims.",
+              gain["targets"], transformations=gain["transformations"], options=gain["options"],
+              unit="percentunit", thresholds=[("red", None), ("green", 0)]),
+        panel("bargauge", "Clean accuracy (latest audit)", "Accuracy on the unperturbed audit set.",
+              [query(f"medrobust_audit_clean_accuracy{{{selector}}}", "{{model}} v{{version}}", instant=True)],
+              width=8, options={"orientation": "horizontal", "displayMode": "gradient"}, **accuracy),
+        panel("bargauge", "Robustness score (latest audit)", "Mean robust accuracy over the epsilon grid under $attack.",
+              [query(f'medrobust_audit_robustness_score{{{selector}, attack="$attack"}}', "{{model}} v{{version}}", instant=True)],
+              width=8, options={"orientation": "horizontal", "displayMode": "gradient"}, **accuracy),
+        panel("stat", "Attention gain at ε = $epsilon", "Attentive minus baseline robust accuracy at the chosen epsilon.",
+              [query('medrobust_audit_attention_gain{task=~"$task", attack="$attack", epsilon="$epsilon"}',
+                     "{{task}} {{backbone}}", instant=True)],
+              width=8, unit="percentunit", thresholds=[("red", None), ("green", 0)]),
+        row("Across versions"),
+        panel("timeseries", "Robust accuracy at ε = $epsilon over time, by version",
+              "One line per model version: a new version that drops below its predecessor is a regression.",
+              [query(f'medrobust_audit_robust_accuracy{{{selector}, attack="$attack", epsilon="$epsilon"}}', "{{model}} v{{version}}")],
+              **accuracy),
+        panel("timeseries", "Clean accuracy over time, by version", "Clean accuracy of every audited version.",
+              [query(f"medrobust_audit_clean_accuracy{{{selector}}}", "{{model}} v{{version}}")], **accuracy),
+        panel("timeseries", "Robustness score over time, by version", "Mean robust accuracy over the grid under $attack.",
+              [query(f'medrobust_audit_robustness_score{{{selector}, attack="$attack"}}', "{{model}} v{{version}}")],
+              **accuracy),
+        panel("timeseries", "Attention gain at ε = $epsilon over time", "Attentive minus baseline, per task and backbone.",
+              [query('medrobust_audit_attention_gain{task=~"$task", attack="$attack", epsilon="$epsilon"}', "{{task}} {{backbone}}")],
+              unit="percentunit"),
+        row("Audit health"),
+        panel("stat", "Time since last successful audit",
+              "Alert MedrobustAuditStale fires at two days (twice the daily schedule).",
+              [query('time() - max by (model) (medrobust_audit_last_success_timestamp_seconds{model=~"$model"})', "{{model}}", instant=True)],
+              width=6, unit="s", thresholds=[("green", None), ("orange", 86400 * 1.5), ("red", 86400 * 2)]),
+        panel("bargauge", "Audit runs in the last 24 h", "Successful and failed runs per model.",
+              [query('sum by (model, status) (increase(medrobust_audit_runs_total{model=~"$model"}[24h]))', "{{model}} {{status}}", instant=True)],
+              width=6, unit="short", min_value=0, options={"orientation": "horizontal", "displayMode": "basic"}),
+        panel("bargauge", "Last audit duration", "Wall time of each model's last audit run.",
+              [query('medrobust_audit_duration_seconds{model=~"$model"}', "{{model}}", instant=True)],
+              width=6, unit="s", min_value=0, options={"orientation": "horizontal", "displayMode": "basic"}),
+        panel("stat", "Sanity checks", "1 = the check failed in the latest run: the robust accuracy may be "
+              "overstated (gradient masking suspected). Alert MedrobustGradientMaskingSuspected.",
+              [query('max by (model, check) (medrobust_audit_sanity_check_failed{model=~"$model"})', "{{model}} {{check}}", instant=True)],
+              width=6, unit="none", thresholds=[("green", None), ("red", 1)],
+              mappings=[{"type": "value", "options": {"0": {"text": "ok", "color": "green"}, "1": {"text": "FAILED", "color": "red"}}}]),
+    ]
+    variables = [
+        TASK,
+        query_variable("model", "Model", 'label_values(medrobust_audit_clean_accuracy{task=~"$task"}, model)'),
+        custom_variable("attack", "Attack", ATTACKS, "linf_pgd"),
+        custom_variable("epsilon", "Epsilon", PAPER_EPSILONS, "0.01"),
+    ]
+    return dashboard("medrobust-robustness", "medrobust: Robustness",
+                     "Adversarial robustness of the served models, from the scheduled audits.",
+                     variables, panels, time_from="now-30d")
+
+
+def service() -> dict:
+    rate = "$__rate_interval"
+
+    def quantiles(metric: str, by: str, legend: str, selector: str = "") -> list[dict]:
+        return [
+            query(f"histogram_quantile({q}, sum by ({by}le) (rate({metric}{selector}[{rate}])))", f"p{int(q * 100)} {legend}".strip(), ref=ref)
+            for q, ref in ((0.5, "A"), (0.9, "B"), (0.99, "C"))
+        ]
+
+    tf_model = '{model_name=~"$model"}'
+    panels = [
+        row("Front end"),
+        panel("timeseries", "Request rate by endpoint", "Requests per second answered by the front end.",
+              [query(f"sum by (endpoint) (rate(medrobust_http_requests_total[{rate}]))", "{{endpoint}}")], unit="reqps", min_value=0),
+        panel("timeseries", "Error rate", "Share of requests (health checks and scrapes left out) answered "
+              "with 4xx and 5xx. Alert MedrobustFrontendErrorRateHigh fires at 5% 5xx.",
+              [query(f'sum(rate(medrobust_http_requests_total{{status=~"{cls}..", {NOT_PREDICTIONS}}}[{rate}])) / '
+                     f"sum(rate(medrobust_http_requests_total{{{NOT_PREDICTIONS}}}[{rate}]))", f"{cls}xx", ref=ref)
+               for cls, ref in (("4", "A"), ("5", "B"))],
+              unit="percentunit", min_value=0, max_value=1),
+        panel("timeseries", "Latency quantiles", "Front-end request duration. Alert MedrobustFrontendLatencyHigh fires at p99 > 2.5 s.",
+              quantiles("medrobust_http_request_duration_seconds_bucket", "", ""), unit="s", min_value=0),
+        panel("timeseries", "Predictions by model and label", "Predictions per second by predicted label.",
+              [query(f'sum by (model, label) (rate(medrobust_predictions_total{{model=~"$model"}}[{rate}]))', "{{model}} {{label}}")],
+              unit="reqps", min_value=0),
+        panel("timeseries", "Backend latency by signature", "Time the front end waits for the model server, per signature.",
+              quantiles("medrobust_backend_request_duration_seconds_bucket", "backend, signature, ", "{{backend}} {{signature}}"),
+              unit="s", min_value=0),
+        panel("timeseries", "Backend errors by code", "gRPC / backend failures: UNAVAILABLE -> 503, DEADLINE_EXCEEDED -> 504.",
+              [query(f"sum by (backend, code) (rate(medrobust_backend_errors_total[{rate}]))", "{{backend}} {{code}}")],
+              width=18, unit="reqps", min_value=0),
+        panel("stat", "Models loaded", "Models the front end can serve right now.",
+              [query("max(medrobust_models_loaded)", "models", instant=True)], width=6, unit="none",
+              thresholds=[("red", None), ("green", 1)]),
+        row("TensorFlow Serving"),
+        panel("timeseries", "TF Serving requests by model and status", "Requests per second TF Serving answered.",
+              [query(f"sum by (model_name, status) (rate(:tensorflow:serving:request_count{tf_model}[{rate}]))", "{{model_name}} {{status}}")],
+              unit="reqps", min_value=0),
+        panel("timeseries", "TF Serving request latency", "End-to-end latency inside TF Serving, per model and API.",
+              quantiles(":tensorflow:serving:request_latency_bucket", "model_name, API, ", "{{model_name}} {{API}}", tf_model),
+              unit="µs", min_value=0),
+        panel("timeseries", "TF Serving runtime latency", "Time spent running the model graph, per model.",
+              quantiles(":tensorflow:serving:runtime_latency_bucket", "model_name, ", "{{model_name}}", tf_model),
+              unit="µs", min_value=0),
+        panel("timeseries", "Batching queueing latency", "Time requests wait for a batch to form (batching.config).",
+              quantiles(":tensorflow:serving:batching_session:queuing_latency_bucket", "", ""), unit="µs", min_value=0),
+    ]
+    variables = [
+        TASK,
+        query_variable("model", "Model", 'label_values(medrobust_predictions_total{model=~"($task)-.*"}, model)'),
+    ]
+    return dashboard("medrobust-service", "medrobust: Service",
+                     "The front end and TensorFlow Serving: traffic, errors and latency.",
+                     variables, panels, time_from="now-6h")
+
+
+DASHBOARDS = {"robustness.json": robustness, "service.json": service}
+
+
+def render(build) -> str:
+    """The committed text of one dashboard."""
+    return json.dumps(build(), indent=2, ensure_ascii=False) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only report dashboards that are out of date")
+    args = parser.parse_args(argv)
+    stale = []
+    for name, build in DASHBOARDS.items():
+        path = DASHBOARDS_DIR / name
+        text = render(build)
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(name)
+        else:
+            path.write_text(text)
+    if stale:
+        print(f"out of date: {', '.join(stale)}; run python deploy/grafana/build_dashboards.py", file=sys.stderr)
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
