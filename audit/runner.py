@@ -1,0 +1,235 @@
+"""One audit run from start to stored result, and the lock that keeps runs of one model apart."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from audit.auditset import draw_audit_set
+from audit.config import AuditConfig
+from audit.foolbox_model import AuditError, ServedModel
+from audit.results import AuditResult, EpsilonPoint, SampleOutcome
+from audit.sanity import gradient_check, sanity_checks
+from audit.sweep import NEVER, Sweep, run_sweep
+from service.predictor import Predictor
+
+log = logging.getLogger(__name__)
+EXAMPLES = 4
+
+
+class AuditInProgress(Exception):
+    """A run of this model is already under way (the API answers 409)."""
+
+    code = "audit_in_progress"
+    http_status = 409
+
+
+@dataclass(frozen=True)
+class Audit:
+    """A finished audit: the result, and the arrays the report's pictures are drawn from."""
+
+    result: AuditResult
+    sweep: Sweep
+    images: np.ndarray
+
+
+def _accuracy(mask: np.ndarray, labels: np.ndarray, class_names) -> tuple[float, float, dict[str, float]]:
+    per_class = {
+        class_names[c]: float(mask[labels == c].mean()) for c in range(len(class_names)) if (labels == c).any()
+    }
+    balanced = float(np.mean(list(per_class.values()))) if per_class else 0.0
+    return float(mask.mean()) if len(mask) else 0.0, balanced, per_class
+
+
+def audit_model(
+    predictor: Predictor, model: str, dataset, config: AuditConfig, *, version: int | None = None
+) -> Audit:
+    """Attack one served model version over the grid, on its audit set; nothing is stored here."""
+    started = time.perf_counter()
+    info = predictor.model_info(model)
+    served = ServedModel(predictor, model, info.latest if version is None else version, batch_size=config.attack.batch_size)
+    card = served.card
+    if int(card["num_classes"]) != dataset.num_classes:
+        raise AuditError(
+            f"{model} version {served.version}: expected a dataset with its {card['num_classes']} classes, "
+            f"got {dataset.source} with {dataset.num_classes}"
+        )
+    trained_on = (card.get("dataset") or {}).get("fingerprint")
+    if trained_on and trained_on != dataset.fingerprint:
+        log.warning("%s version %s was trained on dataset %s, auditing on %s", model, served.version, trained_on[:12], dataset.fingerprint[:12])
+    audit_set, images = draw_audit_set(dataset, n=config.samples, seed=config.seed, image_size=int(card["input_size"][0]))
+    labels = np.asarray(audit_set.labels, np.int64)
+    served.check_vjp(images)
+    sweep = run_sweep(served, images, labels, config.attack, progress=config.progress)
+    names = audit_set.class_names
+    clean, balanced_clean, _ = _accuracy(sweep.correct, labels, names)
+    points = []
+    for i, eps in enumerate(config.attack.epsilons):
+        robust, balanced, per_class = _accuracy(sweep.robust_mask(i), labels, names)
+        noise = sweep.noise_robust_mask(i)
+        points.append(
+            EpsilonPoint(
+                epsilon=eps, robust_accuracy=robust, balanced_robust_accuracy=balanced, per_class=per_class,
+                attacked=sweep.attacked[i], fooled=sweep.fooled[i],
+                noise_robust_accuracy=None if noise is None else float(noise.mean()),
+            )
+        )
+    points = tuple(points)
+    probe = np.flatnonzero(sweep.correct)
+    gradients = gradient_check(served, images[probe], labels[probe])
+    samples = tuple(
+        SampleOutcome(
+            sample_id=sid, label=int(labels[i]), clean_class=int(sweep.clean_class[i]),
+            fooled_at=None if sweep.fooled_at[i] == NEVER else config.attack.epsilons[sweep.fooled_at[i]],
+            adversarial_class=None if sweep.fooled_at[i] == NEVER else int(sweep.adversarial_class[i]),
+        )
+        for i, sid in enumerate(audit_set.sample_ids)
+    )
+    result = AuditResult(
+        model=model, version=served.version, task=str(card.get("task", "")), backbone=str(card.get("backbone", "")),
+        attention=bool(card.get("attention", False)), backend=predictor.backend_name, attack=config.attack.attack,
+        steps=config.attack.steps, restarts=config.attack.restarts, audit_set=audit_set, clean_accuracy=clean,
+        balanced_clean_accuracy=balanced_clean, points=points, samples=samples,
+        sanity=sanity_checks(sweep, points, clean, gradients), seconds=time.perf_counter() - started,
+    )
+    return Audit(result, sweep, images)
+
+
+def save_examples(audit: Audit, predictor: Predictor, directory: Path) -> Path:
+    """A few verified adversarial examples with their Grad-CAM, clean and adversarial, for the report."""
+    sweep, result = audit.sweep, audit.result
+    fooled = np.flatnonzero((sweep.fooled_at != NEVER) & (sweep.fooled_at > 0) & sweep.correct)
+    order = fooled[np.argsort(sweep.fooled_at[fooled], kind="stable")]
+    pick = order[np.linspace(0, len(order) - 1, min(EXAMPLES, len(order))).astype(int)] if len(order) else order
+    directory.mkdir(parents=True, exist_ok=True)
+    clean, adversarial = audit.images[pick], sweep.adversarial[pick]
+    arrays = {
+        "index": pick, "clean": clean, "adversarial": adversarial, "labels": sweep.labels[pick],
+        "clean_class": sweep.clean_class[pick], "adversarial_class": sweep.adversarial_class[pick],
+        "epsilon": np.array([result.points[i].epsilon for i in sweep.fooled_at[pick]], dtype=str),
+        "sample_ids": np.array([result.audit_set.sample_ids[i] for i in pick], dtype=str),
+    }
+    if len(pick):
+        for key, batch in (("clean", clean), ("adversarial", adversarial)):
+            cam = predictor.gradcam(result.model, batch, version=result.version)
+            arrays[f"{key}_heatmap"] = cam.heatmap
+    path = directory / "examples.npz"
+    tmp = directory / "examples.tmp.npz"
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
+    return path
+
+
+class AuditRunner:
+    """Runs audits into a store and metrics, never two of one model at once."""
+
+    def __init__(self, config: AuditConfig, predictor: Predictor, store, metrics=None,
+                 load_dataset: Callable | None = None):
+        self.config = config
+        self.predictor = predictor
+        self.store = store
+        self.metrics = metrics
+        self._load_dataset = load_dataset
+        self._datasets: dict[str, object] = {}
+        self._lock = threading.Lock()
+        self._active: dict[str, int] = {}
+        self._threads: list[threading.Thread] = []
+
+    def dataset(self):
+        spec = self.config.dataset
+        if not spec:
+            raise AuditError("expected a dataset to draw the audit set from (--dataset or MEDROBUST_AUDIT_DATASET), got none")
+        with self._lock:
+            if spec not in self._datasets:
+                if self._load_dataset is None:
+                    from training.datasets import load_dataset
+
+                    self._datasets[spec] = load_dataset(spec, seed=self.config.seed)
+                else:
+                    self._datasets[spec] = self._load_dataset(spec)
+            return self._datasets[spec]
+
+    def active(self) -> dict[str, int]:
+        """Models being audited now, with their run ids."""
+        with self._lock:
+            return dict(self._active)
+
+    def start(self, model: str, *, trigger: str = "manual", version: int | None = None) -> int:
+        """Reserve `model` and record its run as running; raises AuditInProgress if it is reserved."""
+        with self._lock:
+            if model in self._active:
+                raise AuditInProgress(f"model {model!r} is already being audited (run {self._active[model]})")
+            self._active[model] = -1
+        try:
+            info = self.predictor.model_info(model)
+            pinned = info.latest if version is None else int(version)
+            card = self.predictor.model_card(model, pinned)
+            run_id = self.store.start_run(
+                model=model, version=pinned, card=card, backend=self.predictor.backend_name,
+                attack=self.config.attack.attack, config=self.run_config(), trigger=trigger,
+            )
+        except BaseException:
+            with self._lock:
+                self._active.pop(model, None)
+            raise
+        with self._lock:
+            self._active[model] = run_id
+        return run_id
+
+    def run_config(self) -> dict:
+        attack = asdict(self.config.attack)
+        attack["epsilons"] = list(self.config.attack.epsilons)
+        return {"dataset": self.config.dataset, "samples": self.config.samples, "seed": self.config.seed, **attack}
+
+    def execute(self, run_id: int) -> Audit | None:
+        """Carry out a started run; its outcome goes to the store and metrics. Returns the audit or None."""
+        record = self.store.get_run(run_id)
+        started = time.perf_counter()
+        try:
+            audit = audit_model(self.predictor, record.model, self.dataset(), self.config, version=record.version)
+            artefacts = self.config.artefacts_dir / str(run_id)
+            save_examples(audit, self.predictor, artefacts)
+            self.store.finish_run(run_id, audit.result, artefacts=str(artefacts))
+        except Exception as exc:
+            seconds = time.perf_counter() - started
+            log.error("audit run %s of %s failed: %s", run_id, record.model, exc)
+            log.debug("%s", traceback.format_exc())
+            self.store.fail_run(run_id, f"{type(exc).__name__}: {exc}", duration_seconds=seconds)
+            if self.metrics is not None:
+                self.metrics.count(record.model, "failed", seconds)
+            return None
+        finally:
+            with self._lock:
+                self._active.pop(record.model, None)
+        if self.metrics is not None:
+            self.metrics.count(record.model, "succeeded")
+            self.metrics.publish(self.store.get_run(run_id))
+        return audit
+
+    def run(self, model: str, *, trigger: str = "manual", version: int | None = None) -> tuple[int, Audit | None]:
+        """Start and carry out one run in this thread."""
+        run_id = self.start(model, trigger=trigger, version=version)
+        return run_id, self.execute(run_id)
+
+    def submit(self, model: str, *, trigger: str = "manual") -> int:
+        """Start a run and carry it out in a background thread; returns its id at once."""
+        run_id = self.start(model, trigger=trigger)
+        thread = threading.Thread(target=self.execute, args=(run_id,), name=f"audit-{model}-{run_id}", daemon=True)
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
+        return run_id
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for background runs (tests, shutdown)."""
+        with self._lock:
+            threads = list(self._threads)
+        for t in threads:
+            t.join(timeout)

@@ -1,0 +1,381 @@
+"""The audit store: runs, per-epsilon points, per-sample outcomes and sanity checks, in SQL.
+
+SQLite by default, any SQLAlchemy URL through `MEDROBUST_DATABASE_URL`. A run is written in two
+steps: a 'running' row in its own transaction when it starts, then every figure together with the
+final status in one transaction. A process killed in between leaves only that row, which the next
+store to open marks failed, so readers never see a half-written run.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from audit.results import AuditResult, AuditSet
+
+metadata = sa.MetaData()
+
+audit_sets = sa.Table(
+    "audit_sets", metadata,
+    sa.Column("fingerprint", sa.String(64), primary_key=True),
+    sa.Column("dataset", sa.Text, nullable=False),
+    sa.Column("dataset_fingerprint", sa.String(64), nullable=False),
+    sa.Column("seed", sa.Integer, nullable=False),
+    sa.Column("image_size", sa.Integer, nullable=False),
+    sa.Column("sample_ids", sa.JSON, nullable=False),
+    sa.Column("labels", sa.JSON, nullable=False),
+    sa.Column("class_names", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+audit_runs = sa.Table(
+    "audit_runs", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.String(200), nullable=False, index=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("task", sa.String(100), nullable=False),
+    sa.Column("backbone", sa.String(100), nullable=False),
+    sa.Column("attention", sa.Boolean, nullable=False),
+    sa.Column("backend", sa.String(50), nullable=False),
+    sa.Column("attack", sa.String(50), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False, index=True),  # running | succeeded | failed
+    sa.Column("trigger", sa.String(50), nullable=False, default="manual"),
+    sa.Column("owner", sa.String(300), nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float),
+    sa.Column("duration_seconds", sa.Float),
+    sa.Column("error", sa.Text),
+    sa.Column("config", sa.JSON, nullable=False),
+    sa.Column("audit_set", sa.String(64), sa.ForeignKey("audit_sets.fingerprint")),
+    sa.Column("clean_accuracy", sa.Float),
+    sa.Column("balanced_clean_accuracy", sa.Float),
+    sa.Column("robustness_score", sa.Float),
+    sa.Column("sanity_passed", sa.Boolean),
+    sa.Column("artefacts", sa.Text),
+)
+
+audit_points = sa.Table(
+    "audit_points", metadata,
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("audit_runs.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("epsilon", sa.String(32), primary_key=True),
+    sa.Column("epsilon_value", sa.Float, nullable=False),
+    sa.Column("robust_accuracy", sa.Float, nullable=False),
+    sa.Column("balanced_robust_accuracy", sa.Float, nullable=False),
+    sa.Column("per_class", sa.JSON, nullable=False),
+    sa.Column("attacked", sa.Integer, nullable=False),
+    sa.Column("fooled", sa.Integer, nullable=False),
+    sa.Column("noise_robust_accuracy", sa.Float),
+)
+
+audit_samples = sa.Table(
+    "audit_samples", metadata,
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("audit_runs.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("sample_id", sa.String(500), primary_key=True),
+    sa.Column("label", sa.Integer, nullable=False),
+    sa.Column("clean_class", sa.Integer, nullable=False),
+    sa.Column("fooled_at", sa.String(32)),
+    sa.Column("adversarial_class", sa.Integer),
+)
+
+audit_sanity = sa.Table(
+    "audit_sanity", metadata,
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("audit_runs.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("check", sa.String(100), primary_key=True),
+    sa.Column("passed", sa.Boolean, nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+)
+
+ACTIVE = ("running",)
+STALE_FOREIGN_SECONDS = 6 * 3600  # a run owned by another host is presumed dead after this long
+
+
+class RunNotFound(LookupError):
+    """No run with that id."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One row of `audit_runs`, plus its points and checks when asked for in full."""
+
+    id: int
+    model: str
+    version: int
+    task: str
+    backbone: str
+    attention: bool
+    backend: str
+    attack: str
+    status: str
+    trigger: str
+    started_at: float
+    finished_at: float | None
+    duration_seconds: float | None
+    error: str | None
+    config: Mapping[str, Any]
+    audit_set: str | None
+    clean_accuracy: float | None
+    balanced_clean_accuracy: float | None
+    robustness_score: float | None
+    sanity_passed: bool | None
+    artefacts: str | None
+    points: tuple[Mapping[str, Any], ...] = ()
+    sanity: tuple[Mapping[str, Any], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        doc = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        doc["config"] = dict(self.config)
+        doc["points"] = [dict(p) for p in self.points]
+        doc["sanity"] = [dict(s) for s in self.sanity]
+        return doc
+
+
+def owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _owner_dead(owner: str, started_at: float, now: float) -> bool:
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return now - started_at > STALE_FOREIGN_SECONDS
+    if int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def make_engine(url: str) -> sa.Engine:
+    """An engine for `url`; SQLite files get their folder, a busy timeout and cross-thread use."""
+    if url.startswith("sqlite"):
+        database = sa.engine.make_url(url).database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection, _record):
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+class AuditStore:
+    """Audit runs in a SQL database (tables created on first use)."""
+
+    def __init__(self, url: str, *, recover: bool = True):
+        self.url = url
+        self.engine = make_engine(url)
+        metadata.create_all(self.engine)
+        self.owner = owner_id()
+        if recover:
+            self.fail_interrupted()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- writing --------------------------------------------------------------------------
+    def start_run(
+        self, *, model: str, version: int, card: Mapping[str, Any], backend: str, attack: str,
+        config: Mapping[str, Any], trigger: str = "manual",
+    ) -> int:
+        """Record a run as 'running' in its own transaction; returns its id."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                audit_runs.insert().values(
+                    model=model, version=int(version), task=str(card.get("task", "")),
+                    backbone=str(card.get("backbone", "")), attention=bool(card.get("attention", False)),
+                    backend=backend, attack=attack, status="running", trigger=trigger, owner=self.owner,
+                    started_at=time.time(), config=dict(config),
+                )
+            )
+            return int(result.inserted_primary_key[0])
+
+    def finish_run(self, run_id: int, result: AuditResult, *, artefacts: str | None = None) -> None:
+        """Every figure of a run and its 'succeeded' status, in one transaction."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            self._ensure_audit_set(conn, result.audit_set)
+            conn.execute(
+                audit_points.insert(),
+                [
+                    {
+                        "run_id": run_id, "epsilon": p.epsilon, "epsilon_value": float(p.epsilon),
+                        "robust_accuracy": p.robust_accuracy, "balanced_robust_accuracy": p.balanced_robust_accuracy,
+                        "per_class": dict(p.per_class), "attacked": p.attacked, "fooled": p.fooled,
+                        "noise_robust_accuracy": p.noise_robust_accuracy,
+                    }
+                    for p in result.points
+                ],
+            )
+            conn.execute(
+                audit_samples.insert(),
+                [
+                    {
+                        "run_id": run_id, "sample_id": s.sample_id, "label": s.label, "clean_class": s.clean_class,
+                        "fooled_at": s.fooled_at, "adversarial_class": s.adversarial_class,
+                    }
+                    for s in result.samples
+                ],
+            )
+            conn.execute(
+                audit_sanity.insert(),
+                [{"run_id": run_id, "check": c.name, "passed": c.passed, "detail": c.detail} for c in result.sanity],
+            )
+            updated = conn.execute(
+                audit_runs.update()
+                .where(audit_runs.c.id == run_id, audit_runs.c.status == "running")
+                .values(
+                    status="succeeded", finished_at=now, duration_seconds=result.seconds,
+                    audit_set=result.audit_set.fingerprint, clean_accuracy=result.clean_accuracy,
+                    balanced_clean_accuracy=result.balanced_clean_accuracy,
+                    robustness_score=result.robustness_score, sanity_passed=result.sanity_passed, artefacts=artefacts,
+                )
+            )
+            if updated.rowcount != 1:
+                raise RunNotFound(f"expected run {run_id} to be running, found it missing or already finished")
+
+    def _ensure_audit_set(self, conn: sa.Connection, s: AuditSet) -> None:
+        exists = conn.execute(sa.select(audit_sets.c.fingerprint).where(audit_sets.c.fingerprint == s.fingerprint)).first()
+        if exists is None:
+            conn.execute(
+                audit_sets.insert().values(
+                    fingerprint=s.fingerprint, dataset=s.dataset, dataset_fingerprint=s.dataset_fingerprint,
+                    seed=s.seed, image_size=s.image_size, sample_ids=list(s.sample_ids), labels=list(s.labels),
+                    class_names=list(s.class_names), created_at=time.time(),
+                )
+            )
+
+    def fail_run(self, run_id: int, error: str, *, duration_seconds: float | None = None) -> None:
+        """Mark a run failed with the reason (its figures, if any were being written, were rolled back)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                audit_runs.update()
+                .where(audit_runs.c.id == run_id, audit_runs.c.status == "running")
+                .values(status="failed", finished_at=time.time(), duration_seconds=duration_seconds, error=error[:4000])
+            )
+
+    def fail_interrupted(self) -> tuple[int, ...]:
+        """Mark failed every 'running' run whose process is gone; returns their ids."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                sa.select(audit_runs.c.id, audit_runs.c.owner, audit_runs.c.started_at).where(audit_runs.c.status.in_(ACTIVE))
+            ).all()
+            dead = tuple(r.id for r in rows if _owner_dead(r.owner, r.started_at, now))
+            if dead:
+                conn.execute(
+                    audit_runs.update()
+                    .where(audit_runs.c.id.in_(dead), audit_runs.c.status.in_(ACTIVE))
+                    .values(status="failed", finished_at=now, error="interrupted: the process running it stopped")
+                )
+        return dead
+
+    # -- reading --------------------------------------------------------------------------
+    def _record(self, row, points=(), sanity=()) -> RunRecord:
+        data = {k: row._mapping[k] for k in audit_runs.c.keys() if k != "owner"}
+        data["attention"] = bool(data["attention"])
+        if data["sanity_passed"] is not None:
+            data["sanity_passed"] = bool(data["sanity_passed"])
+        return RunRecord(**data, points=tuple(points), sanity=tuple(sanity))
+
+    def get_run(self, run_id: int) -> RunRecord:
+        """One run with its per-epsilon points and sanity checks."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(audit_runs).where(audit_runs.c.id == run_id)).first()
+            if row is None:
+                raise RunNotFound(f"no audit run with id {run_id}")
+            points = conn.execute(
+                sa.select(audit_points).where(audit_points.c.run_id == run_id).order_by(audit_points.c.epsilon_value)
+            ).all()
+            sanity = conn.execute(
+                sa.select(audit_sanity).where(audit_sanity.c.run_id == run_id).order_by(audit_sanity.c.check)
+            ).all()
+        return self._record(
+            row,
+            [{k: v for k, v in p._mapping.items() if k != "run_id"} for p in points],
+            [{"check": s.check, "passed": bool(s.passed), "detail": s.detail} for s in sanity],
+        )
+
+    def list_runs(self, *, model: str | None = None, status: str | None = None, limit: int = 100) -> tuple[RunRecord, ...]:
+        """Runs, newest first."""
+        query = sa.select(audit_runs).order_by(audit_runs.c.id.desc()).limit(limit)
+        if model is not None:
+            query = query.where(audit_runs.c.model == model)
+        if status is not None:
+            query = query.where(audit_runs.c.status == status)
+        with self.engine.connect() as conn:
+            return tuple(self._record(r) for r in conn.execute(query).all())
+
+    def samples(self, run_id: int) -> tuple[Mapping[str, Any], ...]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(audit_samples).where(audit_samples.c.run_id == run_id).order_by(audit_samples.c.sample_id)
+            ).all()
+        return tuple({k: v for k, v in r._mapping.items() if k != "run_id"} for r in rows)
+
+    def audit_set(self, fingerprint: str) -> AuditSet:
+        with self.engine.connect() as conn:
+            r = conn.execute(sa.select(audit_sets).where(audit_sets.c.fingerprint == fingerprint)).first()
+        if r is None:
+            raise LookupError(f"no audit set with fingerprint {fingerprint}")
+        return AuditSet(
+            fingerprint=r.fingerprint, dataset_fingerprint=r.dataset_fingerprint, dataset=r.dataset, seed=r.seed,
+            image_size=r.image_size, sample_ids=tuple(r.sample_ids), labels=tuple(r.labels), class_names=tuple(r.class_names),
+        )
+
+    def latest_succeeded(self) -> tuple[RunRecord, ...]:
+        """The newest succeeded run of every (model, version, attack), with points and checks."""
+        with self.engine.connect() as conn:
+            newest = (
+                sa.select(sa.func.max(audit_runs.c.id).label("id"))
+                .where(audit_runs.c.status == "succeeded")
+                .group_by(audit_runs.c.model, audit_runs.c.version, audit_runs.c.attack)
+            )
+            ids = [r.id for r in conn.execute(newest).all()]
+        return tuple(self.get_run(i) for i in sorted(ids))
+
+    def run_counts(self) -> Mapping[tuple[str, str], int]:
+        """Finished runs per (model, status), for the runs counter."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(audit_runs.c.model, audit_runs.c.status, sa.func.count())
+                .where(audit_runs.c.status != "running")
+                .group_by(audit_runs.c.model, audit_runs.c.status)
+            ).all()
+        return {(r[0], r[1]): int(r[2]) for r in rows}
+
+    def audited_versions(self) -> set[tuple[str, int]]:
+        """(model, version) pairs with any run, so a new version is noticed exactly once."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(audit_runs.c.model, audit_runs.c.version).distinct()).all()
+        return {(r[0], int(r[1])) for r in rows}
+
+    def partner_run(self, run: RunRecord) -> RunRecord | None:
+        """The newest succeeded run of the same task and backbone with the other attention setting and attack."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(audit_runs.c.id)
+                .where(
+                    audit_runs.c.status == "succeeded", audit_runs.c.task == run.task,
+                    audit_runs.c.backbone == run.backbone, audit_runs.c.attention == (not run.attention),
+                    audit_runs.c.attack == run.attack,
+                )
+                .order_by(audit_runs.c.id.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else self.get_run(row.id)
+
