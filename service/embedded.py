@@ -3,10 +3,15 @@
 Serves the newest version of each model, notices new versions by polling the repository and
 swaps them in without dropping requests (a request holds a reference to the version it started
 with), loads lazily and keeps at most `max_loaded` models in memory (least recently used go).
+
+Polling is lazy by default (the index is re-read on the first call after `poll_seconds`);
+`start_polling()` adds a background thread that also loads a new version of a model in use
+*before* requests switch to it, so no request waits for the load, then drops the old one.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -26,6 +31,7 @@ from service.predictor import (
     SignatureMissing,
     VjpResult,
     check_batch,
+    signature_keys,
 )
 from training import repository
 
@@ -53,6 +59,8 @@ class EmbeddedPredictor:
         self._loaded: OrderedDict[tuple[str, int], _Loaded] = OrderedDict()
         self._index: dict[str, repository.RepoModel] = {}
         self._scanned_at = -float("inf")
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
 
     # -- the repository --------------------------------------------------------------------
     def refresh(self) -> None:
@@ -63,9 +71,51 @@ class EmbeddedPredictor:
             self._scanned_at = time.monotonic()
 
     def _models(self) -> dict[str, repository.RepoModel]:
-        if time.monotonic() - self._scanned_at >= self.poll_seconds:
+        # With the background poller running, only it replaces the index (after loading the new version).
+        if self._poller is None and time.monotonic() - self._scanned_at >= self.poll_seconds:
             self.refresh()
         return self._index
+
+    def swap_in_new_versions(self) -> list[tuple[str, int]]:
+        """Load the newest version of every model whose previous newest is loaded, then switch to it.
+
+        The index is only replaced after the new versions are loaded, so requests never wait for a
+        load; the superseded versions leave the cache (requests still using them keep a reference).
+        Returns the (model, version) pairs swapped in.
+        """
+        fresh = {m.name: m for m in repository.list_models(self.repo)}
+        with self._lock:
+            current = dict(self._index)
+            loaded = set(self._loaded)
+        swapped = []
+        for name, entry in fresh.items():
+            old = current.get(name)
+            if old is None or old.latest == entry.latest or (name, old.latest) not in loaded:
+                continue
+            self._load_version(entry, entry.latest)
+            swapped.append((name, entry.latest))
+        with self._lock:
+            self._index = fresh
+            self._scanned_at = time.monotonic()
+            for name, _ in swapped:
+                self._loaded.pop((name, current[name].latest), None)
+        return swapped
+
+    def start_polling(self) -> None:
+        """Poll the repository every `poll_seconds` in a daemon thread until `close()`."""
+        if self._poller is not None:
+            return
+        self.refresh()
+
+        def run() -> None:
+            while not self._stop.wait(self.poll_seconds):
+                try:
+                    self.swap_in_new_versions()
+                except Exception:  # a half-written or broken version must not kill the poller
+                    logging.getLogger(__name__).exception("polling %s failed; serving the versions loaded", self.repo)
+
+        self._poller = threading.Thread(target=run, name="medrobust-repo-poller", daemon=True)
+        self._poller.start()
 
     def list_models(self) -> tuple[ModelInfo, ...]:
         return tuple(self._info(m) for m in self._models().values())
@@ -106,13 +156,15 @@ class EmbeddedPredictor:
     # -- loading ---------------------------------------------------------------------------
     def _load(self, model: str, version: int | str | None) -> tuple[str, _Loaded]:
         entry = self._entry(model)
-        v = self._version(entry, version)
+        return entry.name, self._load_version(entry, self._version(entry, version))
+
+    def _load_version(self, entry: repository.RepoModel, v: int) -> _Loaded:
         key = (entry.name, v)
         with self._lock:
             hit = self._loaded.get(key)
             if hit is not None:
                 self._loaded.move_to_end(key)
-                return entry.name, hit
+                return hit
             load_lock = self._load_locks.setdefault(key, threading.Lock())
         with load_lock:  # one thread loads a version; the others wait for it, not for every model
             with self._lock:
@@ -127,13 +179,13 @@ class EmbeddedPredictor:
                     self._loaded[key] = hit
                     while len(self._loaded) > self.max_loaded:
                         self._loaded.popitem(last=False)  # in-flight calls keep their own reference
-        return entry.name, hit
+        return hit
 
     def loaded_count(self) -> int:
         with self._lock:
             return len(self._loaded)
 
-    def _call(self, loaded: _Loaded, signature: str, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+    def _call(self, loaded: _Loaded, signature: str, *inputs: np.ndarray) -> dict[str, np.ndarray]:
         fn = loaded.signatures.get(signature)
         if fn is None:
             raise SignatureMissing(
@@ -141,18 +193,21 @@ class EmbeddedPredictor:
             )
         import tensorflow as tf
 
-        out = fn(**{k: tf.convert_to_tensor(v) for k, v in inputs.items()})
+        keys, _ = signature_keys(loaded.card, signature)
+        if len(keys) != len(inputs):
+            raise SignatureMissing(f"expected {signature} inputs {keys}, got {len(inputs)} arrays")
+        out = fn(**{k: tf.convert_to_tensor(v) for k, v in zip(keys, inputs)})
         return {k: v.numpy() for k, v in out.items()}
 
     # -- the signatures ----------------------------------------------------------------------
     def predict(self, model: str, images: np.ndarray, *, version: int | str | None = None) -> Prediction:
         name, loaded = self._load(model, version)
-        out = self._call(loaded, "serving_default", image=check_batch(images, loaded.card))
+        out = self._call(loaded, "serving_default", check_batch(images, loaded.card))
         return Prediction(name, loaded.version, out["logits"], out["probabilities"], out["class_id"])
 
     def gradcam(self, model: str, images: np.ndarray, *, version: int | str | None = None) -> GradcamResult:
         name, loaded = self._load(model, version)
-        out = self._call(loaded, "gradcam", image=check_batch(images, loaded.card))
+        out = self._call(loaded, "gradcam", check_batch(images, loaded.card))
         return GradcamResult(
             name, loaded.version, out["probabilities"], out["class_id"], out["heatmap"], out.get("attention_map")
         )
@@ -166,12 +221,22 @@ class EmbeddedPredictor:
         k = int(loaded.card["num_classes"])
         if cot.shape != (batch.shape[0], k):
             raise InvalidInput(f"expected a cotangent of shape [{batch.shape[0]}, {k}], got {list(cot.shape)}")
-        out = self._call(loaded, "vjp", image=batch, cotangent=cot)
+        out = self._call(loaded, "vjp", batch, cot)
         return VjpResult(name, loaded.version, out["logits"], out["gradient"])
 
     def ready(self) -> bool:
-        return bool(self._models())
+        """The repository holds a model and at least one is loaded (the first is loaded if none is)."""
+        models = self._models()
+        if not models:
+            return False
+        if self.loaded_count() == 0:
+            self._load(next(iter(models)), None)
+        return True
 
     def close(self) -> None:
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(timeout=5)
+            self._poller = None
         with self._lock:
             self._loaded.clear()

@@ -138,3 +138,14 @@ def check_batch(images: np.ndarray, card: Mapping[str, Any]) -> np.ndarray:
     if arr.shape[0] == 0:
         raise InvalidInput("expected at least one image in the batch, got 0")
     return arr.astype(np.float32, copy=False)
+
+
+def signature_keys(card: Mapping[str, Any], signature: str) -> tuple[list[str], list[str]]:
+    """(input keys, output keys) of a signature, as the model card lists them (never literals)."""
+    entry = card.get("signatures", {}).get(signature)
+    if entry is None:
+        raise SignatureMissing(
+            f"model {card.get('name', '?')!r}: expected a {signature!r} signature in the model card, "
+            f"got {sorted(card.get('signatures', {}))}"
+        )
+    return list(entry["inputs"]), list(entry["outputs"])

@@ -1,0 +1,109 @@
+"""The HTTP API under /api/v1: models, predictions with Grad-CAM overlays, and its OpenAPI description.
+
+Views only decode the request and encode the response; `service.explain` does the work.
+"""
+
+from __future__ import annotations
+
+import base64
+
+from flask import Blueprint, Response, jsonify, request
+
+from service.auth import check_api_token
+from service.errors import ApiError
+from service.explain import explain_upload
+from service.predictor import ModelInfo
+from service.uploads import read_upload
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+EXPLAIN_CHOICES = ("gradcam", "none")
+
+
+def _state():
+    from service.app import state
+
+    return state()
+
+
+@bp.before_request
+def _authorise() -> None:
+    if request.endpoint != "api.openapi":  # the description is public, like /healthz
+        check_api_token()
+
+
+def model_json(info: ModelInfo, backend: str) -> dict:
+    """A model as the API describes it: name, versions, state and the newest version's card."""
+    card = dict(info.card)
+    return {
+        "name": info.name,
+        "task": card.get("task"),
+        "backbone": card.get("backbone"),
+        "attention": bool(card.get("attention")),
+        "class_names": list(card.get("class_names", [])),
+        "input_size": list(card.get("input_size", [])),
+        "versions": list(info.versions),
+        "latest": info.latest,
+        "state": info.state,
+        "backend": backend,
+        "card": card,
+    }
+
+
+@bp.get("/models")
+def list_models():
+    s = _state()
+    return jsonify(models=[model_json(m, s.predictor.backend_name) for m in s.predictor.list_models()])
+
+
+@bp.get("/models/<model>")
+def get_model(model: str):
+    s = _state()
+    return jsonify(model_json(s.predictor.model_info(model), s.predictor.backend_name))
+
+
+@bp.post("/models/<model>/predict")
+def predict(model: str):
+    s = _state()
+    explain = request.args.get("explain", "gradcam")
+    if explain not in EXPLAIN_CHOICES:
+        raise ApiError("invalid_argument", f"expected explain in {list(EXPLAIN_CHOICES)}, got {explain!r}", 400)
+    version = request.args.get("version") or None
+    wants_png = request.accept_mimetypes.best_match(["application/json", "image/png"]) == "image/png"
+    if wants_png and explain == "none":
+        raise ApiError("not_acceptable", "Accept: image/png answers the Grad-CAM overlay; it needs explain=gradcam", 406)
+    card = s.predictor.model_card(model, version)  # unknown model or version: 404 before reading the body
+    data = read_upload(request)
+    result = explain_upload(
+        s.predictor, model, card, data, version=version, explain=explain == "gradcam", max_pixels=s.config.max_pixels
+    )
+    s.metrics.predictions.labels(result.model, result.label).inc()
+    if wants_png:
+        response = Response(result.overlay_png, mimetype="image/png")
+    else:
+        body = {
+            "model": result.model,
+            "version": result.version,
+            "task": result.task,
+            "label": result.label,
+            "class_index": result.class_index,
+            "probabilities": result.probabilities,
+            "image_size": list(result.image_size),
+            "overlay_png": _b64(result.overlay_png),
+            "timings_ms": result.timings_ms,
+        }
+        if result.attention_png is not None:
+            body["attention_png"] = _b64(result.attention_png)
+        response = jsonify(body)
+    response.headers["Cache-Control"] = "no-store"  # the answer describes a patient's image
+    return response
+
+
+def _b64(png: bytes | None) -> str | None:
+    return base64.b64encode(png).decode("ascii") if png is not None else None
+
+
+@bp.get("/openapi.json")
+def openapi():
+    from service.openapi import openapi_document
+
+    return jsonify(openapi_document(_state().openapi_paths))

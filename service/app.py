@@ -1,0 +1,113 @@
+"""`create_app(config)`: the Flask front end (blueprints `ui`, `api`, `health`), flaskr style.
+
+Collaborators (the predictor, the metrics) are attached at creation; `extensions` are callables
+`ext(app)` that add more (the audit's blueprint plugs in here, reusing `api_error`,
+`require_admin`, `require_token`, `add_nav_link` and `add_openapi_paths`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask, current_app, g, request
+from prometheus_client import CollectorRegistry
+
+from service.config import ServiceConfig
+from service.errors import register_error_handlers
+from service.instrumented import InstrumentedPredictor
+from service.metrics import ServiceMetrics
+from service.predictor import Predictor
+from service.uploads import InMemoryRequest
+
+# No CDN, no inline script or style: everything the page runs comes from /static.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+@dataclass
+class ServiceState:
+    """What the views need, reachable as `current_app.extensions["medrobust"]`."""
+
+    config: ServiceConfig
+    predictor: InstrumentedPredictor
+    metrics: ServiceMetrics
+    nav_links: list[tuple[str, str]] = field(default_factory=list)  # (label, url)
+    openapi_paths: dict[str, Any] = field(default_factory=dict)
+
+
+def state() -> ServiceState:
+    """The running app's ServiceState."""
+    return current_app.extensions["medrobust"]
+
+
+def add_nav_link(app: Flask, label: str, url: str) -> None:
+    """A link in the page's navigation bar (the audit adds "Audits")."""
+    app.extensions["medrobust"].nav_links.append((label, url))
+
+
+def add_openapi_paths(app: Flask, paths: Mapping[str, Any]) -> None:
+    """Extra OpenAPI path items served in `/api/v1/openapi.json`."""
+    app.extensions["medrobust"].openapi_paths.update(paths)
+
+
+def create_app(
+    config: ServiceConfig,
+    *,
+    predictor: Predictor | None = None,
+    extensions: Sequence[Callable[[Flask], None]] = (),
+    registry: CollectorRegistry | None = None,
+) -> Flask:
+    """Build the app; `predictor` defaults to the backend `config` names (see service.backends)."""
+    app = Flask(__name__)
+    app.request_class = InMemoryRequest
+    app.config.update(MAX_CONTENT_LENGTH=config.max_upload_bytes, JSON_SORT_KEYS=False)
+    if predictor is None:
+        from service.backends import make_predictor
+
+        predictor = make_predictor(config)
+    metrics = ServiceMetrics(registry if registry is not None else CollectorRegistry())
+    app.extensions["medrobust"] = ServiceState(config, InstrumentedPredictor(predictor, metrics), metrics)
+
+    register_error_handlers(app)
+    _instrument(app, metrics)
+
+    from service import api, health, ui
+
+    app.register_blueprint(ui.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(health.bp)
+    add_nav_link(app, "Predict", "/")
+
+    @app.context_processor
+    def _nav() -> dict[str, Any]:
+        return {"nav_links": app.extensions["medrobust"].nav_links}
+
+    for extension in extensions:
+        extension(app)
+    return app
+
+
+def _instrument(app: Flask, metrics: ServiceMetrics) -> None:
+    """Request counts and latencies by route template (bounded labels), and the security headers."""
+
+    @app.before_request
+    def _start() -> None:
+        g.medrobust_started = time.perf_counter()
+
+    @app.after_request
+    def _finish(response):
+        endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        started = g.get("medrobust_started")
+        if started is not None:
+            metrics.http_duration.labels(endpoint).observe(time.perf_counter() - started)
+        metrics.http_requests.labels(endpoint, request.method, str(response.status_code)).inc()
+        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        return response

@@ -1,0 +1,77 @@
+"""One uploaded image through a model: decode, resize, `gradcam` (or `serving_default`), overlays."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from service.overlay import ATTENTION_COLORMAP, HEATMAP_COLORMAP, overlay_png
+from service.predictor import Predictor
+from training.imaging import decode_image, resize_for_model
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What the API answers for one image."""
+
+    model: str
+    version: int
+    task: str
+    label: str
+    class_index: int
+    probabilities: dict[str, float]
+    image_size: tuple[int, int]  # (width, height) of the upload, EXIF rotation applied
+    overlay_png: bytes | None
+    attention_png: bytes | None
+    timings_ms: dict[str, float]
+
+
+def explain_upload(
+    predictor: Predictor,
+    model: str,
+    card: Mapping[str, Any],
+    data: bytes,
+    *,
+    version: int | str | None = None,
+    explain: bool = True,
+    max_pixels: int,
+) -> Explanation:
+    """Classify `data` (image bytes) with `model`; with `explain`, overlays at the upload's size."""
+    clock = time.perf_counter
+    t0 = clock()
+    rgb = decode_image(data, max_pixels=max_pixels)
+    size = int(card["input_size"][0])
+    batch = resize_for_model(rgb, size)[None]
+    t1 = clock()
+    if explain:
+        result = predictor.gradcam(model, batch, version=version)
+        heatmap, attention = result.heatmap[0], result.attention_map
+    else:
+        result = predictor.predict(model, batch, version=version)
+        heatmap, attention = None, None
+    t2 = clock()
+    overlay = overlay_png(rgb, heatmap, colormap=HEATMAP_COLORMAP) if heatmap is not None else None
+    attention_png = overlay_png(rgb, attention[0], colormap=ATTENTION_COLORMAP) if attention is not None else None
+    t3 = clock()
+    names = [str(n) for n in card["class_names"]]
+    probabilities = [float(p) for p in result.probabilities[0]]
+    index = int(result.class_id[0])
+    return Explanation(
+        model=result.model,
+        version=int(result.version),
+        task=str(card.get("task", "")),
+        label=names[index],
+        class_index=index,
+        probabilities=dict(zip(names, probabilities)),
+        image_size=(int(rgb.shape[1]), int(rgb.shape[0])),
+        overlay_png=overlay,
+        attention_png=attention_png,
+        timings_ms={
+            "decode": round((t1 - t0) * 1000, 2),
+            "model": round((t2 - t1) * 1000, 2),
+            "overlay": round((t3 - t2) * 1000, 2),
+            "total": round((t3 - t0) * 1000, 2),
+        },
+    )

@@ -1,0 +1,62 @@
+"""A Predictor that records backend latency and errors in the service's metrics, then delegates."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from service.metrics import ServiceMetrics
+from service.predictor import GradcamResult, ModelInfo, Prediction, Predictor, VjpResult
+
+
+class InstrumentedPredictor:
+    """Wraps any Predictor; the three signature calls are timed and their errors counted."""
+
+    def __init__(self, inner: Predictor, metrics: ServiceMetrics):
+        self.inner = inner
+        self.metrics = metrics
+        self.backend_name = inner.backend_name
+
+    def list_models(self) -> tuple[ModelInfo, ...]:
+        with self.metrics.backend_call(self.backend_name, "list_models"):
+            return self.inner.list_models()
+
+    def model_info(self, model: str) -> ModelInfo:
+        with self.metrics.backend_call(self.backend_name, "model_info"):
+            return self.inner.model_info(model)
+
+    def model_card(self, model: str, version: int | str | None = None) -> Mapping[str, Any]:
+        return self.inner.model_card(model, version)
+
+    def predict(self, model: str, images: np.ndarray, *, version: int | str | None = None) -> Prediction:
+        with self.metrics.backend_call(self.backend_name, "serving_default"):
+            return self.inner.predict(model, images, version=version)
+
+    def gradcam(self, model: str, images: np.ndarray, *, version: int | str | None = None) -> GradcamResult:
+        with self.metrics.backend_call(self.backend_name, "gradcam"):
+            return self.inner.gradcam(model, images, version=version)
+
+    def vjp(
+        self, model: str, images: np.ndarray, cotangent: np.ndarray, *, version: int | str | None = None
+    ) -> VjpResult:
+        with self.metrics.backend_call(self.backend_name, "vjp"):
+            return self.inner.vjp(model, images, cotangent, version=version)
+
+    def ready(self) -> bool:
+        return self.inner.ready()
+
+    def loaded_count(self) -> int:
+        return loaded_count(self.inner)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def loaded_count(predictor: Predictor) -> int:
+    """Model versions the backend holds ready (backends may answer this more cheaply themselves)."""
+    own = getattr(predictor, "loaded_count", None)
+    if callable(own):
+        return int(own())
+    return sum(1 for m in predictor.list_models() if m.state == "AVAILABLE")

@@ -1,0 +1,144 @@
+"""The OpenAPI 3.0 description of the HTTP API (served at /api/v1/openapi.json)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import medrobust
+
+_ERROR = {"$ref": "#/components/responses/Error"}
+_MODEL_PARAM = {
+    "name": "model", "in": "path", "required": True,
+    "schema": {"type": "string"}, "description": "A served model, `<task>-<backbone>-<attention|baseline>`.",
+}
+_VERSION_PARAM = {
+    "name": "version", "in": "query", "required": False,
+    "schema": {"type": "string"}, "description": "A version number or TF Serving version label; the newest by default.",
+}
+_EXPLAIN_PARAM = {
+    "name": "explain", "in": "query", "required": False,
+    "schema": {"type": "string", "enum": ["gradcam", "none"], "default": "gradcam"},
+}
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+
+
+def openapi_document(extra_paths: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The document; `extra_paths` are path items extensions add (for example the audit's)."""
+    errors = {str(code): _ERROR for code in (400, 401, 404, 406, 413, 415, 503, 504)}
+    paths: dict[str, Any] = {
+        "/healthz": {"get": {
+            "summary": "The process is up", "operationId": "healthz", "security": [],
+            "responses": {"200": {"description": "up", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}}}},
+        }},
+        "/readyz": {"get": {
+            "summary": "The backend answers and at least one model is loaded", "operationId": "readyz", "security": [],
+            "responses": {
+                "200": {"description": "ready", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}}},
+                "503": _ERROR,
+            },
+        }},
+        "/api/v1/models": {"get": {
+            "summary": "Served models with their cards, versions and state", "operationId": "listModels",
+            "responses": {
+                "200": {"description": "the models", "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["models"],
+                    "properties": {"models": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}}},
+                }}}},
+                "401": _ERROR, "502": _ERROR, "503": _ERROR, "504": _ERROR,
+            },
+        }},
+        "/api/v1/models/{model}": {"get": {
+            "summary": "One model", "operationId": "getModel", "parameters": [_MODEL_PARAM],
+            "responses": {
+                "200": {"description": "the model", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Model"}}}},
+                "401": _ERROR, "404": _ERROR, "502": _ERROR, "503": _ERROR, "504": _ERROR,
+            },
+        }},
+        "/api/v1/models/{model}/predict": {"post": {
+            "summary": "Classify one image and explain it with Grad-CAM",
+            "description": (
+                "The image (PNG, JPEG, BMP or TIFF) as multipart field `image` or as the raw body with an "
+                "`image/*` content type. With `Accept: image/png` the answer is the overlay PNG itself."
+            ),
+            "operationId": "predict",
+            "parameters": [_MODEL_PARAM, _VERSION_PARAM, _EXPLAIN_PARAM],
+            "requestBody": {"required": True, "content": {
+                "multipart/form-data": {"schema": {
+                    "type": "object", "required": ["image"],
+                    "properties": {"image": {"type": "string", "format": "binary"}},
+                }},
+                "image/png": _BINARY, "image/jpeg": _BINARY, "image/bmp": _BINARY, "image/tiff": _BINARY,
+            }},
+            "responses": {
+                "200": {"description": "the diagnosis and its explanation", "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Prediction"}},
+                    "image/png": _BINARY,
+                }},
+                **errors, "502": _ERROR, "422": _ERROR,
+            },
+        }},
+        "/api/v1/openapi.json": {"get": {
+            "summary": "This document", "operationId": "openapi", "security": [],
+            "responses": {"200": {"description": "OpenAPI 3.0", "content": {"application/json": {"schema": {"type": "object"}}}}},
+        }},
+    }
+    paths.update(extra_paths or {})
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "medrobust",
+            "version": medrobust.__version__,
+            "description": "Medical image classification with Grad-CAM explanations, served from the SavedModel contract.",
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "MEDROBUST_API_TOKEN, when set"}},
+            "responses": {"Error": {"description": "an error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}},
+            "schemas": {
+                "Error": {
+                    "type": "object", "required": ["error"],
+                    "properties": {"error": {
+                        "type": "object", "required": ["code", "message"],
+                        "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                    }},
+                },
+                "Status": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
+                "Model": {
+                    "type": "object",
+                    "required": ["name", "versions", "latest", "state", "card", "class_names", "input_size"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "task": {"type": "string", "nullable": True},
+                        "backbone": {"type": "string", "nullable": True},
+                        "attention": {"type": "boolean"},
+                        "class_names": {"type": "array", "items": {"type": "string"}},
+                        "input_size": {"type": "array", "items": {"type": "integer"}},
+                        "versions": {"type": "array", "items": {"type": "integer"}},
+                        "latest": {"type": "integer"},
+                        "state": {"type": "string"},
+                        "backend": {"type": "string"},
+                        "card": {"type": "object"},
+                    },
+                },
+                "Prediction": {
+                    "type": "object",
+                    "required": ["model", "version", "task", "label", "class_index", "probabilities", "timings_ms"],
+                    "properties": {
+                        "model": {"type": "string"},
+                        "version": {"type": "integer"},
+                        "task": {"type": "string"},
+                        "label": {"type": "string"},
+                        "class_index": {"type": "integer", "minimum": 0},
+                        "probabilities": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1}},
+                        "image_size": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2},
+                        "overlay_png": {"type": "string", "format": "byte", "nullable": True},
+                        "attention_png": {"type": "string", "format": "byte"},
+                        "timings_ms": {"type": "object", "additionalProperties": {"type": "number"}},
+                    },
+                },
+            },
+        },
+    }

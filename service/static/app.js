@@ -1,0 +1,134 @@
+// The upload page: drag-and-drop or pick an image, POST it to the API, show the answer.
+// Loaded from /static because the Content-Security-Policy forbids inline script.
+(function () {
+  "use strict";
+  var SVG = "http://www.w3.org/2000/svg";
+  var form = document.getElementById("predict-form");
+  var task = document.getElementById("task");
+  var model = document.getElementById("model");
+  var drop = document.getElementById("drop");
+  var file = document.getElementById("file");
+  var status = document.getElementById("status");
+  var result = document.getElementById("result");
+  var token = document.getElementById("token");
+  var maxBytes = parseInt(form.getAttribute("data-max-bytes"), 10);
+  var originalUrl = null;
+
+  function showModelsOf(chosenTask) {
+    var first = null;
+    Array.prototype.forEach.call(model.options, function (opt) {
+      var visible = opt.getAttribute("data-task") === chosenTask;
+      opt.hidden = !visible;
+      opt.disabled = !visible;
+      if (visible && first === null) { first = opt; }
+    });
+    if (first && (model.selectedOptions.length === 0 || model.selectedOptions[0].disabled)) {
+      model.value = first.value;
+    }
+  }
+
+  function say(text, isError) {
+    status.textContent = text;
+    status.classList.toggle("error", Boolean(isError));
+  }
+
+  function drawBars(probabilities, winner) {
+    var svg = document.getElementById("bars");
+    while (svg.firstChild) { svg.removeChild(svg.firstChild); }
+    var names = Object.keys(probabilities);
+    var rowHeight = 28, labelWidth = 160, barWidth = 360, width = labelWidth + barWidth + 70;
+    svg.setAttribute("viewBox", "0 0 " + width + " " + names.length * rowHeight);
+    svg.setAttribute("width", String(width));
+    svg.setAttribute("height", String(names.length * rowHeight));
+    names.forEach(function (name, i) {
+      var p = probabilities[name], y = i * rowHeight;
+      var label = document.createElementNS(SVG, "text");
+      label.setAttribute("x", String(labelWidth - 8));
+      label.setAttribute("y", String(y + 18));
+      label.setAttribute("text-anchor", "end");
+      label.textContent = name;
+      var track = document.createElementNS(SVG, "rect");
+      track.setAttribute("x", String(labelWidth)); track.setAttribute("y", String(y + 6));
+      track.setAttribute("width", String(barWidth)); track.setAttribute("height", "16");
+      track.setAttribute("class", "track");
+      var bar = document.createElementNS(SVG, "rect");
+      bar.setAttribute("x", String(labelWidth)); bar.setAttribute("y", String(y + 6));
+      bar.setAttribute("width", String(Math.max(1, p * barWidth))); bar.setAttribute("height", "16");
+      bar.setAttribute("class", name === winner ? "bar winner" : "bar");
+      var value = document.createElementNS(SVG, "text");
+      value.setAttribute("x", String(labelWidth + barWidth + 8));
+      value.setAttribute("y", String(y + 18));
+      value.textContent = (p * 100).toFixed(1) + "%";
+      [label, track, bar, value].forEach(function (el) { svg.appendChild(el); });
+    });
+  }
+
+  function show(answer) {
+    document.getElementById("label").textContent = answer.label;
+    document.getElementById("confidence").textContent =
+      "(" + (answer.probabilities[answer.label] * 100).toFixed(1) + "%)";
+    document.getElementById("meta").textContent =
+      answer.model + " v" + answer.version + " \u00b7 " + answer.timings_ms.total.toFixed(0) + " ms";
+    document.getElementById("overlay").src = "data:image/png;base64," + answer.overlay_png;
+    var attentionFigure = document.getElementById("attention-figure");
+    if (answer.attention_png) {
+      document.getElementById("attention").src = "data:image/png;base64," + answer.attention_png;
+      attentionFigure.hidden = false;
+    } else {
+      attentionFigure.hidden = true;
+    }
+    drawBars(answer.probabilities, answer.label);
+    result.hidden = false;
+  }
+
+  function upload(chosen) {
+    if (!chosen) { return; }
+    if (!model.value) { say("No model is served yet.", true); return; }
+    if (chosen.size > maxBytes) {
+      say("That file is " + (chosen.size / 1e6).toFixed(1) + " MB; the limit is " + (maxBytes / 1e6).toFixed(1) + " MB.", true);
+      return;
+    }
+    if (originalUrl) { URL.revokeObjectURL(originalUrl); }
+    originalUrl = URL.createObjectURL(chosen);
+    document.getElementById("original").src = originalUrl;
+    var body = new FormData();
+    body.append("image", chosen);
+    var headers = { "Accept": "application/json" };
+    if (token && token.value) { headers.Authorization = "Bearer " + token.value; }
+    say("Analysing " + chosen.name + "\u2026", false);
+    fetch("/api/v1/models/" + encodeURIComponent(model.value) + "/predict?explain=gradcam", {
+      method: "POST", body: body, headers: headers
+    }).then(function (response) {
+      return response.json().then(function (answer) { return { ok: response.ok, answer: answer }; });
+    }).then(function (r) {
+      if (!r.ok) {
+        result.hidden = true;
+        say(r.answer.error ? r.answer.error.message : "The server could not answer.", true);
+        return;
+      }
+      say("", false);
+      show(r.answer);
+    }).catch(function (err) {
+      say("The request failed: " + err.message, true);
+    });
+  }
+
+  if (task) {
+    task.addEventListener("change", function () { showModelsOf(task.value); });
+    showModelsOf(task.value);
+  }
+  drop.addEventListener("click", function () { file.click(); });
+  drop.addEventListener("keydown", function (e) {
+    if (e.key === "Enter" || e.key === " ") { e.preventDefault(); file.click(); }
+  });
+  file.addEventListener("change", function () { upload(file.files[0]); });
+  ["dragenter", "dragover"].forEach(function (name) {
+    drop.addEventListener(name, function (e) { e.preventDefault(); drop.classList.add("over"); });
+  });
+  ["dragleave", "drop"].forEach(function (name) {
+    drop.addEventListener(name, function (e) { e.preventDefault(); drop.classList.remove("over"); });
+  });
+  drop.addEventListener("drop", function (e) {
+    if (e.dataTransfer && e.dataTransfer.files.length) { upload(e.dataTransfer.files[0]); }
+  });
+}());

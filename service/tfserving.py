@@ -1,0 +1,307 @@
+"""The TF Serving backend: `PredictionService.Predict` and `ModelService.GetModelStatus` over gRPC.
+
+TF Serving has no "list models" RPC, so model names come from the repository's `models.config`
+(the file TF Serving itself reads; the front end gets the repository mounted read-only) or from an
+explicit `models` list. Model cards are read from the repository for the version TF Serving
+reports; without a repository they are derived from `GetModelMetadata` (input size, class count,
+tensor keys; classes are then named by index). Versions and their state come from GetModelStatus.
+
+One channel per predictor, and the app builds one predictor per process (after gunicorn forks).
+Every call carries a deadline; UNAVAILABLE is retried with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from service.predictor import (
+    BackendTimeout,
+    BackendUnavailable,
+    GradcamResult,
+    InvalidInput,
+    ModelInfo,
+    ModelNotFound,
+    Prediction,
+    PredictorError,
+    SignatureMissing,
+    VjpResult,
+    check_batch,
+    signature_keys,
+)
+from training import repository
+
+_MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # a batch of 299x299 gradients is tens of MB
+
+
+def map_rpc_error(exc: grpc.RpcError, what: str) -> PredictorError:
+    """A gRPC failure as the predictor error the front end answers (NOT_FOUND -> 404, ...)."""
+    code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN
+    detail = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
+    message = f"{what}: TF Serving answered {code.name}: {detail}"
+    cls: type[PredictorError] = {
+        grpc.StatusCode.NOT_FOUND: ModelNotFound,
+        grpc.StatusCode.UNAVAILABLE: BackendUnavailable,
+        grpc.StatusCode.DEADLINE_EXCEEDED: BackendTimeout,
+        grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
+    }.get(code, PredictorError)
+    error = cls(message, details={"grpc_code": code.name})
+    error.grpc_code = code.name  # read by service.metrics for the backend error counter
+    return error
+
+
+def model_names_from_config(text: str) -> tuple[str, ...]:
+    """Model names in a ModelServerConfig text proto (the repository's `models.config`)."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+    return tuple(c.name for c in config.model_config_list.config)
+
+
+class TFServingPredictor:
+    """A Predictor over TF Serving's gRPC API."""
+
+    backend_name = "tfserving"
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        deadline_seconds: float = 10.0,
+        model_repo: str | Path | None = None,
+        models: Sequence[str] = (),
+        retries: int = 3,
+        backoff_seconds: float = 0.1,
+        status_ttl_seconds: float = 2.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        if deadline_seconds <= 0:
+            raise ValueError(f"expected deadline_seconds > 0, got {deadline_seconds}")
+        if retries < 0:
+            raise ValueError(f"expected retries >= 0, got {retries}")
+        if model_repo is None and not models:
+            raise ValueError("expected a model repository or a list of model names: TF Serving cannot list its models")
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+        self.address = address
+        self.deadline_seconds = deadline_seconds
+        self.repo = Path(model_repo) if model_repo is not None else None
+        self._names = tuple(models)
+        self.retries = retries
+        self.backoff_seconds = backoff_seconds
+        self.status_ttl_seconds = status_ttl_seconds
+        self._sleep = sleep
+        self._channel = grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+            ],
+        )
+        self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+        self._lock = threading.Lock()
+        self._status: dict[str, tuple[float, ModelInfo]] = {}
+        self._cards: dict[tuple[str, int], Mapping[str, Any]] = {}
+
+    # -- gRPC plumbing -------------------------------------------------------------------------
+    def _rpc(self, method, request, what: str):
+        """One call with a deadline; UNAVAILABLE (server restarting, connection refused) is retried."""
+        for attempt in range(self.retries + 1):
+            try:
+                return method(request, timeout=self.deadline_seconds)
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
+                    self._sleep(self.backoff_seconds * (2**attempt))
+                    continue
+                raise map_rpc_error(exc, what) from None
+        raise AssertionError("unreachable")
+
+    # -- models, versions, cards ------------------------------------------------------------------
+    def model_names(self) -> tuple[str, ...]:
+        """The served model names: the explicit list, else the repository's models.config."""
+        if self._names:
+            return self._names
+        assert self.repo is not None
+        config = self.repo / repository.MODELS_CONFIG
+        if config.is_file():
+            return model_names_from_config(config.read_text())
+        return tuple(m.name for m in repository.list_models(self.repo))
+
+    def _check_name(self, model: str) -> str:
+        names = self.model_names()
+        if model not in names:
+            raise ModelNotFound(f"no model named {model!r}; served models: {', '.join(names) or 'none'}")
+        return model
+
+    def _fetch_info(self, model: str) -> ModelInfo:
+        from tensorflow_serving.apis import get_model_status_pb2, model_pb2
+
+        request = get_model_status_pb2.GetModelStatusRequest(model_spec=model_pb2.ModelSpec(name=model))
+        response = self._rpc(self._models.GetModelStatus, request, f"GetModelStatus({model})")
+        states = {int(s.version): get_model_status_pb2.ModelVersionStatus.State.Name(s.state) for s in response.model_version_status}
+        available = tuple(sorted(v for v, state in states.items() if state == "AVAILABLE"))
+        if not states:
+            raise ModelNotFound(f"TF Serving holds no version of model {model!r}")
+        latest = available[-1] if available else max(states)
+        return ModelInfo(model, available, latest, self._card(model, latest), states[latest])
+
+    def _info(self, model: str, *, fresh: bool = False) -> ModelInfo:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._status.get(model)
+        if cached is not None and not fresh and now - cached[0] < self.status_ttl_seconds:
+            return cached[1]
+        info = self._fetch_info(model)
+        with self._lock:
+            self._status[model] = (now, info)
+        return info
+
+    def list_models(self) -> tuple[ModelInfo, ...]:
+        return tuple(self._info(name, fresh=True) for name in self.model_names())
+
+    def model_info(self, model: str) -> ModelInfo:
+        return self._info(self._check_name(model), fresh=True)
+
+    def _card(self, model: str, version: int) -> Mapping[str, Any]:
+        key = (model, version)
+        with self._lock:
+            card = self._cards.get(key)
+        if card is None:
+            card = self._read_card(model, version)
+            with self._lock:
+                self._cards[key] = card  # a version's card never changes
+        return card
+
+    def _read_card(self, model: str, version: int) -> Mapping[str, Any]:
+        if self.repo is not None:
+            path = self.repo / model / str(version)
+            if (path / repository.CARD_PATH).is_file():
+                return repository.read_card(path)
+        return self._card_from_metadata(model, version)
+
+    def _card_from_metadata(self, model: str, version: int) -> Mapping[str, Any]:
+        """A minimal card from the served signatures, for a front end that cannot see the repository."""
+        from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
+
+        spec = model_pb2.ModelSpec(name=model)
+        spec.version.value = version
+        request = get_model_metadata_pb2.GetModelMetadataRequest(model_spec=spec, metadata_field=["signature_def"])
+        response = self._rpc(self._predictions.GetModelMetadata, request, f"GetModelMetadata({model})")
+        defs = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(defs)
+        signatures = {
+            name: {"inputs": sorted(d.inputs), "outputs": sorted(d.outputs)}
+            for name, d in defs.signature_def.items()
+            if not name.startswith("__")
+        }
+        serving = defs.signature_def["serving_default"]
+        image_dims = [d.size for d in serving.inputs["image"].tensor_shape.dim]
+        num_classes = int(serving.outputs["probabilities"].tensor_shape.dim[-1].size)
+        gradcam = signatures.get("gradcam", {}).get("outputs", [])
+        return {
+            "name": model,
+            "task": model.split("-")[0],
+            "attention": "attention_map" in gradcam,
+            "class_names": [str(i) for i in range(num_classes)],
+            "num_classes": num_classes,
+            "input_size": [int(image_dims[1]), int(image_dims[2])],
+            "pixel_range": [0.0, 1.0],
+            "signatures": signatures,
+            "version": version,
+            "source": "GetModelMetadata",
+        }
+
+    def _resolve(self, model: str, version: int | str | None) -> tuple[ModelInfo, int | str | None]:
+        info = self._info(self._check_name(model))
+        if version is None or version == "" or version == "latest":
+            return info, None
+        if isinstance(version, str) and version.isdigit():
+            version = int(version)
+        if isinstance(version, int) and version not in info.versions:
+            info = self._info(model, fresh=True)  # a version may have loaded since the cached status
+            if version not in info.versions:
+                raise ModelNotFound(f"model {model!r} has no version {version}; versions: {list(info.versions)}")
+        return info, version
+
+    def model_card(self, model: str, version: int | str | None = None) -> Mapping[str, Any]:
+        return self._prepare(model, version)[2]
+
+    # -- the signatures ----------------------------------------------------------------------------
+    def _prepare(self, model: str, version: int | str | None) -> tuple[ModelInfo, int | str | None, Mapping[str, Any]]:
+        info, pinned = self._resolve(model, version)
+        return info, pinned, (self._card(model, pinned) if isinstance(pinned, int) else info.card)
+
+    def _call(
+        self, model: str, signature: str, prepared: tuple[ModelInfo, int | str | None, Mapping[str, Any]],
+        inputs: Sequence[np.ndarray],
+    ) -> tuple[int, dict[str, np.ndarray]]:
+        import tensorflow as tf
+        from tensorflow_serving.apis import model_pb2, predict_pb2
+
+        info, pinned, card = prepared
+        in_keys, _ = signature_keys(card, signature)
+        if len(in_keys) != len(inputs):
+            raise SignatureMissing(f"model {model!r}: expected {signature} inputs {in_keys}, got {len(inputs)} arrays")
+        spec = model_pb2.ModelSpec(name=model, signature_name=signature)
+        if isinstance(pinned, int):
+            spec.version.value = pinned
+        elif isinstance(pinned, str):
+            spec.version_label = pinned
+        request = predict_pb2.PredictRequest(model_spec=spec)
+        for key, array in zip(in_keys, inputs):
+            request.inputs[key].CopyFrom(tf.make_tensor_proto(array))
+        try:
+            response = self._rpc(self._predictions.Predict, request, f"Predict({model}, {signature})")
+        except InvalidInput as exc:
+            if isinstance(pinned, str):  # TF Serving rejects an unknown version label as INVALID_ARGUMENT
+                raise ModelNotFound(f"model {model!r} has no version labelled {pinned!r} ({exc.message})") from None
+            raise
+        outputs = {key: tf.make_ndarray(proto) for key, proto in response.outputs.items()}
+        answered = int(response.model_spec.version.value) if response.model_spec.HasField("version") else info.latest
+        return answered, outputs
+
+    def predict(self, model: str, images: np.ndarray, *, version: int | str | None = None) -> Prediction:
+        prepared = self._prepare(model, version)
+        v, out = self._call(model, "serving_default", prepared, [check_batch(images, prepared[2])])
+        return Prediction(model, v, out["logits"], out["probabilities"], out["class_id"])
+
+    def gradcam(self, model: str, images: np.ndarray, *, version: int | str | None = None) -> GradcamResult:
+        prepared = self._prepare(model, version)
+        v, out = self._call(model, "gradcam", prepared, [check_batch(images, prepared[2])])
+        return GradcamResult(model, v, out["probabilities"], out["class_id"], out["heatmap"], out.get("attention_map"))
+
+    def vjp(
+        self, model: str, images: np.ndarray, cotangent: np.ndarray, *, version: int | str | None = None
+    ) -> VjpResult:
+        prepared = self._prepare(model, version)
+        card = prepared[2]
+        batch = check_batch(images, card)
+        cot = np.asarray(cotangent, dtype=np.float32)
+        k = int(card["num_classes"])
+        if cot.shape != (batch.shape[0], k):
+            raise InvalidInput(f"expected a cotangent of shape [{batch.shape[0]}, {k}], got {list(cot.shape)}")
+        v, out = self._call(model, "vjp", prepared, [batch, cot])
+        return VjpResult(model, v, out["logits"], out["gradient"])
+
+    def ready(self) -> bool:
+        """TF Serving answers and holds at least one AVAILABLE model version."""
+        try:
+            return any(m.state == "AVAILABLE" for m in self.list_models())
+        except PredictorError:
+            return False
+
+    def loaded_count(self) -> int:
+        with self._lock:
+            cached = [info for _, info in self._status.values()]
+        return sum(len(info.versions) for info in cached)
+
+    def close(self) -> None:
+        self._channel.close()
