@@ -1,0 +1,128 @@
+"""deploy/k8s: every manifest validates against the Kubernetes schemas; the Kustomize base is whole."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "k8s"
+KUBERNETES_VERSION = "1.37.0"
+TASKS = ("derm", "dr", "pneumothorax")
+VARIANTS = [f"{b}-{a}" for b in ("resnet50", "inception_resnet_v2") for a in ("attention", "baseline")]
+
+
+def _documents() -> list[tuple[str, dict]]:
+    docs = []
+    for path in sorted(K8S.glob("*.yaml")):
+        if path.name != "kustomization.yaml":
+            docs += [(path.name, doc) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return docs
+
+
+def _by_kind(kind: str) -> dict[str, dict]:
+    return {doc["metadata"]["name"]: doc for _, doc in _documents() if doc["kind"] == kind}
+
+
+def _pod_specs() -> list[tuple[str, dict]]:
+    specs = [(name, d["spec"]["template"]) for name, d in _by_kind("Deployment").items()]
+    specs += [(name, c["spec"]["jobTemplate"]["spec"]["template"]) for name, c in _by_kind("CronJob").items()]
+    return specs
+
+
+@pytest.mark.parametrize("name, doc", _documents(), ids=lambda v: v if isinstance(v, str) else v["metadata"]["name"])
+def test_manifest_validates_against_the_kubernetes_schema(name: str, doc: dict) -> None:
+    assert KUBERNETES_VERSION in kubernetes_validate.utils.all_versions()
+    kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_validator_rejects_a_misspelt_field() -> None:
+    """Guards the test above: strict validation must catch what kubectl would reject."""
+    deployment = dict(_by_kind("Deployment")["frontend"])
+    deployment["spec"] = dict(deployment["spec"], replica=2)
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+
+
+def test_kustomization_lists_every_manifest_and_nothing_else() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert kustomization["kind"] == "Kustomization"
+    listed = kustomization["resources"]
+    on_disk = sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+    assert sorted(listed) == on_disk and len(listed) == len(set(listed))
+    assert [i["name"] for i in kustomization["images"]] == ["medrobust"]
+
+
+def test_the_base_has_the_pieces_the_issue_lists() -> None:
+    assert {"tf-serving", "frontend"} <= set(_by_kind("Deployment"))
+    assert {"tf-serving", "frontend"} <= set(_by_kind("Service"))
+    hpa = _by_kind("HorizontalPodAutoscaler")["tf-serving"]
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "tf-serving"}
+    assert hpa["spec"]["maxReplicas"] > hpa["spec"]["minReplicas"] >= 1
+    pvc = _by_kind("PersistentVolumeClaim")["model-repo"]
+    # Every TF Serving replica mounts it, possibly on different nodes.
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def test_one_audit_cronjob_per_task_runs_audit_run_against_tf_serving() -> None:
+    cronjobs = _by_kind("CronJob")
+    assert set(cronjobs) == {f"audit-{task}" for task in TASKS}
+    config = _by_kind("ConfigMap")["medrobust"]["data"]
+    for task in TASKS:
+        cronjob = cronjobs[f"audit-{task}"]
+        assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+        (container,) = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+        args = container["args"]
+        assert args[:2] == ["audit", "run"] and container["image"] == "medrobust"
+        assert "--tf-serving=$(MEDROBUST_TF_SERVING)" in args and config["MEDROBUST_TF_SERVING"] == "tf-serving:8500"
+        dataset_variable = f"AUDIT_DATASET_{task.upper()}"
+        assert f"--dataset=$({dataset_variable})" in args and dataset_variable in config
+        assert args[args.index("--models") + 1:] == [f"{task}-{variant}" for variant in VARIANTS]
+    # In parallel: one schedule for all tasks.
+    assert len({c["spec"]["schedule"] for c in cronjobs.values()}) == 1
+
+
+def test_pods_have_resources_probes_and_run_as_non_root() -> None:
+    for name, template in _pod_specs():
+        spec = template["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        for container in spec["containers"]:
+            resources = container["resources"]
+            assert {"cpu", "memory"} <= set(resources["requests"]) and {"cpu", "memory"} <= set(resources["limits"]), name
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False, name
+            if name in _by_kind("Deployment"):
+                assert container.get("readinessProbe") and container.get("livenessProbe"), name
+
+
+def test_services_are_scraped_through_annotations_on_their_metrics_ports() -> None:
+    expected = {"tf-serving": ("8501", "/monitoring/prometheus/metrics"), "frontend": ("8000", "/metrics")}
+    for name, deployment in _by_kind("Deployment").items():
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert (annotations["prometheus.io/port"], annotations["prometheus.io/path"]) == expected[name]
+        ports = {str(p["containerPort"]) for c in deployment["spec"]["template"]["spec"]["containers"] for p in c["ports"]}
+        assert annotations["prometheus.io/port"] in ports, name
+
+
+def test_services_select_their_pods() -> None:
+    deployments = _by_kind("Deployment")
+    for name, service in _by_kind("Service").items():
+        labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
+        assert service["spec"]["selector"].items() <= labels.items(), name
+        container_ports = {p["name"] for c in deployments[name]["spec"]["template"]["spec"]["containers"] for p in c["ports"]}
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= container_ports, name
+
+
+def test_tf_serving_matches_the_compose_stack_and_its_configmap_the_files() -> None:
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    (container,) = _by_kind("Deployment")["tf-serving"]["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == compose["services"]["tf-serving"]["command"]
+    assert container["image"].split(":")[0] == "tensorflow/serving"
+    config = _by_kind("ConfigMap")["tf-serving-config"]["data"]
+    for name, text in config.items():
+        assert text == (ROOT / "deploy" / "tf-serving" / name).read_text(), f"{name} differs from deploy/tf-serving/"
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert mounts["/etc/tf-serving"] == "config" and mounts["/models"] == "model-repo"
