@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import kubernetes_validate
@@ -15,15 +16,17 @@ TASKS = ("derm", "dr", "pneumothorax")
 VARIANTS = [f"{b}-{a}" for b in ("resnet50", "inception_resnet_v2") for a in ("attention", "baseline")]
 
 
-def _documents() -> list[tuple[str, dict]]:
+@functools.cache
+def _documents() -> tuple[tuple[str, dict], ...]:
     docs = []
     for path in sorted(K8S.glob("*.yaml")):
         if path.name != "kustomization.yaml":
             docs += [(path.name, doc) for doc in yaml.safe_load_all(path.read_text()) if doc]
-    return docs
+    return tuple(docs)
 
 
 def _by_kind(kind: str) -> dict[str, dict]:
+    """Manifests of one kind by name (shared, parsed once: tests must not modify them)."""
     return {doc["metadata"]["name"]: doc for _, doc in _documents() if doc["kind"] == kind}
 
 
