@@ -1,0 +1,200 @@
+"""`medrobust audit run|worker|report` (no heavy imports at import time)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def _common(parser: argparse.ArgumentParser, *, models: bool = True) -> None:
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--model-repo", type=Path, help="model repository for the embedded backend (default: MEDROBUST_MODEL_REPO or model-repo)")
+    where.add_argument("--tf-serving", metavar="HOST:PORT", help="TF Serving's gRPC address (default: MEDROBUST_TF_SERVING)")
+    parser.add_argument("--database-url", help="SQLAlchemy URL of the audit store (default: MEDROBUST_DATABASE_URL or sqlite:///.medrobust/audits.sqlite)")
+    parser.add_argument("--artefacts-dir", type=Path, help="where examples and reports go (default: MEDROBUST_AUDIT_ARTEFACTS or .medrobust/audits)")
+    if not models:
+        return
+    parser.add_argument("--dataset", help="KIND:PATH the audit set is drawn from (default: MEDROBUST_AUDIT_DATASET)")
+    parser.add_argument("--models", nargs="+", metavar="M", help="models to audit (default: every served model)")
+    parser.add_argument("--epsilons", nargs="+", metavar="EPS", help="epsilon grid on [0,1] pixels (default: the paper's 0 ... 0.32)")
+    parser.add_argument("--attack", choices=("linf_pgd", "fgsm", "l2_pgd", "uniform_noise"), help="default: linf_pgd (the paper's)")
+    parser.add_argument("--steps", type=_positive_int, help="attack steps (default 20; step size = 2.5 epsilon / steps)")
+    parser.add_argument("--samples", type=_positive_int, help="audit set size (default 256)")
+    parser.add_argument("--restarts", type=_positive_int, help="random restarts per image, worst case counts (default 1)")
+    parser.add_argument("--batch-size", type=_positive_int, help="images per request to the model server (default 64)")
+    parser.add_argument("--seed", type=int, help="seed of the audit set and the dataset split (default 0)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def register(subparsers) -> None:
+    audit = subparsers.add_parser("audit", help="attack the served models with PGD and record their robust accuracy")
+    sub = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+
+    run = sub.add_parser("run", help="one audit run of each model now (for cron or a Kubernetes CronJob)")
+    _common(run)
+    run.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    run.set_defaults(handler=_run)
+
+    worker = sub.add_parser("worker", help="audit on a schedule and on every new version; serve /metrics")
+    _common(worker)
+    worker.add_argument("--schedule", help="5-field cron expression (default: MEDROBUST_AUDIT_SCHEDULE or '0 3 * * *')")
+    worker.add_argument("--metrics-port", type=int, help="port of /metrics and /healthz (default: MEDROBUST_AUDIT_METRICS_PORT or 9101)")
+    worker.add_argument("--now", action="store_true", help="also audit every model at start")
+    worker.set_defaults(handler=_worker)
+
+    report = sub.add_parser("report", help="write the figures and HTML page of a stored run")
+    report.add_argument("run_id", type=int, metavar="RUN_ID")
+    report.add_argument("--database-url", help="SQLAlchemy URL of the audit store (default: MEDROBUST_DATABASE_URL)")
+    report.add_argument("--artefacts-dir", type=Path)
+    report.add_argument("--out", type=Path, help="output folder (default: the run's artefacts folder /report)")
+    report.set_defaults(handler=_report)
+
+
+def config_from_args(args: argparse.Namespace):
+    """The AuditConfig of a command: flags over `MEDROBUST_*` over defaults."""
+    from audit.config import config_from_env
+
+    get = lambda name: getattr(args, name, None)  # noqa: E731
+    return config_from_env(
+        model_repo=get("model_repo"), tf_serving=get("tf_serving"), dataset=get("dataset"),
+        models=tuple(get("models") or ()), epsilons=get("epsilons"), attack=get("attack"), steps=get("steps"),
+        samples=get("samples"), restarts=get("restarts"), batch_size=get("batch_size"), seed=get("seed"),
+        database_url=get("database_url"), artefacts_dir=get("artefacts_dir"), schedule=get("schedule"),
+        metrics_port=get("metrics_port"), progress=False if get("no_progress") else None,
+    )
+
+
+def make_predictor(config):
+    """The backend the config names (embedded unless a TF Serving address is given)."""
+    from service.backends import make_predictor as service_predictor
+    from service.config import ServiceConfig
+
+    return service_predictor(
+        ServiceConfig(model_repo=config.model_repo, tf_serving=config.tf_serving, models=config.models),
+        start_polling=False,
+    )
+
+
+def _build(args):
+    from medrobust.cli import UsageError
+
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not config.dataset:
+        raise UsageError("expected --dataset KIND:PATH (or MEDROBUST_AUDIT_DATASET) to draw the audit set from, got none")
+    from audit.store import AuditStore
+    from audit.runner import AuditRunner
+
+    try:
+        predictor = make_predictor(config)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    store = AuditStore(config.database_url)
+    return config, predictor, store, AuditRunner
+
+
+def _table(result, run_id: int) -> str:
+    lines = [
+        f"run {run_id}: {result.model} v{result.version} ({result.backend}), {result.attack}, {len(result.audit_set)} images, "
+        f"{result.seconds:.1f} s",
+        f"  clean accuracy {result.clean_accuracy:.3f} (balanced {result.balanced_clean_accuracy:.3f}), "
+        f"robustness score {result.robustness_score:.3f}",
+        f"  {'epsilon':>9} {'robust':>7} {'balanced':>9} {'attacked':>9} {'fooled':>7} {'noise':>7}",
+    ]
+    for p in result.points:
+        noise = "" if p.noise_robust_accuracy is None else f"{p.noise_robust_accuracy:.3f}"
+        lines.append(f"  {p.epsilon:>9} {p.robust_accuracy:7.3f} {p.balanced_robust_accuracy:9.3f} {p.attacked:9d} {p.fooled:7d} {noise:>7}")
+    for c in result.sanity:
+        lines.append(f"  sanity {'ok    ' if c.passed else 'FAILED'} {c.name}: {c.detail}")
+    return "\n".join(lines)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from medrobust.cli import UsageError
+
+    config, predictor, store, AuditRunner = _build(args)
+    runner = AuditRunner(config, predictor, store)
+    served = tuple(m.name for m in predictor.list_models())
+    models = config.models or served
+    unknown = sorted(set(models) - set(served))
+    if unknown:
+        raise UsageError(f"expected models among the served ones ({', '.join(served) or 'none'}), got {', '.join(unknown)}")
+    if not models:
+        raise UsageError("no models are served: nothing to audit")
+    documents, failed = [], 0
+    for model in models:
+        run_id, audit = runner.run(model, trigger="cli")
+        if audit is None:
+            failed += 1
+            record = store.get_run(run_id)
+            documents.append({"run_id": run_id, "model": model, "status": "failed", "error": record.error})
+            if not args.json:
+                print(f"run {run_id}: {model} FAILED: {record.error}", file=sys.stderr)
+            continue
+        documents.append({"status": "succeeded", **audit.result.to_json(run_id)})
+        if not args.json:
+            print(_table(audit.result, run_id))
+    if args.json:
+        print(json.dumps({"runs": documents}, default=list))
+    store.close()
+    return 1 if failed else 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from prometheus_client import CollectorRegistry
+
+    from audit.metrics import AuditMetrics
+    from audit.scheduler import AuditWorker
+
+    config, predictor, store, AuditRunner = _build(args)
+    registry = CollectorRegistry()
+    metrics = AuditMetrics(registry)
+    metrics.restore(store)
+    worker = AuditWorker(config, AuditRunner(config, predictor, store, metrics), registry)
+    worker.start(audit_now=args.now)
+    print(f"audit worker: schedule {config.schedule!r}, metrics on http://{config.metrics_host}:{worker.metrics_port}/metrics", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    worker.stop()
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from medrobust.cli import UsageError
+    from audit.config import config_from_env
+    from audit.report import write_report
+    from audit.store import AuditStore, RunNotFound
+
+    config = config_from_env(database_url=args.database_url, artefacts_dir=args.artefacts_dir)
+    store = AuditStore(config.database_url, recover=False)
+    try:
+        page = write_report(store, args.run_id, artefacts_root=config.artefacts_dir, out_dir=args.out)
+    except (RunNotFound, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        store.close()
+    print(page)
+    return 0
+
