@@ -18,8 +18,13 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
-# Metadata first: the dependency layer is rebuilt only when pyproject.toml changes.
+# Dependencies first, from pyproject.toml alone: the heavy layer (TensorFlow) is rebuilt only when
+# pyproject.toml changes, not on every source edit.
 COPY pyproject.toml README.md* ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install --no-cache-dir --requirement /tmp/requirements.txt
+
 COPY medrobust/ medrobust/
 COPY training/ training/
 COPY service/ service/
