@@ -12,7 +12,8 @@ from service.predictor import GradcamResult, ModelInfo, Prediction, Predictor, V
 
 
 class InstrumentedPredictor:
-    """Wraps any Predictor; the three signature calls are timed and their errors counted."""
+    """Wraps any Predictor; every call is timed (label `signature`: the signature, or the lookup
+    `list_models` / `model_info` / `model_card`) and its errors counted by gRPC status name."""
 
     def __init__(self, inner: Predictor, metrics: ServiceMetrics):
         self.inner = inner
@@ -28,7 +29,8 @@ class InstrumentedPredictor:
             return self.inner.model_info(model)
 
     def model_card(self, model: str, version: int | str | None = None) -> Mapping[str, Any]:
-        return self.inner.model_card(model, version)
+        with self.metrics.backend_call(self.backend_name, "model_card"):
+            return self.inner.model_card(model, version)
 
     def predict(self, model: str, images: np.ndarray, *, version: int | str | None = None) -> Prediction:
         with self.metrics.backend_call(self.backend_name, "serving_default"):

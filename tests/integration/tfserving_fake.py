@@ -1,0 +1,232 @@
+"""A stand-in for TF Serving: the real gRPC protos over real SavedModels, in-process on 127.0.0.1.
+
+No TF Serving binary runs here, so this implements what the front end and the audit call:
+`PredictionService.Predict` (and `GetModelMetadata`) and `ModelService.GetModelStatus`, with
+TF Serving's behaviour where it matters: models from a ModelServerConfig text proto (the
+repository's `models.config`), the newest `num_versions` versions loaded, version labels, and
+the status codes it answers (NOT_FOUND for an unknown model or version, INVALID_ARGUMENT for an
+unknown label or bad inputs). `faults()` injects delays and failures for the error-mapping tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+
+@dataclass
+class _Servable:
+    name: str
+    version: int
+    signatures: dict[str, Any]
+
+
+@dataclass
+class Faults:
+    """What the next calls suffer: a delay, or an immediate error status (optionally only `count` times)."""
+
+    delay_seconds: float = 0.0
+    status: grpc.StatusCode | None = None
+    count: int | None = None  # None: every call
+    calls: int = field(default=0)
+
+
+class FakeTFServing:
+    """Loads the models a ModelServerConfig lists and serves them over gRPC."""
+
+    def __init__(self, models_config: Path):
+        from google.protobuf import text_format
+        from tensorflow_serving.config import model_server_config_pb2
+
+        config = text_format.Parse(models_config.read_text(), model_server_config_pb2.ModelServerConfig())
+        self.servables: dict[str, dict[int, _Servable]] = {}
+        self.labels: dict[str, dict[str, int]] = {}
+        for entry in config.model_config_list.config:
+            self.servables[entry.name] = self._load(entry)
+            self.labels[entry.name] = dict(entry.version_labels)
+        self._faults = Faults()
+        self._faults_lock = threading.Lock()
+        self._server: grpc.Server | None = None
+        self.address: str | None = None
+
+    @staticmethod
+    def _load(entry) -> dict[int, _Servable]:
+        import tensorflow as tf
+
+        base = Path(entry.base_path)
+        versions = sorted(int(p.name) for p in base.iterdir() if p.name.isdigit())
+        policy = entry.model_version_policy
+        if policy.HasField("specific"):
+            versions = [v for v in versions if v in set(policy.specific.versions)]
+        else:
+            keep = policy.latest.num_versions if policy.HasField("latest") else 1
+            versions = versions[-(keep or 1):]
+        return {v: _Servable(entry.name, v, dict(tf.saved_model.load(str(base / str(v))).signatures)) for v in versions}
+
+    # -- fault injection ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def faults(self, *, delay_seconds: float = 0.0, status: grpc.StatusCode | None = None, count: int | None = None) -> Iterator[Faults]:
+        """Within the block, calls are delayed and/or fail with `status` (the first `count` calls only)."""
+        with self._faults_lock:
+            self._faults = Faults(delay_seconds, status, count)
+            active = self._faults
+        try:
+            yield active
+        finally:
+            with self._faults_lock:
+                self._faults = Faults()
+
+    def _suffer(self, context: grpc.ServicerContext) -> None:
+        with self._faults_lock:
+            f = self._faults
+            f.calls += 1
+            applies = f.count is None or f.calls <= f.count
+        if not applies:
+            return
+        if f.delay_seconds:
+            time.sleep(f.delay_seconds)
+        if f.status is not None:
+            context.abort(f.status, f"injected {f.status.name}")
+
+    # -- resolving a ModelSpec like TF Serving ----------------------------------------------------
+    def _servable(self, spec, context: grpc.ServicerContext) -> _Servable:
+        versions = self.servables.get(spec.name)
+        if versions is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({spec.name})")
+        if spec.HasField("version"):
+            found = versions.get(spec.version.value)
+            if found is None:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Specific({spec.name}, {spec.version.value})")
+            return found
+        if spec.version_label:
+            v = self.labels[spec.name].get(spec.version_label)
+            if v is None or v not in versions:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {spec.version_label}")
+            return versions[v]
+        return versions[max(versions)]
+
+    # -- PredictionService ------------------------------------------------------------------------
+    def Predict(self, request, context):
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+
+        self._suffer(context)
+        servable = self._servable(request.model_spec, context)
+        name = request.model_spec.signature_name or "serving_default"
+        fn = servable.signatures.get(name)
+        if fn is None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Serving signature name: \"{name}\" not found in signature def")
+        expected = set(fn.structured_input_signature[1])
+        if set(request.inputs) != expected:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"Expected inputs {sorted(expected)} for signature {name}, got {sorted(request.inputs)}",
+            )
+        try:
+            outputs = fn(**{k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()})
+        except (tf.errors.InvalidArgumentError, ValueError, TypeError) as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc).splitlines()[0])
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = servable.name
+        response.model_spec.version.value = servable.version
+        response.model_spec.signature_name = name
+        wanted = set(request.output_filter) or set(outputs)
+        for key, tensor in outputs.items():
+            if key in wanted:
+                response.outputs[key].CopyFrom(tf.make_tensor_proto(tensor.numpy()))
+        return response
+
+    def GetModelMetadata(self, request, context):
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        self._suffer(context)
+        servable = self._servable(request.model_spec, context)
+        defs = get_model_metadata_pb2.SignatureDefMap()
+        for name, fn in servable.signatures.items():
+            sig = defs.signature_def[name]
+            sig.method_name = "tensorflow/serving/predict"
+            for key, spec in fn.structured_input_signature[1].items():
+                _tensor_info(sig.inputs[key], key, spec)
+            for key, spec in fn.structured_outputs.items():
+                _tensor_info(sig.outputs[key], key, spec)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = servable.name
+        response.model_spec.version.value = servable.version
+        response.metadata["signature_def"].Pack(defs)
+        return response
+
+    # -- ModelService -----------------------------------------------------------------------------
+    def GetModelStatus(self, request, context):
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        self._suffer(context)
+        versions = self.servables.get(request.model_spec.name)
+        if versions is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {request.model_spec.name}")
+        wanted = sorted(versions)
+        if request.model_spec.HasField("version"):
+            if request.model_spec.version.value not in versions:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"Could not find version {request.model_spec.version.value} of model {request.model_spec.name}")
+            wanted = [request.model_spec.version.value]
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for v in wanted:
+            status = response.model_version_status.add()
+            status.version = v
+            status.state = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+        return response
+
+    # -- the server -------------------------------------------------------------------------------
+    def start(self) -> str:
+        """Listen on a free port of 127.0.0.1; returns "127.0.0.1:PORT"."""
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=[
+            ("grpc.max_send_message_length", 256 * 1024 * 1024),
+            ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+        ])
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_Prediction(self), server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(_Models(self), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        self._server = server
+        self.address = f"127.0.0.1:{port}"
+        return self.address
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop(grace=None).wait()
+            self._server = None
+
+
+def _tensor_info(info, key: str, spec) -> None:
+    info.name = f"{key}:0"
+    info.dtype = spec.dtype.as_datatype_enum
+    if spec.shape.rank is None:
+        info.tensor_shape.unknown_rank = True
+        return
+    for dim in spec.shape.as_list():
+        info.tensor_shape.dim.add().size = -1 if dim is None else dim
+
+
+def _servicer(base, fake: FakeTFServing, methods: tuple[str, ...]):
+    return type(base.__name__.replace("Servicer", "Fake"), (base,), {m: staticmethod(getattr(fake, m)) for m in methods})()
+
+
+def _Prediction(fake: FakeTFServing):
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    return _servicer(prediction_service_pb2_grpc.PredictionServiceServicer, fake, ("Predict", "GetModelMetadata"))
+
+
+def _Models(fake: FakeTFServing):
+    from tensorflow_serving.apis import model_service_pb2_grpc
+
+    return _servicer(model_service_pb2_grpc.ModelServiceServicer, fake, ("GetModelStatus",))
