@@ -197,8 +197,9 @@ class TFServingPredictor:
         response = self._rpc(self._predictions.GetModelMetadata, request, f"GetModelMetadata({model})")
         defs = get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(defs)
+        # Metadata maps are unordered; the contract's input order is the image first, then the rest.
         signatures = {
-            name: {"inputs": sorted(d.inputs), "outputs": sorted(d.outputs)}
+            name: {"inputs": sorted(d.inputs, key=lambda k: (k != "image", k)), "outputs": sorted(d.outputs)}
             for name, d in defs.signature_def.items()
             if not name.startswith("__")
         }
