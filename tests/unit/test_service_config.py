@@ -1,0 +1,48 @@
+"""ServiceConfig: defaults, the environment, flags over the environment, and clear refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.config import ServiceConfig
+
+
+def test_defaults_match_the_issue():
+    config = ServiceConfig(model_repo=Path("/models"))
+    assert (config.max_upload_bytes, config.max_pixels) == (20_000_000, 50_000_000)
+    assert config.tf_serving is None and config.api_token is None and config.admin_token is None
+
+
+def test_from_env_and_overrides():
+    env = {
+        "MEDROBUST_MODEL_REPO": "/models", "MEDROBUST_TF_SERVING": "tf:8500", "MEDROBUST_WORKERS": "3",
+        "MEDROBUST_API_TOKEN": "t", "MEDROBUST_ADMIN_TOKEN": "", "MEDROBUST_MAX_PIXELS": "1000",
+        "MEDROBUST_GRPC_DEADLINE_SECONDS": "2.5", "MEDROBUST_MODELS": "a, b",
+    }
+    config = ServiceConfig.from_env(env, workers=None, port=9000)
+    assert config.model_repo == Path("/models") and config.tf_serving == "tf:8500"
+    assert (config.workers, config.port, config.max_pixels, config.grpc_deadline_seconds) == (3, 9000, 1000, 2.5)
+    assert config.api_token == "t" and config.admin_token is None  # empty means unset
+    assert config.models == ("a", "b")
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MEDROBUST_MODEL_REPO": "/m", "MEDROBUST_WORKERS": "two"}, "MEDROBUST_WORKERS: expected an integer, got 'two'"),
+        ({"MEDROBUST_MODEL_REPO": "/m", "MEDROBUST_WORKERS": "0"}, "expected workers >= 1, got 0"),
+        ({"MEDROBUST_MODEL_REPO": "/m", "MEDROBUST_MAX_LOADED": "0"}, "expected max_loaded >= 1, got 0"),
+        ({}, "expected a model repository"),
+    ],
+)
+def test_refusals(env, message):
+    with pytest.raises(ValueError, match=message):
+        ServiceConfig.from_env(env)
+
+
+def test_is_frozen():
+    config = ServiceConfig(model_repo=Path("/m"))
+    with pytest.raises(AttributeError):
+        config.port = 1  # type: ignore[misc]
