@@ -1,0 +1,99 @@
+"""`medrobust serve --workers 2` as a real gunicorn process: /metrics sums what every worker counted."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.integration import service_images as images
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 60) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@pytest.fixture
+def served(tiny_repo, tmp_path):
+    port = _free_port()
+    metrics_dir = tmp_path / "metrics"
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("MEDROBUST_API_TOKEN", None)
+    log = open(tmp_path / "serve.log", "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "medrobust", "serve", "--model-repo", str(tiny_repo.path), "--port", str(port),
+         "--workers", "2", "--threads", "1"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        try:
+            if _get(f"{base}/healthz", timeout=2)[0] == 200:
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        process.kill()
+    if process.poll() is not None:
+        log.close()
+        pytest.fail(f"medrobust serve exited early:\n{(tmp_path / 'serve.log').read_text()[-3000:]}")
+    yield base, metrics_dir, process
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    log.close()
+
+
+def _post_png(url: str) -> int:
+    request = urllib.request.Request(url, data=images.png(48, 48), headers={"Content-Type": "image/png"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            response.read()
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_metrics_sum_across_two_workers(served, tiny_repo):
+    base, metrics_dir, process = served
+    url = f"{base}/api/v1/models/{tiny_repo.baseline}/predict"
+    # One thread per worker: while one worker is busy with a prediction the other must take the next.
+    with ThreadPoolExecutor(4) as pool:
+        statuses = list(pool.map(lambda _: _post_png(url), range(8)))
+    assert statuses == [200] * 8
+    pids = {int(m.group(1)) for f in metrics_dir.glob("counter_*.db") if (m := re.match(r"counter_(\d+)\.db", f.name))}
+    assert len(pids) == 2, f"expected both workers to have answered, counter files from {sorted(pids)}"
+    status, body = _get(f"{base}/metrics")
+    text = body.decode()
+    assert status == 200
+    line = f'medrobust_http_requests_total{{endpoint="/api/v1/models/<model>/predict",method="POST",status="200"}} 8.0'
+    assert line in text
+    assert re.search(r'medrobust_predictions_total\{label="[^"]+",model="demo-resnet50-baseline"\} ', text)
+    predictions = sum(float(v) for v in re.findall(r'medrobust_predictions_total\{[^}]*\} ([0-9.]+)', text))
+    assert predictions == 8
+    assert re.search(r"medrobust_models_loaded [1-9]", text)
