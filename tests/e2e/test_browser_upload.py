@@ -1,0 +1,94 @@
+"""Headless Chromium opens the page, uploads a real image, and sees the label and a non-blank overlay."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from service.app import create_app
+from service.config import ServiceConfig
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+pytestmark = [pytest.mark.browser, pytest.mark.data]
+
+
+@pytest.fixture
+def live_server(tiny_repo):
+    from werkzeug.serving import make_server
+
+    from service.embedded import EmbeddedPredictor
+
+    predictor = EmbeddedPredictor(tiny_repo.path, poll_seconds=3600)
+    app = create_app(ServiceConfig(model_repo=tiny_repo.path), predictor=predictor)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(timeout=10)
+    server.server_close()
+    predictor.close()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        pytest.skip(f"headless Chromium not installed ({CHROMIUM}, {CHROMEDRIVER})")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,1000",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def _real_image(shared_data: Path) -> Path:
+    for pattern in ("ham10000/images/*.jpg", "chestxray14/images/*.png", "kaggle_dr/train/*.jpeg"):
+        found = sorted(shared_data.glob(pattern))
+        if found:
+            return found[0]
+    pytest.skip(f"no image found under {shared_data}")
+
+
+def test_upload_shows_label_and_overlay(live_server, browser, shared_data, tiny_repo, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    image = _real_image(shared_data)
+    browser.get(live_server + "/")
+    assert "Explain a prediction" in browser.page_source
+    Select(browser.find_element(By.ID, "model")).select_by_value(tiny_repo.attention)
+    browser.find_element(By.ID, "file").send_keys(str(image))
+    WebDriverWait(browser, 120).until(ec.visibility_of_element_located((By.ID, "result")))
+    label = browser.find_element(By.ID, "label").text
+    assert label, "no label shown"
+    assert browser.find_element(By.ID, "status").text == ""
+    src = browser.find_element(By.ID, "overlay").get_attribute("src")
+    assert src.startswith("data:image/png;base64,")
+    overlay = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("L")
+    low, high = overlay.getextrema()
+    assert high - low > 10, "the overlay is blank"
+    assert browser.find_element(By.ID, "attention-figure").is_displayed()
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#bars rect.bar")) == 3
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] if hasattr(browser, "get_log") else []
+    assert not errors, errors  # a CSP violation or script error would show here
+    shot = os.environ.get("MEDROBUST_SCREENSHOT")
+    if shot:
+        browser.save_screenshot(shot)
