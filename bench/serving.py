@@ -1,0 +1,218 @@
+"""Serving benchmark: predict-with-Grad-CAM through the HTTP front end against the in-process floor.
+
+    python -m bench.serving [--model-repo DIR] [--model NAME] [--requests 40]
+
+Side by side, in one run, for the same model and the same image:
+  http-1     `medrobust serve` (gunicorn, embedded backend) with 1 concurrent client
+  http-4     the same with 4 concurrent clients
+  floor      the `gradcam` signature called directly in-process on the preprocessed batch
+  keras-vis  tf-keras-vis `Gradcam` on the Keras model (what a user would pick instead); the
+             model is rebuilt with the same architecture (the timing does not depend on weights)
+Prints requests/s and p50/p99 latency, then one JSON line with the ratios. The goal: the front
+end's overhead over the floor at most 15% at p50 for one client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def _row(name: str, latencies: list[float], wall: float) -> dict:
+    return {
+        "name": name,
+        "n": len(latencies),
+        "rps": len(latencies) / wall,
+        "p50_ms": _percentile(latencies, 50) * 1000,
+        "p99_ms": _percentile(latencies, 99) * 1000,
+    }
+
+
+def _tiny_repo(root: Path) -> Path:
+    """The tests' tiny repository (64x64 ResNet-50s, synthetic data), when no repository is given."""
+    from training.datasets import load_dataset
+    from training.recipe import Recipe
+    from training.workflow import Variant, train_and_export
+
+    repo = root / "repo"
+    dataset = load_dataset("synthetic:240", seed=0)
+    recipe = Recipe(epochs=1, batch_size=32, learning_rate=0.001, seed=0)
+    for attention in (False, True):
+        train_and_export(dataset, Variant("resnet50", attention), task="demo", image_size=64, model_repo=repo,
+                         recipe=recipe, limit=64, verbose=0, log=lambda _m: None)
+    return repo
+
+
+def _image_png(size: int) -> bytes:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _http_run(port: int, path: str, body: bytes, clients: int, requests: int) -> tuple[list[float], float]:
+    latencies: list[float] = []
+    lock = threading.Lock()
+    per_client = requests // clients
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        for _ in range(per_client):
+            start = time.perf_counter()
+            conn.request("POST", path, body=body, headers={"Content-Type": "image/png"})
+            response = conn.getresponse()
+            response.read()
+            elapsed = time.perf_counter() - start
+            if response.status != 200:
+                raise RuntimeError(f"expected 200 from the front end, got {response.status}")
+            with lock:
+                latencies.append(elapsed)
+        conn.close()
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        for done in [pool.submit(client) for _ in range(clients)]:
+            done.result()  # a failed client fails the run instead of dying silently in its thread
+    return latencies, time.perf_counter() - start
+
+
+def _timed(fn, requests: int) -> tuple[list[float], float]:
+    latencies = []
+    start = time.perf_counter()
+    for _ in range(requests):
+        t = time.perf_counter()
+        fn()
+        latencies.append(time.perf_counter() - t)
+    return latencies, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-repo", type=Path, default=os.environ.get("MEDROBUST_MODEL_REPO"))
+    parser.add_argument("--model", help="model to benchmark (default: the first baseline in the repository)")
+    parser.add_argument("--requests", type=int, default=40, help="timed requests per configuration")
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    from service.embedded import EmbeddedPredictor
+    from training import repository
+    from training.imaging import decode_image, resize_for_model
+
+    scratch = tempfile.TemporaryDirectory(prefix="medrobust-bench-")
+    repo = args.model_repo or _tiny_repo(Path(scratch.name))
+    models = repository.list_models(repo)
+    if not models:
+        parser.error(f"--model-repo: expected a model repository, found no models in {repo}")
+    entry = next((m for m in models if m.name == args.model), None) if args.model else next(
+        (m for m in models if not m.card["attention"]), models[0])
+    if entry is None:
+        parser.error(f"--model: expected one of {[m.name for m in models]}, got {args.model!r}")
+    size = int(entry.card["input_size"][0])
+    body = _image_png(size)
+    print(f"model {entry.name} v{entry.latest}, {size}x{size} input, {args.requests} timed requests each", file=sys.stderr)
+
+    rows = []
+    # -- through the HTTP front end: the real `medrobust serve` process --------------------------------
+    port = _free_port()
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("MEDROBUST_API_TOKEN", None)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "medrobust", "serve", "--model-repo", str(repo), "--port", str(port),
+         "--workers", "1", "--threads", "4"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        path = f"/api/v1/models/{entry.name}/predict?explain=gradcam"
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                _http_run(port, path, body, 1, max(args.warmup, 1))
+                break
+            except (OSError, http.client.HTTPException):
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise SystemExit("the front end did not start")
+                time.sleep(0.5)
+        for clients in (1, 4):
+            latencies, wall = _http_run(port, path, body, clients, args.requests)
+            rows.append(_row(f"http-{clients}", latencies, wall))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    # -- the floor: the signature in-process ---------------------------------------------------------
+    predictor = EmbeddedPredictor(repo, poll_seconds=3600)
+    batch = resize_for_model(decode_image(body), size)[None]
+    for _ in range(args.warmup):
+        predictor.gradcam(entry.name, batch)
+    rows.append(_row("floor", *_timed(lambda: predictor.gradcam(entry.name, batch), args.requests)))
+    predictor.close()
+
+    # -- tf-keras-vis on the Keras model ----------------------------------------------------------------
+    note = ""
+    try:
+        from tf_keras_vis.gradcam import Gradcam
+        from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+        from tf_keras_vis.utils.scores import CategoricalScore
+
+        from training.models import build_model
+
+        keras_model = build_model(entry.card["backbone"], attention=bool(entry.card["attention"]),
+                                  num_classes=int(entry.card["num_classes"]), image_size=size)
+        gradcam = Gradcam(keras_model, model_modifier=ReplaceToLinear(), clone=True)
+        layer = entry.card["gradcam_layer"]
+        explain = lambda: gradcam(CategoricalScore([0]), batch, penultimate_layer=layer)  # noqa: E731
+        for _ in range(args.warmup):
+            explain()
+        rows.append(_row("keras-vis", *_timed(explain, args.requests)))
+    except Exception as exc:  # the comparison is informative, not essential
+        note = f"tf-keras-vis failed: {type(exc).__name__}: {exc}"
+        print(note, file=sys.stderr)
+
+    print(f"{'configuration':<14}{'n':>5}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+    for r in rows:
+        print(f"{r['name']:<14}{r['n']:>5}{r['rps']:>10.2f}{r['p50_ms']:>10.1f}{r['p99_ms']:>10.1f}")
+    by = {r["name"]: r for r in rows}
+    floor = by["floor"]["p50_ms"]
+    ratios = {
+        "model": entry.name,
+        "http1_p50_over_floor": round(by["http-1"]["p50_ms"] / floor, 3),
+        "http4_p50_over_floor": round(by["http-4"]["p50_ms"] / floor, 3),
+        "http4_rps_over_http1": round(by["http-4"]["rps"] / by["http-1"]["rps"], 3),
+        "keras_vis_p50_over_floor": round(by["keras-vis"]["p50_ms"] / floor, 3) if "keras-vis" in by else None,
+        "overhead_goal_met": by["http-1"]["p50_ms"] / floor <= 1.15,
+    }
+    if note:
+        ratios["note"] = note
+    print(json.dumps(ratios))
+    scratch.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
