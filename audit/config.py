@@ -79,7 +79,7 @@ class AuditConfig:
 
     dataset: str | None = None
     model_repo: Path | None = None
-    tf_serving: str | None = None
+    tf_serving: str | None = None  # HOST:PORT; the model repository, when also given, supplies cards
     models: tuple[str, ...] = ()
     attack: AttackConfig = field(default_factory=AttackConfig)
     samples: int = 256
@@ -95,8 +95,6 @@ class AuditConfig:
     def __post_init__(self) -> None:
         if self.samples < 1:
             raise ValueError(f"expected samples >= 1, got {self.samples}")
-        if self.model_repo is not None and self.tf_serving is not None:
-            raise ValueError("expected one of a model repository or a TF Serving address, got both")
         if not 0 <= self.metrics_port < 65536:
             raise ValueError(f"expected a metrics port in 0..65535, got {self.metrics_port}")
         if self.poll_seconds <= 0:
@@ -122,12 +120,9 @@ def config_from_env(environ: Mapping[str, str] | None = None, **flags) -> AuditC
         batch_size=pick("batch_size", env_int("AUDIT_BATCH_SIZE", 64, env)),
         random_start=pick("random_start", True),
     )
-    model_repo = pick("model_repo", None)
-    tf_serving = pick("tf_serving", None)
-    if model_repo is None and tf_serving is None:
-        tf_serving = env_str("TF_SERVING", None, env)
-        if tf_serving is None:
-            model_repo = env_str("MODEL_REPO", "model-repo", env)
+    # With TF Serving, a mounted repository (if any) still supplies the model cards.
+    tf_serving = pick("tf_serving", None if flags.get("model_repo") else env_str("TF_SERVING", None, env))
+    model_repo = pick("model_repo", env_str("MODEL_REPO", None if tf_serving else "model-repo", env))
     models = flags.get("models") or tuple(m for m in (env_str("AUDIT_MODELS", "", env) or "").split(",") if m)
     return AuditConfig(
         dataset=pick("dataset", env_str("AUDIT_DATASET", None, env)),

@@ -192,11 +192,16 @@ class AuditRunner:
         """Carry out a started run; its outcome goes to the store and metrics. Returns the audit or None."""
         record = self.store.get_run(run_id)
         started = time.perf_counter()
+        log.info("audit run %s: %s version %s (%s)", run_id, record.model, record.version, record.trigger)
         try:
             audit = audit_model(self.predictor, record.model, self.dataset(), self.config, version=record.version)
             artefacts = self.config.artefacts_dir / str(run_id)
-            save_examples(audit, self.predictor, artefacts)
-            self.store.finish_run(run_id, audit.result, artefacts=str(artefacts))
+            try:
+                save_examples(audit, self.predictor, artefacts)
+            except OSError as exc:  # e.g. a read-only filesystem: the figures matter more than the pictures
+                log.warning("run %s: examples not saved to %s: %s", run_id, artefacts, exc)
+                artefacts = None
+            self.store.finish_run(run_id, audit.result, artefacts=None if artefacts is None else str(artefacts))
         except Exception as exc:
             seconds = time.perf_counter() - started
             log.error("audit run %s of %s failed: %s", run_id, record.model, exc)
@@ -208,6 +213,12 @@ class AuditRunner:
         finally:
             with self._lock:
                 self._active.pop(record.model, None)
+        result = audit.result
+        log.info(
+            "audit run %s: %s version %s clean %.3f, robustness score %.3f, sanity %s, %.0f s", run_id, record.model,
+            record.version, result.clean_accuracy, result.robustness_score, "passed" if result.sanity_passed else "FAILED",
+            result.seconds,
+        )
         if self.metrics is not None:
             self.metrics.count(record.model, "succeeded")
             self.metrics.publish(self.store.get_run(run_id))

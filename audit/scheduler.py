@@ -116,6 +116,8 @@ class AuditWorker:
             trigger = CronTrigger.from_crontab(self.config.schedule)
         except ValueError as exc:
             raise ValueError(f"MEDROBUST_AUDIT_SCHEDULE: expected a 5-field cron expression, got {self.config.schedule!r}: {exc}") from None
+        # APScheduler logs every poll at INFO; the runs log their own start and outcome.
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
         self.scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600})
         self.scheduler.add_job(self.audit_all, trigger, id="scheduled-audit", name="audit every model")
         self.scheduler.add_job(

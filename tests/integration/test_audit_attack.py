@@ -1,0 +1,121 @@
+"""The audit attacks the served model at least as hard as an independent PGD, through both backends."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from audit.config import AttackConfig, AuditConfig
+
+EPSILONS = ("0", "0.0025", "0.01", "0.04")
+STEPS = 5
+SAMPLES = 8
+
+
+@pytest.fixture(scope="module")
+def dataset(tiny_repo):
+    from training.datasets import load_dataset
+
+    return load_dataset(tiny_repo.dataset_spec, seed=0)
+
+
+def _config(tiny_repo, **attack):
+    return AuditConfig(
+        dataset=tiny_repo.dataset_spec, samples=SAMPLES, progress=False,
+        attack=AttackConfig(epsilons=EPSILONS, steps=STEPS, batch_size=8, **attack),
+    )
+
+
+def independent_pgd(saved_model_dir, images, labels, epsilon, steps):
+    """Plain L-inf PGD with a GradientTape on the SavedModel's serving_default: the audit's yardstick."""
+    import tensorflow as tf
+
+    module = tf.saved_model.load(str(saved_model_dir))
+    serve = module.signatures["serving_default"]
+    x0 = tf.constant(images)
+    y = tf.constant(labels, tf.int64)
+    step = 2.5 * epsilon / steps
+    x = tf.clip_by_value(x0 + tf.random.uniform(x0.shape, -epsilon, epsilon), 0.0, 1.0)
+    for _ in range(steps):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            logits = serve(image=x)["logits"]
+            loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+        x = x + step * tf.sign(tape.gradient(loss, x))
+        x = tf.clip_by_value(tf.clip_by_value(x, x0 - epsilon, x0 + epsilon), 0.0, 1.0)
+    return serve(image=x)["class_id"].numpy()
+
+
+@pytest.mark.parametrize("model_kind", ["baseline", "attention"])
+def test_an_independent_pgd_never_fools_more_than_the_audit(predictor, tiny_repo, dataset, model_kind):
+    import tensorflow as tf
+
+    from audit.runner import audit_model
+
+    tf.random.set_seed(0)
+    model = getattr(tiny_repo, model_kind)
+    audit = audit_model(predictor, model, dataset, _config(tiny_repo))
+    result = audit.result
+    assert result.backend == predictor.backend_name and result.version == 1
+    assert len(result.audit_set) == SAMPLES and [p.epsilon for p in result.points] == list(EPSILONS)
+    labels = np.asarray(result.audit_set.labels, np.int64)
+    correct = audit.sweep.correct
+    for index, eps in enumerate(EPSILONS):
+        audit_robust = int(audit.sweep.robust_mask(index).sum())
+        assert result.points[index].robust_accuracy == pytest.approx(audit_robust / SAMPLES)
+        if eps == "0":
+            assert audit_robust == int(correct.sum())
+            continue
+        predicted = independent_pgd(tiny_repo.path / model / "1", audit.images, labels, float(eps), STEPS)
+        independent_robust = int((correct & (predicted == labels)).sum())
+        assert independent_robust >= audit_robust, f"independent PGD beat the audit at epsilon {eps}"
+    # Nested: every image counted as fooled was verified at its epsilon, and later epsilons skip it.
+    attacked = [p.attacked for p in result.points]
+    assert attacked == sorted(attacked, reverse=True)
+    assert result.sanity_passed, result.sanity
+
+
+def test_every_counted_example_is_inside_the_ball_and_misclassified_as_served(predictor, tiny_repo, dataset):
+    from audit.runner import audit_model
+    from audit.sweep import NEVER
+
+    audit = audit_model(predictor, tiny_repo.baseline, dataset, _config(tiny_repo))
+    sweep = audit.sweep
+    fooled = np.flatnonzero((sweep.fooled_at != NEVER) & sweep.correct)
+    assert len(fooled), "expected the briefly trained model to be fooled somewhere on the grid"
+    for i in fooled:
+        eps = float(EPSILONS[sweep.fooled_at[i]])
+        assert np.abs(sweep.adversarial[i] - audit.images[i]).max() <= eps + 1e-6
+        assert sweep.adversarial[i].min() >= 0.0 and sweep.adversarial[i].max() <= 1.0
+    served = predictor.predict(tiny_repo.baseline, sweep.adversarial[fooled], version=1).class_id
+    assert np.all(served != sweep.labels[fooled])
+    assert np.array_equal(served, sweep.adversarial_class[fooled])
+
+
+@pytest.mark.parametrize("attack", ["fgsm", "l2_pgd", "uniform_noise"])
+def test_the_other_attacks_run_and_stay_in_their_balls(embedded_predictor, tiny_repo, dataset, attack):
+    from audit.runner import audit_model
+
+    config = _config(tiny_repo, attack=attack, noise_check=False)
+    result = audit_model(embedded_predictor, tiny_repo.attention, dataset, config).result
+    assert result.attack == attack
+    assert {c.name: c.passed for c in result.sanity}["perturbations_bounded"]
+    robust = [p.robust_accuracy for p in result.points]
+    assert robust == sorted(robust, reverse=True) and robust[0] == result.clean_accuracy
+
+
+def test_a_model_without_vjp_fails_with_a_clear_error(tiny_repo, tmp_path):
+    import json
+    import shutil
+
+    from audit.foolbox_model import AuditError, ServedModel
+    from service.embedded import EmbeddedPredictor
+
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repo.path / tiny_repo.baseline, repo / tiny_repo.baseline)
+    card_path = repo / tiny_repo.baseline / "1" / "assets.extra" / "model_card.json"
+    card = json.loads(card_path.read_text())
+    del card["signatures"]["vjp"]
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(AuditError, match="expected a 'vjp' signature to attack the served model"):
+        ServedModel(EmbeddedPredictor(repo), tiny_repo.baseline, 1)
