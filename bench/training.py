@@ -133,7 +133,7 @@ def run(settings: Settings) -> dict[str, Any]:
     from training.datasets import load_dataset, load_images
     from training.models import build_model
     from training.pipeline import training_dataset
-    from training.recipe import Recipe, inverse_frequency_weights, limit_split
+    from training.recipe import Recipe, compile_for_training, inverse_frequency_weights, limit_split
 
     recipe = Recipe(batch_size=settings.batch_size, seed=settings.seed)
     dataset = load_dataset(settings.dataset, seed=settings.seed)
@@ -155,12 +155,8 @@ def run(settings: Settings) -> dict[str, Any]:
         for _ in range(2)
     ]
     models[1].set_weights(models[0].get_weights())
-    for model in models:  # as training.recipe.train compiles
-        model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=recipe.learning_rate, epsilon=recipe.adam_epsilon),
-            loss=keras.losses.CategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-        )
+    for model in models:
+        compile_for_training(model, recipe)
 
     fits = {
         "pipeline": lambda timer: models[0].fit(data, epochs=1, class_weight=weights, callbacks=[timer], verbose=0),

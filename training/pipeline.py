@@ -15,6 +15,15 @@ import tensorflow as tf
 from training import imaging
 from training.datasets import Split, load_uint8
 
+# Decoded training images are cached in memory up to this size; a larger file-backed split
+# (full HAM10000 at 299 px is ~2.7 GB) is decoded again each epoch instead.
+DEFAULT_CACHE_BYTES = 1 << 30
+
+
+def fits_in_cache(count: int, image_size: int, cache_bytes: int = DEFAULT_CACHE_BYTES) -> bool:
+    """Whether `count` uint8 images at the model's size fit in the in-memory cache budget."""
+    return count * image_size * image_size * 3 <= cache_bytes
+
 
 def _one_hot(split: Split, num_classes: int) -> np.ndarray:
     if num_classes < 1:
@@ -37,8 +46,10 @@ def _to_unit_range(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.
     return tf.cast(images, tf.float32) / 255.0, labels
 
 
-def _decoded_files(split: Split, image_size: int, one_hot: np.ndarray, max_side: int | None) -> tf.data.Dataset:
-    """(uint8 [S, S, 3], one-hot) per file, decoded in parallel in split order, cached in memory."""
+def _decoded_files(
+    split: Split, image_size: int, one_hot: np.ndarray, max_side: int | None, cache_bytes: int = DEFAULT_CACHE_BYTES
+) -> tf.data.Dataset:
+    """(uint8 [S, S, 3], one-hot) per file, decoded in parallel in split order, cached when it fits."""
 
     def decode(path: bytes) -> np.ndarray:
         rgb = imaging.decode_image_file(path.decode(), max_side=max_side)
@@ -49,11 +60,10 @@ def _decoded_files(split: Split, image_size: int, one_hot: np.ndarray, max_side:
         return tf.ensure_shape(image, (image_size, image_size, 3)), label
 
     paths = tf.constant(list(split.paths), dtype=tf.string)
-    return (
-        tf.data.Dataset.from_tensor_slices((paths, one_hot))
-        .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        .cache()
+    decoded = tf.data.Dataset.from_tensor_slices((paths, one_hot)).map(
+        load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
+    return decoded.cache() if fits_in_cache(len(split), image_size, cache_bytes) else decoded
 
 
 def training_dataset(
@@ -66,6 +76,7 @@ def training_dataset(
     fraction: float = 1.0,
     shuffle: bool = True,
     max_side: int | None = None,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
 ) -> tf.data.Dataset:
     """Batches of (float32 [B, S, S, 3] in [0, 1], float32 one-hot [B, K]) for one epoch per pass.
 
@@ -95,7 +106,7 @@ def training_dataset(
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
         )
     else:
-        samples = _decoded_files(split, image_size, one_hot, max_side)
+        samples = _decoded_files(split, image_size, one_hot, max_side, cache_bytes)
         if shuffle:
             samples = samples.shuffle(count, seed=seed, reshuffle_each_iteration=True)
         batches = samples.take(per_epoch).batch(batch_size)

@@ -72,6 +72,15 @@ def limit_split(split: Split, limit: int | None, seed: int) -> Split:
     return split.subset(np.sort(rng.permutation(len(split))[:limit]))
 
 
+def compile_for_training(model: keras.Model, recipe: Recipe) -> None:
+    """Compile `model` with the recipe's optimiser and loss (the benchmark compiles the same way)."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=recipe.learning_rate, epsilon=recipe.adam_epsilon),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+
+
 def evaluate(model: keras.Model, split: Split, *, image_size: int, class_names, batch_size: int = 64) -> dict[str, Any]:
     """Metrics of `model` on a split (probabilities from the model's logits)."""
     from training.pipeline import evaluation_dataset
@@ -103,11 +112,7 @@ def train(
     train_split = limit_split(dataset.train, limit, recipe.seed)
     if len(train_split) == 0:
         raise ValueError(f"{dataset.source}: the training split is empty")
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=recipe.learning_rate, epsilon=recipe.adam_epsilon),
-        loss=keras.losses.CategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+    compile_for_training(model, recipe)
     train_data = training_dataset(
         train_split, image_size=image_size, num_classes=k, batch_size=recipe.batch_size,
         seed=recipe.seed, fraction=recipe.epoch_fraction,

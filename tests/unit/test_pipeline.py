@@ -112,3 +112,21 @@ def test_bad_arguments(synthetic, kwargs, message):
     arguments = {"image_size": 8, "num_classes": 3, "batch_size": 4, "seed": 0, **kwargs}
     with pytest.raises(ValueError, match=message):
         training_dataset(synthetic.train, **arguments)
+
+
+def test_file_splits_too_big_to_cache_give_the_same_batches(file_split):
+    from training.pipeline import fits_in_cache
+
+    assert fits_in_cache(100, 64, cache_bytes=100 * 64 * 64 * 3)
+    assert not fits_in_cache(101, 64, cache_bytes=100 * 64 * 64 * 3)
+
+    def build(cache_bytes):
+        return training_dataset(
+            file_split.train, image_size=16, num_classes=3, batch_size=4, seed=5, cache_bytes=cache_bytes
+        )
+
+    cached, uncached = epochs(build(1 << 20), 2), epochs(build(0), 2)
+    for a, b in zip(cached, uncached):
+        for (xa, ya), (xb, yb) in zip(a, b):
+            np.testing.assert_array_equal(xa, xb)
+            np.testing.assert_array_equal(ya, yb)
