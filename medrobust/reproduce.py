@@ -63,12 +63,18 @@ def register(subparsers) -> None:
     p.add_argument("--epochs", type=_positive_int, default=300, help="upper bound; early stopping usually ends sooner (default: 300, the paper's)")
     p.add_argument("--limit", type=_positive_int, help="cap the training images per model (a seeded subset per seed)")
     p.add_argument("--epoch-fraction", type=float, default=1.0, help="fraction of the training set per epoch (the paper used 0.1 for skin lesions)")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="training batch size (default: 32, as the recipe)")
     p.add_argument("--seeds", type=_int_list, default=(0, 1, 2), help="training seeds (default: 0,1,2)")
     p.add_argument("--samples", type=_positive_int, default=256, help="audit images, the same for every model (default: 256)")
     p.add_argument("--epsilons", help="comma-separated L-inf epsilons on [0,1] pixels (default: the paper's grid; 0 is always added)")
     p.add_argument("--steps", type=_positive_int, default=20, help="PGD steps (default: 20)")
     p.add_argument("--out", type=Path, default=Path(env_str("REPRODUCE_OUT", "reproduce")), help="state, model repository and checkpoints (default: MEDROBUST_REPRODUCE_OUT or ./reproduce)")
     p.add_argument("--report-dir", type=Path, help="where the figures, tables and manifest go (default: --out)")
+    p.add_argument(
+        "--merge", type=Path, nargs="+", default=(), metavar="OUT",
+        help="also report the finished cells of these other --out directories run with the same settings "
+             "(e.g. seeds run in parallel processes)",
+    )
     p.set_defaults(handler=_reproduce)
 
 
@@ -90,7 +96,7 @@ def _config(args: argparse.Namespace, dataset_task: str):
         return GridConfig(
             task=args.task or dataset_task, dataset=args.dataset, backbones=tuple(args.backbones), image_sizes=tuple(sizes),
             epochs=args.epochs, limit=args.limit, seeds=tuple(args.seeds), samples=args.samples, epsilons=epsilons,
-            steps=args.steps, epoch_fraction=args.epoch_fraction,
+            steps=args.steps, epoch_fraction=args.epoch_fraction, batch_size=args.batch_size,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -98,7 +104,7 @@ def _config(args: argparse.Namespace, dataset_task: str):
 
 def _reproduce(args: argparse.Namespace) -> int:
     from medrobust.cli import UsageError
-    from medrobust.reproduce_grid import GridState, StateMismatch, run_grid
+    from medrobust.reproduce_grid import GridState, StateMismatch, merged, run_grid
     from medrobust.reproduce_report import environment, write_report
     from training.datasets import DatasetError, load_dataset
 
@@ -114,6 +120,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     out = args.out
     try:
         state = GridState.open(out, config)
+        others = [GridState.open(other, config) for other in args.merge]
     except StateMismatch as exc:
         raise UsageError(str(exc)) from None
     invocation = {
@@ -147,7 +154,8 @@ def _reproduce(args: argparse.Namespace) -> int:
         )
         state.save()
         report_dir = args.report_dir or out
-        if any("audit" in c for c in state.doc["cells"].values()):
-            written = write_report(state.doc, report_dir)
+        doc = merged(state, others)
+        if any("audit" in c for c in doc["cells"].values()):
+            written = write_report(doc, report_dir)
             logging.getLogger(__name__).info("wrote %s", ", ".join(str(p) for p in written))
     return 0

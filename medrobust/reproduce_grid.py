@@ -71,7 +71,7 @@ class GridConfig:
         doc.pop("backbones")
         doc.pop("image_sizes")
         doc["image_size_by_backbone"] = dict(zip(self.backbones, self.image_sizes))
-        return doc
+        return json.loads(json.dumps(doc))  # as the state file holds it (tuples become lists)
 
 
 class StateMismatch(ValueError):
@@ -128,6 +128,24 @@ class GridState:
 
     def done(self, cell: Cell) -> bool:
         return "audit" in self.cell(cell)
+
+
+def merged(state: GridState, others: list[GridState]) -> dict[str, Any]:
+    """`state`'s document plus the finished cells of `others` (same settings) that it lacks.
+
+    Cells keep the model repository they were exported to, so versions stay traceable.
+    """
+    doc = json.loads(json.dumps(state.doc))
+    for other in others:
+        sizes = other.doc["config"]["image_size_by_backbone"]
+        doc["config"]["image_size_by_backbone"] = {**sizes, **doc["config"]["image_size_by_backbone"]}
+        for key, cell in other.doc["cells"].items():
+            if "audit" in cell and "audit" not in doc["cells"].get(key, {}):
+                doc["cells"][key] = {**cell, "out": str(other.path.parent)}
+        doc["invocations"] = doc.get("invocations", []) + [
+            {**i, "out": str(other.path.parent)} for i in other.doc.get("invocations", [])
+        ]
+    return doc
 
 
 def _clock(seconds: float) -> str:

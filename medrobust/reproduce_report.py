@@ -236,6 +236,7 @@ def manifest(state_doc: dict[str, Any]) -> dict[str, Any]:
             "epochs_trained": c.get("train", {}).get("epochs_trained"),
             "audit_seconds": c.get("audit", {}).get("seconds"),
             "finished": "audit" in c,
+            "out": c.get("out"),  # set for cells merged from another --out
         }
         for key, c in sorted(state_doc["cells"].items())
     }

@@ -1,0 +1,151 @@
+"""`medrobust reproduce` end to end in its quick mode: the whole grid, every output, and resumption."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import medrobust.reproduce_grid as grid
+from medrobust.cli import main
+from medrobust.reproduce_report import MANIFEST, RESULTS_JSON, RESULTS_MD, figure_name
+
+EPSILONS = ("0.01", "0.04", "0.16")
+CELLS = ("resnet50/baseline/seed-0", "resnet50/attention/seed-0", "resnet50/baseline/seed-1", "resnet50/attention/seed-1")
+
+
+def _reproduce(out, *extra: str) -> int:
+    return main([
+        "reproduce", "--task", "demo", "--dataset", "synthetic:90", "--backbones", "resnet50", "--image-size", "32",
+        "--epochs", "1", "--limit", "40", "--seeds", "0,1", "--samples", "8", "--epsilons", ",".join(EPSILONS),
+        "--steps", "2", "--out", str(out), *extra,
+    ])
+
+
+class SimulatedCrash(RuntimeError):
+    pass
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+    """Run the grid, crash at the start of the second cell, rerun; record which cells were trained."""
+    out = tmp_path_factory.mktemp("reproduce")
+    real = grid.train_and_export
+    trained: list[tuple[str, dict]] = []
+    crash_at = {2}
+
+    def counting(dataset, variant, **kwargs):
+        key = f"{variant.backbone}/{'attention' if variant.attention else 'baseline'}/seed-{kwargs['recipe'].seed}"
+        trained.append((key, kwargs))
+        if len(trained) in crash_at:
+            crash_at.clear()
+            raise SimulatedCrash(f"simulated crash while training {key}")
+        return real(dataset, variant, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(grid, "train_and_export", counting)
+        with pytest.raises(SimulatedCrash):
+            _reproduce(out)
+        after_crash = json.loads((out / grid.STATE_FILE).read_text())
+        first = [key for key, _ in trained]
+        assert _reproduce(out) == 0
+        second = [key for key, _ in trained[len(first):]]
+        assert _reproduce(out) == 0  # everything finished: only the report is redrawn
+        third = [key for key, _ in trained[len(first) + len(second):]]
+    return out, after_crash, first, second, third, trained
+
+
+def test_a_rerun_trains_only_the_cells_that_had_not_finished(resumed):
+    out, after_crash, first, second, third, _ = resumed
+    assert first == list(CELLS[:2])
+    assert set(after_crash["cells"]) == {CELLS[0]} and "audit" in after_crash["cells"][CELLS[0]]
+    assert second == list(CELLS[1:]), "the finished first cell must not be trained again"
+    assert third == []
+
+
+def test_training_is_resumable_from_the_cells_checkpoint(resumed):
+    *_, trained = resumed
+    assert all(kwargs["resume"] is True and kwargs["workdir"] is not None for _, kwargs in trained)
+    assert len({str(kwargs["workdir"]) for _, kwargs in trained}) == len(CELLS)
+
+
+def test_every_cell_is_audited_on_the_same_images_over_the_grid(resumed):
+    out, *_ = resumed
+    state = json.loads((out / grid.STATE_FILE).read_text())
+    assert sorted(state["cells"]) == sorted(CELLS)
+    audits = [cell["audit"] for cell in state["cells"].values()]
+    assert len({a["audit_set"] for a in audits}) == 1 and {a["audit_set_size"] for a in audits} == {8}
+    for a in audits:
+        assert [p["epsilon"] for p in a["points"]] == ["0", *EPSILONS]
+        assert a["points"][0]["robust_accuracy"] == a["clean_accuracy"]
+    # Seeds are versions of the same two models in the grid's own repository.
+    versions = sorted((c["train"]["model"], c["train"]["version"]) for c in state["cells"].values())
+    assert versions == [("demo-resnet50-attention", 1), ("demo-resnet50-attention", 2),
+                        ("demo-resnet50-baseline", 1), ("demo-resnet50-baseline", 2)]
+    assert not (out / "work").exists() or not any((out / "work").iterdir()), "finished cells leave no checkpoints"
+
+
+def test_writes_the_figure_the_tables_and_the_manifest(resumed):
+    out, *_ = resumed
+    figure = out / figure_name("demo", "resnet50")
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 10_000
+    results = json.loads((out / RESULTS_JSON).read_text())
+    entry = results["backbones"]["resnet50"]
+    for variant in ("baseline", "attention"):
+        stats = entry["variants"][variant]
+        assert stats["seeds"] == [0, 1] and stats["clean_accuracy"]["n"] == 2
+        assert set(stats["robust_accuracy"]) == {"0", *EPSILONS}
+    gain = entry["attention_gain"]["robust_accuracy"]["0.04"]
+    expected = [a - b for a, b in zip(entry["variants"]["attention"]["robust_accuracy"]["0.04"]["values"],
+                                      entry["variants"]["baseline"]["robust_accuracy"]["0.04"]["values"])]
+    assert gain["values"] == pytest.approx(expected)
+    table = (out / RESULTS_MD).read_text()
+    assert "| attention gain |" in table and all(f"ε={e}" in table for e in EPSILONS)
+    assert figure.name in table
+    manifest = json.loads((out / MANIFEST).read_text())
+    statuses = [i["status"] for i in manifest["invocations"]]
+    assert statuses[0].startswith("failed: SimulatedCrash") and statuses[1:] == ["succeeded", "succeeded"]
+    assert manifest["seeds"] == [0, 1]
+    assert manifest["invocations"][0]["environment"]["packages"]["tensorflow"]
+    assert all(i["wall_seconds"] >= 0 for i in manifest["invocations"])
+    assert all(c["finished"] and c["train_seconds"] > 0 and c["audit_seconds"] > 0 for c in manifest["cells"].values())
+
+
+def test_refuses_to_mix_experiments_in_one_out_directory(resumed, capsys):
+    out, *_ = resumed
+    assert _reproduce(out, "--steps", "3") == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--backbones", "inception_resnet_v2", "--image-size", "32"], "needs --image-size >= 75"),
+        (["--backbones", "resnet50", "--epsilons", "0.1,-1"], "expected a finite epsilon >= 0"),
+        (["--backbones", "resnet50", "--epoch-fraction", "0"], "expected --epoch-fraction in (0, 1]"),
+    ],
+)
+def test_bad_arguments_get_a_clear_error(tmp_path, capsys, argv, message):
+    code = main(["reproduce", "--dataset", "synthetic:90", "--out", str(tmp_path / "out"), *argv])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / grid.STATE_FILE).exists()
+
+
+def test_merge_adds_the_finished_cells_of_other_runs_without_overriding_its_own(tmp_path):
+    from medrobust.reproduce_grid import Cell, GridConfig, GridState, merged
+
+    config = GridConfig(
+        task="demo", dataset="synthetic:90", backbones=("resnet50",), image_sizes=(32,), epochs=1, limit=40,
+        seeds=(0, 1), samples=8, epsilons=("0", "0.01"), steps=2,
+    )
+    mine, other = GridState.open(tmp_path / "a", config), GridState.open(tmp_path / "b", config)
+    mine.record(Cell("resnet50", False, 0), "audit", {"clean_accuracy": 0.5})
+    other.record(Cell("resnet50", False, 0), "audit", {"clean_accuracy": 0.9})
+    other.record(Cell("resnet50", False, 1), "audit", {"clean_accuracy": 0.7})
+    other.record(Cell("resnet50", True, 1), "train", {"version": 3})  # unfinished: not merged
+    doc = merged(mine, [other])
+    assert doc["cells"]["resnet50/baseline/seed-0"]["audit"] == {"clean_accuracy": 0.5}
+    assert doc["cells"]["resnet50/baseline/seed-1"]["out"] == str(tmp_path / "b")
+    assert "resnet50/attention/seed-1" not in doc["cells"]
+    assert "resnet50/baseline/seed-1" not in mine.doc["cells"], "merging must not write into the state"
