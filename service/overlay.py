@@ -1,8 +1,14 @@
-"""Heatmaps made visible: a colour-mapped map blended over the uploaded image, as PNG bytes."""
+"""Heatmaps made visible: a colour-mapped map blended over the uploaded image, as PNG bytes.
+
+Everything per request stays in uint8 and in PIL's C loops: the heatmap is quantised to 256 levels
+(the colour maps have 256 entries anyway), resized as an 8-bit image, coloured through a lookup
+table built once per colour map, and blended with `Image.blend`.
+"""
 
 from __future__ import annotations
 
 import io
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image
@@ -11,40 +17,63 @@ HEATMAP_COLORMAP = "jet"  # the convention of Grad-CAM papers, so readers know w
 ATTENTION_COLORMAP = "viridis"
 
 
-def colorize(heatmap: np.ndarray, size: tuple[int, int], colormap: str = HEATMAP_COLORMAP) -> np.ndarray:
-    """float [h, w] in [0, 1] -> uint8 RGB [height, width, 3] at `size` = (width, height)."""
+@lru_cache(maxsize=None)
+def _palette(colormap: str) -> bytes:
+    """The colour map's 256 RGB entries as a PIL palette (built once: matplotlib is slow per call)."""
     from matplotlib import colormaps  # the registry alone: no pyplot, no GUI backend
 
+    rgba = colormaps[colormap](np.arange(256), bytes=True)  # integer input indexes the table directly
+    return rgba[:, :3].tobytes()
+
+
+def _checked_levels(heatmap: np.ndarray) -> Image.Image:
+    """float [h, w] in [0, 1] -> an 8-bit ("L") image of its 256 levels."""
     heat = np.asarray(heatmap, dtype=np.float32)
     if heat.ndim != 2:
         raise ValueError(f"expected a heatmap of shape [H, W], got {list(heat.shape)}")
     if not np.all(np.isfinite(heat)):
         raise ValueError("expected a finite heatmap, got NaN or infinite values")
-    heat = np.clip(heat, 0.0, 1.0)
-    resized = np.asarray(Image.fromarray(heat).resize(size, Image.Resampling.BILINEAR))
-    rgba = colormaps[colormap](np.clip(resized, 0.0, 1.0), bytes=True)
-    return rgba[:, :, :3]
+    levels = np.rint(np.clip(heat, 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
+    return Image.fromarray(levels)
 
 
-def blend(original: np.ndarray, heatmap: np.ndarray, *, colormap: str = HEATMAP_COLORMAP, alpha: float = 0.45) -> np.ndarray:
-    """The colour-mapped heatmap over `original` (uint8 [H, W, 3]), at the original's size."""
+def _colour_image(heatmap: np.ndarray, size: tuple[int, int], colormap: str) -> Image.Image:
+    levels = _checked_levels(heatmap)
+    if levels.size != size:
+        levels = levels.resize(size, Image.Resampling.BILINEAR)
+    levels.putpalette(_palette(colormap))  # "L" -> "P": the palette lookup happens in C on convert
+    return levels.convert("RGB")
+
+
+def colorize(heatmap: np.ndarray, size: tuple[int, int], colormap: str = HEATMAP_COLORMAP) -> np.ndarray:
+    """float [h, w] in [0, 1] -> uint8 RGB [height, width, 3] at `size` = (width, height)."""
+    return np.asarray(_colour_image(heatmap, size, colormap))
+
+
+def _blended(original: np.ndarray, heatmap: np.ndarray, colormap: str, alpha: float) -> Image.Image:
     if original.dtype != np.uint8 or original.ndim != 3 or original.shape[2] != 3:
         raise ValueError(f"expected uint8 [H, W, 3], got {original.dtype} {list(original.shape)}")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"expected alpha in [0, 1], got {alpha}")
     height, width = original.shape[:2]
-    colours = colorize(heatmap, (width, height), colormap).astype(np.float32)
-    mixed = (1.0 - alpha) * original.astype(np.float32) + alpha * colours
-    return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+    colours = _colour_image(heatmap, (width, height), colormap)
+    return Image.blend(Image.fromarray(np.ascontiguousarray(original)), colours, alpha)
 
 
-def to_png(rgb: np.ndarray) -> bytes:
-    """uint8 RGB -> PNG bytes (fast compression: these are answered, not archived)."""
+def blend(original: np.ndarray, heatmap: np.ndarray, *, colormap: str = HEATMAP_COLORMAP, alpha: float = 0.45) -> np.ndarray:
+    """The colour-mapped heatmap over `original` (uint8 [H, W, 3]), at the original's size."""
+    return np.asarray(_blended(original, heatmap, colormap, alpha))
+
+
+def to_png(image: np.ndarray | Image.Image) -> bytes:
+    """uint8 RGB (array or PIL image) -> PNG bytes (fast compression: these are answered, not archived)."""
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(np.ascontiguousarray(image))
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb)).save(buffer, format="PNG", compress_level=1)
+    image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
-def overlay_png(original: np.ndarray, heatmap: np.ndarray, *, colormap: str = HEATMAP_COLORMAP) -> bytes:
+def overlay_png(original: np.ndarray, heatmap: np.ndarray, *, colormap: str = HEATMAP_COLORMAP, alpha: float = 0.45) -> bytes:
     """The PNG the API answers: `heatmap` blended over the uploaded image at its own size."""
-    return to_png(blend(original, heatmap, colormap=colormap))
+    return to_png(_blended(original, heatmap, colormap, alpha))
