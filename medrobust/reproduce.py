@@ -75,6 +75,7 @@ def register(subparsers) -> None:
         help="also report the finished cells of these other --out directories run with the same settings "
              "(e.g. seeds run in parallel processes)",
     )
+    p.add_argument("--report-only", action="store_true", help="train and audit nothing: redraw the report from what has finished")
     p.set_defaults(handler=_reproduce)
 
 
@@ -102,6 +103,14 @@ def _config(args: argparse.Namespace, dataset_task: str):
         raise UsageError(str(exc)) from None
 
 
+def _jsonable(value):
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
 def _reproduce(args: argparse.Namespace) -> int:
     from medrobust.cli import UsageError
     from medrobust.reproduce_grid import GridState, StateMismatch, merged, run_grid
@@ -125,8 +134,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     invocation = {
         "argv": list(sys.argv),
-        "arguments": {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
-                      for k, v in vars(args).items() if k != "handler"},
+        "arguments": {k: _jsonable(v) for k, v in vars(args).items() if k != "handler"},
         "seeds": list(config.seeds),
         "backbones": list(config.backbones),
         "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -142,7 +150,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     status = "failed"
     worked = []
     try:
-        worked = run_grid(config, out=out, dataset=dataset, state=state, verbose=verbose, progress=interactive)
+        if not args.report_only:
+            worked = run_grid(config, out=out, dataset=dataset, state=state, verbose=verbose, progress=interactive)
         status = "succeeded"
     except BaseException as exc:
         status = f"failed: {type(exc).__name__}: {exc}"

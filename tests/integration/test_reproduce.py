@@ -10,6 +10,8 @@ import medrobust.reproduce_grid as grid
 from medrobust.cli import main
 from medrobust.reproduce_report import MANIFEST, RESULTS_JSON, RESULTS_MD, figure_name
 
+# Four tiny trainings, exports and audits: ~2 minutes on a quiet 2-core machine, far more when it is shared.
+pytestmark = pytest.mark.timeout(1800)
 EPSILONS = ("0.01", "0.04", "0.16")
 CELLS = ("resnet50/baseline/seed-0", "resnet50/attention/seed-0", "resnet50/baseline/seed-1", "resnet50/attention/seed-1")
 
@@ -149,3 +151,41 @@ def test_merge_adds_the_finished_cells_of_other_runs_without_overriding_its_own(
     assert doc["cells"]["resnet50/baseline/seed-1"]["out"] == str(tmp_path / "b")
     assert "resnet50/attention/seed-1" not in doc["cells"]
     assert "resnet50/baseline/seed-1" not in mine.doc["cells"], "merging must not write into the state"
+
+
+def _finished(state, cell, clean: float) -> None:
+    """Record a cell as if trained and audited (fixed figures, so the report's arithmetic is checkable)."""
+    state.record(cell, "train", {"model": f"demo-resnet50-{cell.variant}", "version": cell.seed + 1, "seconds": 1.0,
+                                 "images_per_second": 1.0, "epochs_trained": 1, "test_accuracy": clean})
+    state.record(cell, "audit", {
+        "model": f"demo-resnet50-{cell.variant}", "version": cell.seed + 1, "clean_accuracy": clean,
+        "balanced_clean_accuracy": clean, "robustness_score": clean / 2, "audit_set": "f" * 64, "audit_set_size": 8,
+        "seconds": 1.0, "sanity": [{"name": "monotone", "passed": True, "detail": ""}],
+        "points": [{"epsilon": "0", "robust_accuracy": clean}, *({"epsilon": e, "robust_accuracy": clean / 2} for e in EPSILONS)],
+    })
+
+
+def test_report_only_merges_seeds_run_in_other_out_directories(tmp_path):
+    from medrobust.reproduce_grid import Cell, GridState
+
+    def run(out, *extra):
+        return _reproduce(out, "--report-only", "--report-dir", str(tmp_path / "report"), *extra)
+
+    assert run(tmp_path / "a") == 0  # nothing finished yet: no report, no error
+    assert not (tmp_path / "report").exists()
+    stored = json.loads((tmp_path / "a" / grid.STATE_FILE).read_text())["config"]  # the command line's settings
+    config = grid.GridConfig(**{k: v for k, v in stored.items() if k != "image_size_by_backbone"},
+                             backbones=("resnet50",), image_sizes=(32,), seeds=(0, 1))
+    state_a, state_b = GridState.open(tmp_path / "a", config), GridState.open(tmp_path / "b", config)
+    for attention in (False, True):
+        _finished(state_a, Cell("resnet50", attention, 0), 0.5 + 0.2 * attention)
+        _finished(state_b, Cell("resnet50", attention, 1), 0.7 + 0.2 * attention)
+    assert run(tmp_path / "a", "--merge", str(tmp_path / "b")) == 0
+    results = json.loads((tmp_path / "report" / RESULTS_JSON).read_text())
+    entry = results["backbones"]["resnet50"]
+    assert entry["variants"]["attention"]["seeds"] == [0, 1]
+    assert entry["variants"]["baseline"]["clean_accuracy"]["mean"] == pytest.approx(0.6)
+    assert entry["attention_gain"]["clean_accuracy"]["values"] == pytest.approx([0.2, 0.2])
+    assert (tmp_path / "report" / figure_name("demo", "resnet50")).is_file()
+    manifest = json.loads((tmp_path / "report" / MANIFEST).read_text())
+    assert manifest["cells"]["resnet50/baseline/seed-1"]["out"] == str(tmp_path / "b")
