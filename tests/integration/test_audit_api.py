@@ -1,0 +1,163 @@
+"""The Audits API and page on the real app, and no overlapping runs of one model (API 409, scheduler)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from audit.config import AttackConfig, AuditConfig
+
+ADMIN = {"Authorization": "Bearer s3cret-admin"}
+
+
+class GatedDataset:
+    """Loads the real dataset only when the test opens the gate, so a run stays in progress meanwhile."""
+
+    def __init__(self):
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def __call__(self, spec):
+        from training.datasets import load_dataset
+
+        self.entered.set()
+        assert self.gate.wait(120), "the test never opened the gate"
+        return load_dataset(spec, seed=0)
+
+
+@pytest.fixture
+def audit_app(tiny_repo, embedded_predictor, tmp_path):
+    from audit.metrics import AuditMetrics
+    from audit.runner import AuditRunner
+    from audit.store import AuditStore
+    from service.app import create_app
+    from service.audits_web import audits_extension
+    from service.config import ServiceConfig
+
+    config = AuditConfig(
+        model_repo=tiny_repo.path, dataset=tiny_repo.dataset_spec, samples=6, progress=False,
+        database_url=f"sqlite:///{tmp_path / 'audits.sqlite'}", artefacts_dir=tmp_path / "artefacts",
+        attack=AttackConfig(epsilons=("0", "0.01"), steps=2, batch_size=6),
+    )
+    store = AuditStore(config.database_url)
+    registry = CollectorRegistry()
+    gated = GatedDataset()
+    runner = AuditRunner(config, embedded_predictor, store, AuditMetrics(registry), load_dataset=gated)
+    app = create_app(
+        ServiceConfig(model_repo=tiny_repo.path, admin_token="s3cret-admin"), predictor=embedded_predictor,
+        registry=registry, extensions=[audits_extension(store, runner, artefacts_dir=config.artefacts_dir)],
+    )
+    yield app, runner, store, gated, config, registry
+    gated.gate.set()
+    runner.join(120)
+    store.close()
+
+
+def test_post_runs_now_409s_while_running_then_get_shows_the_run(audit_app, tiny_repo):
+    app, runner, store, gated, _, registry = audit_app
+    client = app.test_client()
+    first = client.post("/api/v1/audits", json={"model": tiny_repo.baseline}, headers=ADMIN)
+    assert first.status_code == 202, first.get_json()
+    run_id = first.get_json()["run_id"]
+    assert first.headers["Location"].endswith(f"/api/v1/audits/{run_id}")
+    assert gated.entered.wait(60)
+    again = client.post("/api/v1/audits", json={"model": tiny_repo.baseline}, headers=ADMIN)
+    assert again.status_code == 409
+    assert again.get_json()["error"]["code"] == "audit_in_progress"
+    assert f"run {run_id}" in again.get_json()["error"]["message"]
+    assert client.get(f"/api/v1/audits/{run_id}").get_json()["status"] == "running"
+    gated.gate.set()
+    runner.join(120)
+    doc = client.get(f"/api/v1/audits/{run_id}").get_json()
+    assert doc["status"] == "succeeded", doc
+    assert [p["epsilon"] for p in doc["points"]] == ["0", "0.01"] and doc["version"] == 1
+    assert client.get("/api/v1/audits").get_json()["audits"][0]["id"] == run_id
+    assert registry.get_sample_value("medrobust_audit_runs_total", {"model": tiny_repo.baseline, "status": "succeeded"}) == 1
+    # Free again: a new run is accepted.
+    assert client.post("/api/v1/audits", json={"model": tiny_repo.baseline}, headers=ADMIN).status_code == 202
+    runner.join(120)
+    page = client.get("/audits")
+    assert page.status_code == 200 and b"Audits" in page.data and tiny_repo.baseline.encode() in page.data
+    picture = client.get(f"/audits/{run_id}/accuracy.png")
+    assert picture.status_code == 200 and picture.data.startswith(b"\x89PNG")
+    assert client.get(f"/audits/{run_id}/examples.png").status_code in (200, 404)  # 404: nothing was fooled
+    assert b"medrobust_audit_robust_accuracy{" in client.get("/metrics").data
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status", "code"),
+    [
+        ({}, {"model": "demo-resnet50-baseline"}, 401, "unauthorized"),
+        ({"Authorization": "Bearer wrong"}, {"model": "demo-resnet50-baseline"}, 401, "unauthorized"),
+        (ADMIN, {"name": "demo-resnet50-baseline"}, 400, "invalid_request"),
+        (ADMIN, {"model": "no-such-model"}, 404, "model_not_found"),
+    ],
+)
+def test_post_errors_are_json_with_the_right_status(audit_app, headers, body, status, code):
+    app = audit_app[0]
+    response = app.test_client().post("/api/v1/audits", json=body, headers=headers)
+    assert response.status_code == status
+    assert response.get_json()["error"]["code"] == code
+
+
+def test_get_errors(audit_app):
+    client = audit_app[0].test_client()
+    missing = client.get("/api/v1/audits/424242")
+    assert missing.status_code == 404 and missing.get_json()["error"]["code"] == "audit_not_found"
+    assert client.get("/api/v1/audits?limit=0").get_json()["error"]["message"] == "expected limit in 1..1000, got 0"
+    assert client.get("/audits/424242/accuracy.png").status_code == 404
+
+
+def test_the_scheduler_never_runs_one_model_twice_at_once(audit_app, tiny_repo):
+    from audit.scheduler import AuditWorker
+
+    _, runner, store, gated, config, registry = audit_app
+    worker = AuditWorker(config.with_(schedule="* * * * *", poll_seconds=3600), runner, registry, serve_metrics=False)
+    worker.start()
+    try:
+        job = worker.scheduler.get_job("scheduled-audit")
+        assert job.coalesce is True and job.max_instances == 1
+        first = worker.audit_all()
+        assert len(first) == 2  # both models start
+        assert worker.audit_all() == []  # both still running: nothing new starts
+        assert worker.check_new_versions() == []
+        assert sorted(runner.active()) == sorted(tiny_repo.models)
+        assert len(store.list_runs(status="running")) == 2
+    finally:
+        gated.gate.set()
+        runner.join(120)
+        worker.stop()
+    assert {r.status for r in store.list_runs()} == {"succeeded"}
+    assert worker.check_new_versions() == []  # both versions now audited
+
+
+def test_a_new_version_is_audited_once(tiny_repo, copy_repo, tmp_path):
+    import shutil
+
+    from audit.runner import AuditRunner
+    from audit.scheduler import AuditWorker
+    from audit.store import AuditStore
+    from service.embedded import EmbeddedPredictor
+    from training.repository import write_models_config
+
+    repo = copy_repo()
+    config = AuditConfig(
+        model_repo=repo, dataset=tiny_repo.dataset_spec, samples=4, progress=False, database_url=f"sqlite:///{tmp_path / 'a.sqlite'}",
+        artefacts_dir=tmp_path / "art", attack=AttackConfig(epsilons=("0", "0.01"), steps=1, batch_size=4, noise_check=False),
+        models=(tiny_repo.baseline,),
+    )
+    store = AuditStore(config.database_url)
+    predictor = EmbeddedPredictor(repo, poll_seconds=0.01)
+    worker = AuditWorker(config, AuditRunner(config, predictor, store), CollectorRegistry(), serve_metrics=False)
+    assert len(worker.check_new_versions()) == 1  # version 1 was never audited
+    worker.runner.join(120)
+    assert worker.check_new_versions() == []
+    shutil.copytree(repo / tiny_repo.baseline / "1", repo / tiny_repo.baseline / "2")
+    write_models_config(repo)
+    ids = worker.check_new_versions()
+    assert len(ids) == 1 and store.get_run(ids[0]).version == 2 and store.get_run(ids[0]).trigger == "new_version"
+    worker.runner.join(120)
+    assert store.get_run(ids[0]).status == "succeeded"
+    store.close()

@@ -1,0 +1,107 @@
+"""`medrobust audit run --json`, `medrobust audit report`, and `medrobust up` on an existing repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from medrobust.cli import main
+
+
+def test_audit_run_json_then_report(tiny_repo, tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'a.sqlite'}"
+    code = main([
+        "audit", "run", "--model-repo", str(tiny_repo.path), "--dataset", tiny_repo.dataset_spec, "--samples", "6",
+        "--epsilons", "0", "0.005", "0.02", "--steps", "2", "--database-url", url, "--artefacts-dir", str(tmp_path / "art"),
+        "--no-progress", "--json",
+    ])
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [r["model"] for r in doc["runs"]] == sorted(tiny_repo.models)
+    run = doc["runs"][0]
+    assert run["status"] == "succeeded" and run["version"] == 1 and run["backend"] == "embedded"
+    assert len(run["audit_set"]["sample_ids"]) == 6 and all(s.startswith("synthetic/") for s in run["audit_set"]["sample_ids"])
+    assert [p["epsilon"] for p in run["points"]] == ["0", "0.005", "0.02"]
+    assert {"robust_accuracy", "balanced_robust_accuracy", "per_class", "attacked", "fooled"} <= set(run["points"][0])
+    assert run["points"][0]["robust_accuracy"] == run["clean_accuracy"]
+    # Every run of a model attacks the same images.
+    assert doc["runs"][0]["audit_set"]["fingerprint"] == doc["runs"][1]["audit_set"]["fingerprint"]
+
+    assert main(["audit", "report", str(run["run_id"]), "--database-url", url]) == 0
+    page = capsys.readouterr().out.strip()
+    assert page.endswith("index.html") and os.path.isfile(page)
+    folder = os.path.dirname(page)
+    with open(os.path.join(folder, "accuracy.png"), "rb") as handle:
+        assert handle.read(4) == b"\x89PNG"
+    assert "Sanity checks" in open(page).read()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--models", "nope-resnet50-baseline"], "expected models among the served ones"),
+        (["--epsilons", "-1"], "expected a finite epsilon >= 0, got '-1'"),
+    ],
+)
+def test_audit_run_usage_errors(tiny_repo, tmp_path, capsys, argv, message):
+    code = main(["audit", "run", "--model-repo", str(tiny_repo.path), "--dataset", tiny_repo.dataset_spec,
+                 "--database-url", f"sqlite:///{tmp_path / 'a.sqlite'}", *argv])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_audit_run_exits_non_zero_when_a_run_fails(tiny_repo, tmp_path, capsys):
+    # The dataset cannot be read: the run is recorded as failed, and the exit status says so.
+    code = main(["audit", "run", "--model-repo", str(tiny_repo.path), "--dataset", f"folder:{tmp_path / 'missing'}",
+                 "--database-url", f"sqlite:///{tmp_path / 'a.sqlite'}", "--json", "--models", tiny_repo.baseline])
+    assert code == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["runs"][0]["status"] == "failed" and doc["runs"][0]["error"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_up_on_an_existing_repository_serves_everything_and_stops_cleanly(copy_repo, tiny_repo, tmp_path):
+    repo = copy_repo()
+    port, metrics_port = _free_port(), _free_port()
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MEDROBUST_ADMIN_TOKEN": "t"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medrobust", "up", "--model-repo", str(repo), "--dataset", tiny_repo.dataset_spec,
+         "--port", str(port), "--metrics-port", str(metrics_port), "--no-audit",
+         "--database-url", f"sqlite:///{tmp_path / 'a.sqlite'}"],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        lines = []
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "".join(lines)
+            lines.append(line)
+            if "Ctrl-C stops everything" in line:
+                break
+        out = "".join(lines)
+        assert f"http://127.0.0.1:{port}/audits" in out and f"http://127.0.0.1:{metrics_port}/metrics" in out
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/audits", timeout=30) as page:
+            assert page.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/healthz", timeout=30) as health:
+            assert json.load(health)["scheduler"] == "running"
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30) as metrics:
+            assert metrics.status == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, rest[-2000:]
+    assert "stopping" in rest
