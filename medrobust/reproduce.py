@@ -165,6 +165,6 @@ def _reproduce(args: argparse.Namespace) -> int:
         report_dir = args.report_dir or out
         doc = merged(state, others)
         if any("audit" in c for c in doc["cells"].values()):
-            written = write_report(doc, report_dir)
+            written = write_report(doc, report_dir, class_names=dataset.class_names)
             logging.getLogger(__name__).info("wrote %s", ", ".join(str(p) for p in written))
     return 0

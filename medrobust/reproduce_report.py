@@ -36,7 +36,7 @@ def _stats(values: list[float]) -> dict[str, Any]:
     }
 
 
-def summarise(state_doc: dict[str, Any]) -> dict[str, Any]:
+def summarise(state_doc: dict[str, Any], class_names: tuple[str, ...] = ()) -> dict[str, Any]:
     """Mean and std over seeds per backbone and variant, and the paired attention gain per seed."""
     config = state_doc["config"]
     cells = [c for c in state_doc["cells"].values() if "audit" in c]
@@ -91,6 +91,9 @@ def summarise(state_doc: dict[str, Any]) -> dict[str, Any]:
     return {
         "task": config["task"],
         "dataset": config["dataset"],
+        "class_names": list(class_names),
+        # A model that predicts one class has a balanced accuracy of exactly 1/K: flagged in the table.
+        "chance_balanced_accuracy": 1 / len(class_names) if class_names else None,
         "epsilons": epsilons,
         "settings": config,
         "audit_sets": audit_sets,
@@ -174,7 +177,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
     for backbone, entry in summary["backbones"].items():
         seeds = sorted({s for v in entry["variants"].values() for s in v["seeds"]})
         lines += [f"## {backbone} at {entry['image_size']} px (seeds {', '.join(map(str, seeds))})", ""]
-        header = ["model", "clean", *[f"ε={e}" for e in eps if Decimal(e) > 0], "test acc. (full test split)"]
+        header = ["model", "clean", *[f"ε={e}" for e in eps if Decimal(e) > 0], "balanced clean", "test acc. (full test split)"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for variant in VARIANTS:
             stats = entry["variants"].get(variant)
@@ -182,21 +185,37 @@ def markdown_table(summary: dict[str, Any]) -> str:
                 continue
             row = [variant, _cell(stats["clean_accuracy"])]
             row += [_cell(stats["robust_accuracy"][e]) for e in eps if Decimal(e) > 0]
+            row.append(_cell(stats["balanced_clean_accuracy"]))
             row.append(_cell(stats["test_accuracy"]))
             lines.append("| " + " | ".join(row) + " |")
         gain = entry.get("attention_gain")
         if gain:
             row = ["attention gain", _cell(gain["clean_accuracy"], True)]
             row += [_cell(gain["robust_accuracy"][e], True) for e in eps if Decimal(e) > 0]
-            row.append("")
+            row += ["", ""]
             lines.append("| " + " | ".join(row) + " |")
             ratio = entry["attention_ratio_of_means"]
             row = ["attention / baseline (means)", ""]
             row += ["n/a" if ratio[e] is None else f"{ratio[e]:.2f}x" for e in eps if Decimal(e) > 0]
-            row.append("")
+            row += ["", ""]
             lines.append("| " + " | ".join(row) + " |")
         failures = [f"{v}: {f}" for v, s in entry["variants"].items() for f in s["sanity_failures"]]
         lines += [""]
+        chance = summary.get("chance_balanced_accuracy")
+        if chance:
+            single = [
+                f"{variant} seed {seed}"
+                for variant, stats in entry["variants"].items()
+                for seed, value in zip(stats["seeds"], stats["balanced_clean_accuracy"]["values"])
+                if abs(value - chance) < 1e-9
+            ]
+            if single:
+                lines += [
+                    f"**Degenerate models** ({', '.join(single)}): a balanced clean accuracy of exactly "
+                    f"1/{len(summary['class_names'])} on the audit set, as a model that predicts one class has; "
+                    "their robust accuracy says nothing about attention.",
+                    "",
+                ]
         if failures:
             lines += ["Sanity checks that failed: " + "; ".join(failures) + ".", ""]
         else:
@@ -211,10 +230,10 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_report(state_doc: dict[str, Any], report_dir: Path) -> list[Path]:
+def write_report(state_doc: dict[str, Any], report_dir: Path, *, class_names: tuple[str, ...] = ()) -> list[Path]:
     """The figures, results.md, results.json and manifest.json of the grid; returns the files written."""
     report_dir.mkdir(parents=True, exist_ok=True)
-    summary = summarise(state_doc)
+    summary = summarise(state_doc, class_names)
     written = []
     for backbone in summary["backbones"]:
         written.append(accuracy_figure(summary, backbone, report_dir / figure_name(summary["task"], backbone)))
