@@ -46,6 +46,13 @@ def _backbones(text: str) -> tuple[str, ...]:
     return names
 
 
+def _variants(text: str) -> tuple[str, ...]:
+    names = tuple(v for v in text.replace(",", " ").split() if v)
+    if not names or any(n not in ("baseline", "attention") for n in names) or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"expected baseline, attention or both, got {text!r}")
+    return names
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "reproduce",
@@ -59,6 +66,7 @@ def register(subparsers) -> None:
     p.add_argument("--task", help="task name, e.g. derm (default: the dataset's)")
     p.add_argument("--dataset", required=True, help="KIND:PATH, e.g. ham10000:DIR, medmnist:FILE.npz, synthetic")
     p.add_argument("--backbones", type=_backbones, default=BACKBONES, help="comma-separated (default: resnet50,inception_resnet_v2)")
+    p.add_argument("--variants", type=_variants, default=("baseline", "attention"), help="baseline,attention (default: both; one of them to split a grid over processes, then --merge)")
     p.add_argument("--image-size", type=_positive_int, help=f"input size for every backbone (default: {DEFAULT_SIZE}, or the backbone's minimum if larger)")
     p.add_argument("--epochs", type=_positive_int, default=300, help="upper bound; early stopping usually ends sooner (default: 300, the paper's)")
     p.add_argument("--limit", type=_positive_int, help="cap the training images per model (a seeded subset per seed)")
@@ -97,7 +105,7 @@ def _config(args: argparse.Namespace, dataset_task: str):
         return GridConfig(
             task=args.task or dataset_task, dataset=args.dataset, backbones=tuple(args.backbones), image_sizes=tuple(sizes),
             epochs=args.epochs, limit=args.limit, seeds=tuple(args.seeds), samples=args.samples, epsilons=epsilons,
-            steps=args.steps, epoch_fraction=args.epoch_fraction, batch_size=args.batch_size,
+            steps=args.steps, epoch_fraction=args.epoch_fraction, batch_size=args.batch_size, variants=tuple(args.variants),
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None

@@ -56,18 +56,21 @@ class GridConfig:
     audit_seed: int = 0
     batch_size: int = 32
     epoch_fraction: float = 1.0
+    variants: tuple[str, ...] = ("baseline", "attention")
 
     def image_size(self, backbone: str) -> int:
         return self.image_sizes[self.backbones.index(backbone)]
 
     def cells(self) -> tuple[Cell, ...]:
         """Backbone by backbone, seed by seed, baseline then attention (so pairs finish together)."""
-        return tuple(Cell(b, a, s) for b in self.backbones for s in self.seeds for a in (False, True))
+        attention = tuple(a for a in (False, True) if ("attention" if a else "baseline") in self.variants)
+        return tuple(Cell(b, a, s) for b in self.backbones for s in self.seeds for a in attention)
 
     def identity(self) -> dict[str, Any]:
         """The settings that change results (seeds may grow: new seeds add cells, old ones stay valid)."""
         doc = asdict(self)
         doc.pop("seeds")
+        doc.pop("variants")
         doc.pop("backbones")
         doc.pop("image_sizes")
         doc["image_size_by_backbone"] = dict(zip(self.backbones, self.image_sizes))
