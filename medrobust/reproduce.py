@@ -72,6 +72,7 @@ def register(subparsers) -> None:
     p.add_argument("--limit", type=_positive_int, help="cap the training images per model (a seeded subset per seed)")
     p.add_argument("--epoch-fraction", type=float, default=1.0, help="fraction of the training set per epoch (the paper used 0.1 for skin lesions)")
     p.add_argument("--batch-size", type=_positive_int, default=32, help="training batch size (default: 32, as the recipe)")
+    p.add_argument("--weights", help="backbone weights: imagenet, or a local weights file (default: random initialisation)")
     p.add_argument("--seeds", type=_int_list, default=(0, 1, 2), help="training seeds (default: 0,1,2)")
     p.add_argument("--samples", type=_positive_int, default=256, help="audit images, the same for every model (default: 256)")
     p.add_argument("--epsilons", help="comma-separated L-inf epsilons on [0,1] pixels (default: the paper's grid; 0 is always added)")
@@ -105,7 +106,7 @@ def _config(args: argparse.Namespace, dataset_task: str):
         return GridConfig(
             task=args.task or dataset_task, dataset=args.dataset, backbones=tuple(args.backbones), image_sizes=tuple(sizes),
             epochs=args.epochs, limit=args.limit, seeds=tuple(args.seeds), samples=args.samples, epsilons=epsilons,
-            steps=args.steps, epoch_fraction=args.epoch_fraction, batch_size=args.batch_size, variants=tuple(args.variants),
+            steps=args.steps, epoch_fraction=args.epoch_fraction, batch_size=args.batch_size, variants=tuple(args.variants), weights=args.weights,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None

@@ -57,6 +57,7 @@ class GridConfig:
     batch_size: int = 32
     epoch_fraction: float = 1.0
     variants: tuple[str, ...] = ("baseline", "attention")
+    weights: str | None = None  # backbone initialisation: None (random), "imagenet" or a weights file
 
     def image_size(self, backbone: str) -> int:
         return self.image_sizes[self.backbones.index(backbone)]
@@ -227,7 +228,7 @@ def run_grid(
                 # resume=True continues from the cell's own checkpoint when an earlier run died mid-training.
                 trained = train_and_export(
                     dataset, Variant(cell.backbone, cell.attention), task=config.task, image_size=size, model_repo=repo,
-                    recipe=recipe, limit=config.limit, workdir=workdir, resume=True, verbose=verbose, log=log,
+                    recipe=recipe, limit=config.limit, weights=config.weights, workdir=workdir, resume=True, verbose=verbose, log=log,
                 )
                 state.record(cell, "train", {
                     "model": trained.model, "version": trained.version, "seconds": round(trained.seconds, 1),
