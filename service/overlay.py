@@ -38,16 +38,12 @@ def _checked_levels(heatmap: np.ndarray) -> Image.Image:
 
 
 def _colour_image(heatmap: np.ndarray, size: tuple[int, int], colormap: str) -> Image.Image:
+    """float [h, w] in [0, 1] -> an RGB image at `size` = (width, height)."""
     levels = _checked_levels(heatmap)
     if levels.size != size:
         levels = levels.resize(size, Image.Resampling.BILINEAR)
     levels.putpalette(_palette(colormap))  # "L" -> "P": the palette lookup happens in C on convert
     return levels.convert("RGB")
-
-
-def colorize(heatmap: np.ndarray, size: tuple[int, int], colormap: str = HEATMAP_COLORMAP) -> np.ndarray:
-    """float [h, w] in [0, 1] -> uint8 RGB [height, width, 3] at `size` = (width, height)."""
-    return np.asarray(_colour_image(heatmap, size, colormap))
 
 
 def _blended(original: np.ndarray, heatmap: np.ndarray, colormap: str, alpha: float) -> Image.Image:
