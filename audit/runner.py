@@ -138,7 +138,8 @@ class AuditRunner:
         self.metrics = metrics
         self._load_dataset = load_dataset
         self._datasets: dict[str, object] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the active runs only: held for microseconds
+        self._dataset_lock = threading.Lock()  # a dataset loads once, without blocking submits meanwhile
         self._active: dict[str, int] = {}
         self._threads: list[threading.Thread] = []
 
@@ -146,7 +147,7 @@ class AuditRunner:
         spec = self.config.dataset
         if not spec:
             raise AuditError("expected a dataset to draw the audit set from (--dataset or MEDROBUST_AUDIT_DATASET), got none")
-        with self._lock:
+        with self._dataset_lock:
             if spec not in self._datasets:
                 if self._load_dataset is None:
                     from training.datasets import load_dataset

@@ -80,9 +80,10 @@ def test_post_runs_now_409s_while_running_then_get_shows_the_run(audit_app, tiny
     runner.join(120)
     page = client.get("/audits")
     assert page.status_code == 200 and b"Audits" in page.data and tiny_repo.baseline.encode() in page.data
-    picture = client.get(f"/audits/{run_id}/accuracy.png")
-    assert picture.status_code == 200 and picture.data.startswith(b"\x89PNG")
-    assert client.get(f"/audits/{run_id}/examples.png").status_code in (200, 404)  # 404: nothing was fooled
+    with client.get(f"/audits/{run_id}/accuracy.png") as picture:  # file responses must be closed
+        assert picture.status_code == 200 and picture.data.startswith(b"\x89PNG")
+    with client.get(f"/audits/{run_id}/examples.png") as examples:
+        assert examples.status_code in (200, 404)  # 404: nothing was fooled
     assert b"medrobust_audit_robust_accuracy{" in client.get("/metrics").data
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -41,7 +42,7 @@ def test_audit_run_json_then_report(tiny_repo, tmp_path, capsys):
     folder = os.path.dirname(page)
     with open(os.path.join(folder, "accuracy.png"), "rb") as handle:
         assert handle.read(4) == b"\x89PNG"
-    assert "Sanity checks" in open(page).read()
+    assert "Sanity checks" in Path(page).read_text()
 
 
 @pytest.mark.parametrize(
