@@ -159,6 +159,8 @@ def _cell(stats: dict[str, Any] | None, signed: bool = False) -> str:
     if stats is None or stats["mean"] is None:
         return "n/a"
     sign = "+" if signed else ""
+    if stats["n"] < 2:  # one seed: no spread was measured, so none is shown
+        return f"{stats['mean']:{sign}.3f}"
     return f"{stats['mean']:{sign}.3f} ± {stats['std']:.3f}"
 
 
