@@ -19,6 +19,8 @@ def _attention(value: bool) -> str:
     return "true" if value else "false"
 
 
+RUN_STATUSES = ("succeeded", "failed")
+
 class AuditMetrics:
     """Every audit metric, registered in `registry`."""
 
@@ -62,10 +64,17 @@ class AuditMetrics:
 
     def restore(self, store) -> None:
         """Set every metric from the store (called once at start)."""
+        for model, _status in store.run_counts():
+            self.declare(model)
         for (model, status), count in store.run_counts().items():
             self.runs.labels(model=model, status=status).inc(count)
         for run in store.latest_succeeded():
             self.publish(run)
+
+    def declare(self, model: str) -> None:
+        """Create a model's run counters at zero, so Prometheus sees its first run as an increase."""
+        for status in RUN_STATUSES:
+            self.runs.labels(model=model, status=status)
 
     def count(self, model: str, status: str, duration_seconds: float | None = None) -> None:
         """A run finished with `status` ("succeeded" or "failed")."""

@@ -87,6 +87,8 @@ class AuditWorker:
         ids = []
         wanted = set(self.config.models)
         for info in self.runner.predictor.list_models():
+            if self.runner.metrics is not None:
+                self.runner.metrics.declare(info.name)
             key = (info.name, int(info.latest))
             if (wanted and info.name not in wanted) or key in audited:
                 continue

@@ -249,15 +249,20 @@ class AuditStore:
                 raise RunNotFound(f"expected run {run_id} to be running, found it missing or already finished")
 
     def _ensure_audit_set(self, conn: sa.Connection, s: AuditSet) -> None:
-        exists = conn.execute(sa.select(audit_sets.c.fingerprint).where(audit_sets.c.fingerprint == s.fingerprint)).first()
-        if exists is None:
-            conn.execute(
-                audit_sets.insert().values(
-                    fingerprint=s.fingerprint, dataset=s.dataset, dataset_fingerprint=s.dataset_fingerprint,
-                    seed=s.seed, image_size=s.image_size, sample_ids=list(s.sample_ids), labels=list(s.labels),
-                    class_names=list(s.class_names), created_at=time.time(),
+        # Insert unconditionally: two processes finishing the first runs on a new audit set would
+        # both find it missing, and the loser's duplicate must not cost its run. The savepoint
+        # keeps the run's transaction usable after the duplicate-key error.
+        try:
+            with conn.begin_nested():
+                conn.execute(
+                    audit_sets.insert().values(
+                        fingerprint=s.fingerprint, dataset=s.dataset, dataset_fingerprint=s.dataset_fingerprint,
+                        seed=s.seed, image_size=s.image_size, sample_ids=list(s.sample_ids), labels=list(s.labels),
+                        class_names=list(s.class_names), created_at=time.time(),
+                    )
                 )
-            )
+        except sa.exc.IntegrityError:
+            pass  # the same fingerprint is the same set
 
     def fail_run(self, run_id: int, error: str, *, duration_seconds: float | None = None) -> None:
         """Mark a run failed with the reason (its figures, if any were being written, were rolled back)."""

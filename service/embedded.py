@@ -41,6 +41,9 @@ class _Loaded:
     version: int
     card: Mapping[str, Any]
     signatures: Mapping[str, Any]
+    # The loaded module owns the variables the signatures read: without a reference to it they
+    # are freed, and a call under a live GradientTape fails ("variables which have been deleted").
+    module: Any = None
 
 
 class EmbeddedPredictor:
@@ -174,7 +177,7 @@ class EmbeddedPredictor:
 
                 path = entry.path / str(v)
                 module = tf.saved_model.load(str(path))
-                hit = _Loaded(v, repository.read_card(path), dict(module.signatures))
+                hit = _Loaded(v, repository.read_card(path), dict(module.signatures), module)
                 with self._lock:
                     self._loaded[key] = hit
                     while len(self._loaded) > self.max_loaded:

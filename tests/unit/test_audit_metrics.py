@@ -75,3 +75,15 @@ def test_two_registries_do_not_share_series():
     AuditMetrics(b)
     assert a.get_sample_value("medrobust_audit_runs_total", {"model": "m", "status": "failed"}) == 1
     assert b.get_sample_value("medrobust_audit_runs_total", {"model": "m", "status": "failed"}) is None
+
+
+def test_run_counters_of_a_declared_model_start_at_zero():
+    # Prometheus cannot see a series' first value as an increase: a run counted on a series
+    # created by that same run would never show in increase()/rate() panels.
+    registry = CollectorRegistry()
+    metrics = AuditMetrics(registry)
+    metrics.declare("demo-resnet50-attention")
+    for status in ("succeeded", "failed"):
+        assert registry.get_sample_value("medrobust_audit_runs_total", {"model": "demo-resnet50-attention", "status": status}) == 0
+    metrics.count("demo-resnet50-attention", "succeeded")
+    assert registry.get_sample_value("medrobust_audit_runs_total", {"model": "demo-resnet50-attention", "status": "succeeded"}) == 1

@@ -126,3 +126,19 @@ def test_history_is_kept_across_versions_and_latest_runs_are_found(database_url)
     assert store.audited_versions() == {("demo-resnet50-attention", 1), ("demo-resnet50-attention", 2), ("demo-resnet50-baseline", 1)}
     assert store.partner_run(store.get_run(ids[2])).id == ids[1]
     store.close()
+
+
+def test_an_audit_set_stored_by_another_process_first_does_not_fail_the_run(database_url):
+    # Two processes finishing the first runs on a new audit set both find it missing; the second
+    # insert of the same set must not cost its run, nor leave its figures half written.
+    first, second = AuditStore(database_url), AuditStore(database_url)
+    try:
+        a = first.start_run(model="demo-resnet50-attention", version=1, card=CARD, backend="embedded", attack="linf_pgd", config={})
+        b = second.start_run(model="demo-resnet50-baseline", version=1, card=CARD, backend="embedded", attack="linf_pgd", config={})
+        first.finish_run(a, make_result())
+        second.finish_run(b, make_result(model="demo-resnet50-baseline", attention=False))
+        assert first.get_run(a).status == "succeeded" and second.get_run(b).status == "succeeded"
+        assert _count(second, audit_points, b) == 3 and _count(second, audit_samples, b) == 4
+    finally:
+        first.close()
+        second.close()
