@@ -123,12 +123,11 @@ def test_front_end_and_audit_reach_tf_serving_over_grpc(services: dict) -> None:
     audit = services["audit-worker"]
     assert audit["command"] == ["audit", "worker"]
     assert audit["environment"]["MEDROBUST_TF_SERVING"] == grpc
-    # The audit cannot list TF Serving's models: its default list is what `train` makes by default.
-    task = re.search(r"--task=\$\{MEDROBUST_TRAIN_TASK:-(\w+)\}", " ".join(services["train"]["command"])).group(1)
-    models = re.fullmatch(r"\$\{MEDROBUST_AUDIT_MODELS:-(.+)\}", audit["environment"]["MEDROBUST_AUDIT_MODELS"]).group(1)
-    assert sorted(models.split(",")) == sorted(
-        f"{task}-{b}-{v}" for b in ("resnet50", "inception_resnet_v2") for v in ("attention", "baseline")
-    )
+    # TF Serving cannot list its models: the worker finds them in the repository it mounts, the
+    # same volume TF Serving serves, and audits them all unless told otherwise.
+    assert audit["environment"]["MEDROBUST_MODEL_REPO"] == "/models"
+    assert audit["environment"]["MEDROBUST_AUDIT_MODELS"] == "${MEDROBUST_AUDIT_MODELS:-}"
+    assert any(v.startswith("model-repo:/models") for v in audit["volumes"])
     for name in ("frontend", "audit-worker"):
         url = services[name]["environment"]["MEDROBUST_DATABASE_URL"]
         assert url.startswith("postgresql+psycopg2://") and "@postgres:5432/" in url, name
