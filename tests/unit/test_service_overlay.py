@@ -43,7 +43,16 @@ def test_refuses_bad_inputs(original, heat, message):
 
 
 def test_does_not_import_pyplot():
+    # pyplot's global state is not thread-safe under a threaded server. Checked in a fresh
+    # interpreter: other tests in this process (audit reports) import pyplot legitimately.
+    import subprocess
     import sys
 
-    overlay_png(np.zeros((8, 8, 3), np.uint8), np.ones((2, 2)))
-    assert "matplotlib.pyplot" not in sys.modules
+    code = (
+        "import sys, numpy as np\n"
+        "from service.overlay import overlay_png\n"
+        "overlay_png(np.zeros((8, 8, 3), np.uint8), np.ones((2, 2)))\n"
+        "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
