@@ -55,26 +55,23 @@ class ServedModel:
         if int(version) != self.version:
             raise AuditError(f"{self.model}: expected answers from pinned version {self.version}, got version {version}")
 
-    def logits(self, images: np.ndarray) -> np.ndarray:
-        """`serving_default` logits for any number of images, in batches."""
-        out = []
+    def _predictions(self, images: np.ndarray):
+        """`serving_default` over any number of images, in batches, each checked for the pinned version."""
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
             pred = self.predictor.predict(self.model, chunk, version=self.version)
             self._check(pred.version)
             self.counts.add(forward=len(chunk))
-            out.append(np.asarray(pred.logits, np.float32))
+            yield pred
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """`serving_default` logits for any number of images."""
+        out = [np.asarray(p.logits, np.float32) for p in self._predictions(images)]
         return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
 
     def classes(self, images: np.ndarray) -> np.ndarray:
         """`serving_default` class ids (argmax of the served logits, as the server reports them)."""
-        out = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            pred = self.predictor.predict(self.model, chunk, version=self.version)
-            self._check(pred.version)
-            self.counts.add(forward=len(chunk))
-            out.append(np.asarray(pred.class_id, np.int64))
+        out = [np.asarray(p.class_id, np.int64) for p in self._predictions(images)]
         return np.concatenate(out) if out else np.zeros((0,), np.int64)
 
     def gradient(self, images: np.ndarray, cotangent: np.ndarray) -> np.ndarray:
