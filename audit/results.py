@@ -87,12 +87,6 @@ class AuditResult:
     def sanity_passed(self) -> bool:
         return all(c.passed for c in self.sanity)
 
-    def point(self, epsilon: str) -> EpsilonPoint:
-        for p in self.points:
-            if p.epsilon == epsilon:
-                return p
-        raise KeyError(f"expected an epsilon in {[p.epsilon for p in self.points]}, got {epsilon!r}")
-
     def to_json(self, run_id: int | None = None) -> dict[str, Any]:
         """A JSON-ready document: the audit set's sample ids and the per-epsilon figures."""
         doc = asdict(self)

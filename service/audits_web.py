@@ -34,11 +34,12 @@ def audits_extension(store, runner=None, *, artefacts_dir: str | Path = ".medrob
     """The extension adding the Audits page and API to an app built by `create_app`."""
 
     def init_app(app: Flask) -> None:
-        from service.app import add_nav_link
+        from service.app import add_nav_link, add_openapi_paths
 
         app.extensions[_KEY] = _AuditsState(store, runner, Path(artefacts_dir))
         app.register_blueprint(bp)
         add_nav_link(app, "Audits", "/audits")
+        add_openapi_paths(app, OPENAPI_PATHS)
 
     return init_app
 
@@ -50,6 +51,36 @@ def _summary(run) -> dict:
 
 
 # -- API ----------------------------------------------------------------------------------------
+_ERROR = {"$ref": "#/components/responses/Error"}
+_RUN = {"description": "an audit run", "content": {"application/json": {"schema": {"type": "object"}}}}
+OPENAPI_PATHS = {
+    "/api/v1/audits": {
+        "post": {
+            "summary": "Audit one model now (admin token)", "operationId": "startAudit",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["model"], "properties": {"model": {"type": "string"}},
+            }}}},
+            "responses": {"202": _RUN, "400": _ERROR, "401": _ERROR, "403": _ERROR, "409": _ERROR, "503": _ERROR},
+        },
+        "get": {
+            "summary": "Audit runs, newest first", "operationId": "listAudits",
+            "parameters": [
+                {"name": "model", "in": "query", "schema": {"type": "string"}},
+                {"name": "status", "in": "query", "schema": {"type": "string"}},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+            ],
+            "responses": {"200": _RUN, "400": _ERROR, "401": _ERROR},
+        },
+    },
+    "/api/v1/audits/{run_id}": {
+        "get": {
+            "summary": "One run with its per-epsilon points and sanity checks", "operationId": "getAudit",
+            "parameters": [{"name": "run_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+            "responses": {"200": _RUN, "401": _ERROR, "404": _ERROR},
+        },
+    },
+}
+
 @bp.post("/api/v1/audits")
 @require_admin
 def start_audit():

@@ -103,6 +103,14 @@ def test_post_errors_are_json_with_the_right_status(audit_app, headers, body, st
     assert response.get_json()["error"]["code"] == code
 
 
+def test_the_audits_api_is_described_in_openapi(audit_app):
+    paths = audit_app[0].test_client().get("/api/v1/openapi.json").get_json()["paths"]
+    assert set(paths["/api/v1/audits"]) == {"get", "post"}
+    assert "409" in paths["/api/v1/audits"]["post"]["responses"]
+    assert "404" in paths["/api/v1/audits/{run_id}"]["get"]["responses"]
+    assert "/api/v1/models/{model}/predict" in paths
+
+
 def test_get_errors(audit_app):
     client = audit_app[0].test_client()
     missing = client.get("/api/v1/audits/424242")
