@@ -56,6 +56,7 @@ class GridConfig:
     audit_seed: int = 0
     batch_size: int = 32
     epoch_fraction: float = 1.0
+    learning_rate: float = 0.01  # the paper's; from random initialisation a smaller one may be needed
     variants: tuple[str, ...] = ("baseline", "attention")
     weights: str | None = None  # backbone initialisation: None (random), "imagenet" or a weights file
 
@@ -102,8 +103,11 @@ class GridState:
                         f"{path}: expected --image-size {size} for {backbone} as in the stored run, got "
                         f"{mine['image_size_by_backbone'][backbone]}; use another --out for another experiment"
                     )
+            # A setting added after a run was stored held its default value in that run.
+            defaults = GridConfig.__dataclass_fields__
+            stored_value = lambda k: stored[k] if k in stored else getattr(defaults[k], "default", None)  # noqa: E731
             differing = {
-                k: (stored.get(k), v) for k, v in mine.items() if k != "image_size_by_backbone" and stored.get(k) != v
+                k: (stored_value(k), v) for k, v in mine.items() if k != "image_size_by_backbone" and stored_value(k) != v
             }
             if differing:
                 detail = ", ".join(f"{k}: stored {a!r}, given {b!r}" for k, (a, b) in sorted(differing.items()))
@@ -223,7 +227,8 @@ def run_grid(
                 workdir = out / "work" / f"{cell.backbone}-{cell.variant}-seed{cell.seed}"
                 log(f"{prefix}: training at {size}x{size} (elapsed {_clock(time.perf_counter() - started)})")
                 recipe = Recipe(
-                    epochs=config.epochs, batch_size=config.batch_size, epoch_fraction=config.epoch_fraction, seed=cell.seed
+                    epochs=config.epochs, batch_size=config.batch_size, epoch_fraction=config.epoch_fraction,
+                    learning_rate=config.learning_rate, seed=cell.seed,
                 )
                 # resume=True continues from the cell's own checkpoint when an earlier run died mid-training.
                 trained = train_and_export(

@@ -189,3 +189,38 @@ def test_report_only_merges_seeds_run_in_other_out_directories(tmp_path):
     assert (tmp_path / "report" / figure_name("demo", "resnet50")).is_file()
     manifest = json.loads((tmp_path / "report" / MANIFEST).read_text())
     assert manifest["cells"]["resnet50/baseline/seed-1"]["out"] == str(tmp_path / "b")
+
+
+def test_the_learning_rate_reaches_every_cells_recipe(tmp_path, monkeypatch):
+    recipes = []
+
+    def capture(dataset, variant, **kwargs):
+        recipes.append(kwargs["recipe"])
+        raise SimulatedCrash("stop before training")
+
+    monkeypatch.setattr(grid, "train_and_export", capture)
+    with pytest.raises(SimulatedCrash):
+        _reproduce(tmp_path / "out", "--learning-rate", "0.001")
+    assert [r.learning_rate for r in recipes] == [0.001]
+    stored = json.loads((tmp_path / "out" / grid.STATE_FILE).read_text())["config"]
+    assert stored["learning_rate"] == 0.001
+
+
+def test_a_run_stored_before_the_learning_rate_was_a_setting_used_the_papers(tmp_path):
+    config = grid.GridConfig(
+        task="demo", dataset="synthetic:90", backbones=("resnet50",), image_sizes=(32,), epochs=1, limit=40,
+        seeds=(0,), samples=8, epsilons=("0", "0.01"), steps=2,
+    )
+    state = grid.GridState.open(tmp_path, config)
+    del state.doc["config"]["learning_rate"]
+    state.save()
+    assert grid.GridState.open(tmp_path, config).doc["config"].get("learning_rate") is None  # reopens: 0.01 matches
+    with pytest.raises(grid.StateMismatch, match=r"learning_rate: stored 0.01, given 0.001"):
+        grid.GridState.open(tmp_path, grid.GridConfig(**{**config.__dict__, "learning_rate": 0.001}))
+
+
+def test_a_learning_rate_must_be_positive(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["reproduce", "--dataset", "synthetic:90", "--out", str(tmp_path / "out"), "--learning-rate", "0"])
+    assert exited.value.code == 2
+    assert "expected a number > 0, got 0" in capsys.readouterr().err
