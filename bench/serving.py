@@ -86,6 +86,7 @@ class _Client:
     def __init__(self, port: int, path: str, body: bytes):
         self.port, self.path, self.body = port, path, body
         self.conn: http.client.HTTPConnection | None = None
+        self.last_body = b""
 
     def post(self) -> float:
         """One request; returns its latency (a stale keep-alive connection is reopened, untimed)."""
@@ -97,7 +98,7 @@ class _Client:
             try:
                 self.conn.request("POST", self.path, body=self.body, headers={"Content-Type": "image/png"})
                 response = self.conn.getresponse()
-                response.read()
+                self.last_body = response.read()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
                 self.close()
                 if attempt:
@@ -149,6 +150,14 @@ def _alternate(first, second, requests: int) -> tuple[list[float], list[float]]:
         second()
         b.append(time.perf_counter() - t)
     return a, b
+
+
+def _breakdown(latencies: list[float], server_ms: list[dict]) -> dict[str, float]:
+    """Medians of where an HTTP request's time went: the handler's own timings (decode, model,
+    overlay, as the API reports them) and the rest of the round trip outside the handler."""
+    outside = [lat * 1000 - t["total"] for lat, t in zip(latencies, server_ms)]
+    parts = {k: _percentile([t[k] for t in server_ms], 50) for k in ("decode", "model", "overlay")}
+    return {**{k: round(v, 3) for k, v in parts.items()}, "outside_handler": round(_percentile(outside, 50), 3)}
 
 
 def _timed(fn, requests: int) -> tuple[list[float], float]:
@@ -220,8 +229,15 @@ def main(argv: list[str] | None = None) -> int:
         client = _Client(port, path, body)
         for _ in range(args.warmup):
             client.post()
-        http1, floors = _alternate(client.post, floor, args.requests)
+        bodies: list[bytes] = []
+
+        def http_post() -> None:
+            client.post()
+            bodies.append(client.last_body)  # parsed after the timing, not inside it
+
+        http1, floors = _alternate(http_post, floor, args.requests)
         client.close()
+        breakdown = _breakdown(http1, [json.loads(b)["timings_ms"] for b in bodies])
         # A single client waits for each answer, so its requests/s is 1 / mean latency.
         rows.append(_row("http-1", http1, sum(http1)))
         rows.append(_row("floor", floors, sum(floors)))
@@ -267,6 +283,10 @@ def main(argv: list[str] | None = None) -> int:
         "keras_vis_p50_over_floor": round(by["keras-vis"]["p50_ms"] / floor, 3) if "keras-vis" in by else None,
         "overhead_goal_met": by["http-1"]["p50_ms"] / floor <= 1.15,
     }
+    ratios["http1_breakdown_ms"] = breakdown
+    print(f"http-1 medians, ms: floor {floor:.1f}; in the handler: decode {breakdown['decode']:.2f}, model "
+          f"{breakdown['model']:.2f}, overlay {breakdown['overlay']:.2f}; outside it (gunicorn, Flask, HTTP, "
+          f"client) {breakdown['outside_handler']:.2f}")
     if note:
         ratios["note"] = note
     print(json.dumps(ratios))
