@@ -173,13 +173,23 @@ def make_engine(url: str) -> sa.Engine:
     return sa.create_engine(url, pool_pre_ping=True)
 
 
+def _create_tables(engine: sa.Engine) -> None:
+    """Create the tables that are missing. The front end and the audit worker start together on a
+    fresh database: when the other process creates a table between our check and our CREATE, ours
+    fails; the second pass finds every table there."""
+    try:
+        metadata.create_all(engine)
+    except sa.exc.DBAPIError:
+        metadata.create_all(engine)
+
+
 class AuditStore:
     """Audit runs in a SQL database (tables created on first use)."""
 
     def __init__(self, url: str, *, recover: bool = True):
         self.url = url
         self.engine = make_engine(url)
-        metadata.create_all(self.engine)
+        _create_tables(self.engine)
         self.owner = owner_id()
         if recover:
             self.fail_interrupted()

@@ -30,6 +30,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--grpc-deadline-seconds", type=float, help="TF Serving: deadline of each call (MEDROBUST_GRPC_DEADLINE_SECONDS, default 10)")
     p.add_argument("--max-upload-bytes", type=int, help="largest request body (MEDROBUST_MAX_UPLOAD_BYTES, default 20000000)")
     p.add_argument("--max-pixels", type=int, help="largest decoded image (MEDROBUST_MAX_PIXELS, default 50000000)")
+    p.add_argument(
+        "--database-url", metavar="URL",
+        help="audit store whose runs the Audits page shows, as written by `medrobust audit worker` (MEDROBUST_DATABASE_URL; "
+             "default: no Audits page)",
+    )
     p.set_defaults(handler=_serve)
 
 
@@ -50,6 +55,7 @@ def _serve(args: argparse.Namespace) -> int:
         "grpc_deadline_seconds": args.grpc_deadline_seconds,
         "max_upload_bytes": args.max_upload_bytes,
         "max_pixels": args.max_pixels,
+        "database_url": args.database_url,
     }
     try:
         config = ServiceConfig.from_env(os.environ, **flags)

@@ -28,10 +28,16 @@ class ServiceConfig:
     poll_seconds: float = 30.0
     max_loaded: int = 8
     models: tuple[str, ...] = ()  # TF Serving without a mounted repository: the served model names
+    # The audit store to show on the Audits page (runs come from a separate `medrobust audit worker`);
+    # None: no Audits page. Reports drawn for the page go under audit_artefacts.
+    database_url: str | None = None
+    audit_artefacts: Path | None = None
 
     def __post_init__(self) -> None:
-        if self.model_repo is not None and not isinstance(self.model_repo, Path):
-            object.__setattr__(self, "model_repo", Path(self.model_repo))
+        for name in ("model_repo", "audit_artefacts"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
         checks = (
             ("port", self.port, 0),
             ("workers", self.workers, 1),
@@ -74,6 +80,8 @@ class ServiceConfig:
             poll_seconds=env_float("POLL_SECONDS", 30.0, env),
             max_loaded=env_int("MAX_LOADED", 8, env),
             models=tuple(m.strip() for m in models.split(",") if m.strip()),
+            database_url=env_str("DATABASE_URL", None, env),
+            audit_artefacts=env_str("AUDIT_ARTEFACTS", None, env),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

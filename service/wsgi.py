@@ -9,5 +9,7 @@ def create() -> Flask:
     """The app configured from the environment (called by the server in each worker)."""
     from service.app import create_app
     from service.config import ServiceConfig
+    from service.server import audit_pages
 
-    return create_app(ServiceConfig.from_env())
+    config = ServiceConfig.from_env()
+    return create_app(config, extensions=audit_pages(config))

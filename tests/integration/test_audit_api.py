@@ -170,3 +170,33 @@ def test_a_new_version_is_audited_once(tiny_repo, copy_repo, tmp_path):
     worker.runner.join(120)
     assert store.get_run(ids[0]).status == "succeeded"
     store.close()
+
+
+def test_a_front_end_given_a_database_shows_its_runs_read_only(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from audit.store import AuditStore, audit_runs
+    from service.app import create_app
+    from service.config import ServiceConfig
+    from service.server import audit_pages
+
+    url = f"sqlite:///{tmp_path / 'audits.sqlite'}"
+    worker_store = AuditStore(url)
+    running = worker_store.start_run(model="demo-resnet50-baseline", version=1, card={"task": "demo"}, backend="embedded",
+                                     attack="linf_pgd", config={})
+    # Owned by a process that has exited: a store opened with recovery would mark the run failed.
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    with worker_store.engine.begin() as conn:
+        conn.execute(audit_runs.update().values(owner=f"{socket.gethostname()}:{gone.stdout.strip()}"))
+    (tmp_path / "repo").mkdir()
+    config = ServiceConfig(model_repo=tmp_path / "repo", database_url=url, admin_token="s3cret-admin")
+    client = create_app(config, extensions=audit_pages(config)).test_client()
+    listed = client.get("/api/v1/audits").get_json()["audits"]
+    assert [(r["id"], r["status"]) for r in listed] == [(running, "running")]  # the worker's run, not marked failed
+    assert b"demo-resnet50-baseline" in client.get("/audits").data
+    refused = client.post("/api/v1/audits", json={"model": "demo-resnet50-baseline"}, headers=ADMIN)
+    assert refused.status_code == 503 and refused.get_json()["error"]["code"] == "audits_unavailable"
+    without = ServiceConfig(model_repo=tmp_path / "repo")
+    assert create_app(without, extensions=audit_pages(without)).test_client().get("/api/v1/audits").status_code == 404

@@ -1,5 +1,8 @@
 """The deploy files against a real Prometheus scraping a real front end and audit worker.
 
+The front end is started as compose and Kubernetes start it, pointed at the worker's audit store,
+so its Audits page and API show the worker's runs.
+
 `medrobust serve` and `medrobust audit worker --now` run as processes on the tiny repository;
 Debian's `prometheus` scrapes them with deploy/prometheus/prometheus.yml (targets rewritten for
 127.0.0.1, 1 s scrapes) and evaluates deploy/prometheus/alerts.yml. Once the audit's figures have
@@ -61,8 +64,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _http(url: str, *, data: bytes | None = None, content_type: str | None = None, timeout: float = 10) -> tuple[int, bytes]:
+ADMIN_TOKEN = "live-stack-admin-token"
+
+
+def _http(
+    url: str, *, data: bytes | None = None, content_type: str | None = None, timeout: float = 10, token: str | None = None
+) -> tuple[int, bytes]:
     headers = {"Content-Type": content_type} if content_type else {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(url, data=data, headers=headers, method="POST" if data is not None else "GET")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -152,15 +162,17 @@ def stack(tiny_repo, tmp_path_factory) -> Iterator[Stack]:
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     # The serving and audit processes read the tiny repository; neither writes into it.
     medrobust = [sys.executable, "-m", "medrobust"]
+    database = f"sqlite:///{tmp / 'audits.sqlite'}"
     try:
         processes.start("serve", [
             *medrobust, "serve", "--model-repo", str(tiny_repo.path), "--host", "127.0.0.1",
-            "--port", frontend.rsplit(":", 1)[1], "--workers", "1", "--threads", "2",
-        ], env={**env, "PROMETHEUS_MULTIPROC_DIR": str(tmp / "serve-metrics")}, cwd=tmp)
+            "--port", frontend.rsplit(":", 1)[1], "--workers", "1", "--threads", "2", "--database-url", database,
+        ], env={**env, "PROMETHEUS_MULTIPROC_DIR": str(tmp / "serve-metrics"), "MEDROBUST_ADMIN_TOKEN": ADMIN_TOKEN,
+                "MEDROBUST_AUDIT_ARTEFACTS": str(tmp / "frontend-artefacts")}, cwd=tmp)
         processes.start("audit", [
             *medrobust, "audit", "worker", "--model-repo", str(tiny_repo.path), "--dataset", tiny_repo.dataset_spec,
             "--metrics-port", audit.rsplit(":", 1)[1], "--now", "--samples", "8", "--epsilons", *EPSILONS,
-            "--steps", "2", "--batch-size", "8", "--database-url", f"sqlite:///{tmp / 'audits.sqlite'}",
+            "--steps", "2", "--batch-size", "8", "--database-url", database,
             "--artefacts-dir", str(tmp / "artefacts"), "--no-progress",
         ], env={**env, "MEDROBUST_AUDIT_METRICS_HOST": "127.0.0.1"}, cwd=tmp)
         config = dq.local_prometheus_config(frontend=frontend, audit=audit, tf_serving=None, scrape_interval="1s")
@@ -224,6 +236,23 @@ def test_front_end_and_audit_worker_are_scraped(stack) -> None:
         ("medrobust-frontend", stack.frontend): ("up", ""),
         ("medrobust-audit", stack.audit): ("up", ""),
     }
+
+
+def test_the_front_end_shows_the_audit_workers_runs(stack, tiny_repo) -> None:
+    base = f"http://{stack.frontend}"
+    status, body = _http(f"{base}/api/v1/audits")
+    assert status == 200, body[:500]
+    runs = json.loads(body)["audits"]
+    assert {r["model"] for r in runs if r["status"] == "succeeded"} == set(tiny_repo.models)
+    status, page = _http(f"{base}/audits")
+    assert status == 200 and tiny_repo.baseline.encode() in page
+    run = next(r for r in runs if r["status"] == "succeeded")
+    status, figure = _http(f"{base}/audits/{run['id']}/accuracy.png", timeout=120)  # drawn by the front end
+    assert status == 200 and figure.startswith(b"\x89PNG"), figure[:200]
+    # Runs are the worker's to start: this front end has no runner.
+    status, body = _http(f"{base}/api/v1/audits", data=json.dumps({"model": tiny_repo.baseline}).encode(),
+                         content_type="application/json", token=ADMIN_TOKEN)
+    assert status == 503 and json.loads(body)["error"]["code"] == "audits_unavailable"
 
 
 def test_every_alert_rule_is_loaded_and_healthy(stack) -> None:

@@ -142,3 +142,25 @@ def test_an_audit_set_stored_by_another_process_first_does_not_fail_the_run(data
     finally:
         first.close()
         second.close()
+
+
+def test_a_store_opened_while_another_process_creates_the_tables_still_opens(database_url, monkeypatch):
+    import audit.store as store_module
+
+    real = store_module.metadata.create_all
+    calls = []
+
+    def racing(engine, checkfirst=True, **kwargs):
+        calls.append(checkfirst)
+        if len(calls) == 1:
+            other = sa.create_engine(database_url)
+            real(other)  # the other process (front end or worker) creates the tables first ...
+            other.dispose()
+            real(engine, checkfirst=False)  # ... so our CREATE fails, with the database's own error
+        return real(engine, checkfirst=checkfirst, **kwargs)
+
+    monkeypatch.setattr(store_module.metadata, "create_all", racing)
+    store = AuditStore(database_url)
+    assert len(calls) == 2
+    assert store.list_runs() == ()
+    store.close()

@@ -46,3 +46,11 @@ def test_is_frozen():
     config = ServiceConfig(model_repo=Path("/m"))
     with pytest.raises(AttributeError):
         config.port = 1  # type: ignore[misc]
+
+
+def test_the_audit_store_and_report_folder_come_from_the_environment_or_flags():
+    env = {"MEDROBUST_MODEL_REPO": "/m", "MEDROBUST_DATABASE_URL": "sqlite:///a.sqlite", "MEDROBUST_AUDIT_ARTEFACTS": "/tmp/r"}
+    config = ServiceConfig.from_env(env)
+    assert config.database_url == "sqlite:///a.sqlite" and config.audit_artefacts == Path("/tmp/r")
+    assert ServiceConfig.from_env(env, database_url="postgresql://db/x").database_url == "postgresql://db/x"
+    assert ServiceConfig.from_env({"MEDROBUST_MODEL_REPO": "/m"}).database_url is None
