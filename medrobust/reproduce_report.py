@@ -269,8 +269,12 @@ def manifest(state_doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def environment() -> dict[str, Any]:
-    """Package versions and the machine, recorded with each invocation."""
+def environment(source: Path | None = None) -> dict[str, Any]:
+    """Package versions, the machine and the source revision, recorded with each invocation.
+
+    `git_dirty` lists tracked files that differ from `git_commit`: a run made from an edited
+    checkout must not pass for one made from the commit it names.
+    """
     import platform
     import subprocess
     from importlib import metadata
@@ -281,16 +285,23 @@ def environment() -> dict[str, Any]:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=10
-        ).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
+    cwd = source or Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    commit = (git("rev-parse", "HEAD") or "").strip() or None
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    dirty = sorted(line[3:] for line in status.splitlines() if line.strip()) if status is not None else None
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "packages": versions,
         "git_commit": commit,
+        "git_dirty": dirty,
     }
