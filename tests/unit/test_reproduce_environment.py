@@ -42,7 +42,10 @@ def test_an_edited_checkout_names_the_edited_files(tmp_path):
     assert env["git_dirty"] == ["train.py"]
 
 
-def test_outside_a_repository_both_are_unknown(tmp_path):
+def test_outside_a_repository_both_are_unknown(tmp_path, monkeypatch):
+    # Stop git's upward search at tmp_path, so a repository around the temp dir cannot answer.
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+
     env = environment(tmp_path)
 
     assert env["git_commit"] is None
