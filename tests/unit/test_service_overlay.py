@@ -21,6 +21,16 @@ def test_overlay_is_a_png_of_the_upload_size():
     assert pixels.std() > 0  # the hot spot shows
 
 
+@pytest.mark.parametrize("size", [(1, 1), (7, 13), (64, 64), (450, 600)])
+def test_the_png_holds_exactly_the_blended_pixels(size):
+    # The fast encoder's settings (RLE, the Sub filter on every row) change the size, never the pixels.
+    rng = np.random.default_rng(0)
+    original = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+    heat = rng.random((4, 4)).astype(np.float32)
+    decoded = np.asarray(Image.open(io.BytesIO(overlay_png(original, heat))))
+    np.testing.assert_array_equal(decoded, blend(original, heat))
+
+
 def test_zero_heatmap_still_blends_and_alpha_bounds():
     original = np.zeros((10, 10, 3), np.uint8)
     mixed = blend(original, np.zeros((4, 4)), alpha=0.5)
