@@ -1,6 +1,6 @@
 """Serving benchmark: predict-with-Grad-CAM through the HTTP front end against the in-process floor.
 
-    python -m bench.serving [--model-repo DIR] [--model NAME] [--requests 40]
+    python -m bench.serving [--model-repo DIR] [--model NAME] [--image FILE] [--requests 40]
 
 Side by side, in one run, for the same model and the same image:
   http-1     `medrobust serve` (gunicorn, embedded backend) with 1 concurrent client
@@ -174,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-repo", type=Path, default=os.environ.get("MEDROBUST_MODEL_REPO"))
     parser.add_argument("--model", help="model to benchmark (default: the first baseline in the repository)")
+    parser.add_argument("--image", type=Path,
+                        help="the upload (default: a PNG of random pixels at the model's input size, the worst case "
+                             "for the overlay's PNG encoder)")
     parser.add_argument("--requests", type=int, default=40, help="timed requests per configuration")
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args(argv)
@@ -183,6 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     from training import repository
     from training.imaging import decode_image, resize_for_model
 
+    upload = None
+    if args.image is not None:  # checked before the tiny repository is trained, not after
+        try:
+            upload = args.image.read_bytes()
+            decode_image(upload)
+        except (OSError, ValueError) as exc:
+            parser.error(f"--image: expected a readable PNG, JPEG, BMP or TIFF file, got {args.image} ({exc})")
     scratch = tempfile.TemporaryDirectory(prefix="medrobust-bench-")
     repo = args.model_repo or _tiny_repo(Path(scratch.name))
     models = repository.list_models(repo)
@@ -193,9 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     if entry is None:
         parser.error(f"--model: expected one of {[m.name for m in models]}, got {args.model!r}")
     size = int(entry.card["input_size"][0])
-    body = _image_png(size)
+    body = upload if upload is not None else _image_png(size)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"model {entry.name} v{entry.latest}, {size}x{size} input, {args.requests} timed requests each; "
+    print(f"model {entry.name} v{entry.latest}, {size}x{size} input, upload "
+          f"{args.image.name if args.image else 'random pixels'} ({len(body):,} bytes), "
+          f"{args.requests} timed requests each; "
           f"load average {load} on {os.cpu_count()} CPUs", file=sys.stderr)
 
     # The floor's model is loaded before the server starts, so both are ready when timing begins.
@@ -277,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     floor = by["floor"]["p50_ms"]
     ratios = {
         "model": entry.name,
+        "upload": args.image.name if args.image else "random pixels",
         "http1_p50_over_floor": round(by["http-1"]["p50_ms"] / floor, 3),
         "http4_p50_over_floor": round(by["http-4"]["p50_ms"] / floor, 3),
         "http4_rps_over_http1": round(by["http-4"]["rps"] / by["http-1"]["rps"], 3),

@@ -22,6 +22,15 @@ def test_the_breakdown_splits_each_round_trip_into_handler_stages_and_the_rest()
     }
 
 
+def test_an_upload_that_is_not_an_image_is_refused_before_any_model_is_trained(tmp_path, capsys):
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--image", str(text)])  # no --model-repo: refusing late would train the tiny repo first
+    assert exit_info.value.code == 2
+    assert "--image: expected a readable PNG, JPEG, BMP or TIFF file" in capsys.readouterr().err
+
+
 @pytest.mark.slow  # starts `medrobust serve` and builds a Keras ResNet-50 for tf-keras-vis: about a minute
 def test_a_short_run_prints_a_table_the_breakdown_then_one_json_line(tiny_repo, capsys):
     assert bench.main(["--model-repo", str(tiny_repo.path), "--requests", "4", "--warmup", "1"]) == 0
@@ -32,6 +41,7 @@ def test_a_short_run_prints_a_table_the_breakdown_then_one_json_line(tiny_repo, 
     assert "outside it (gunicorn, Flask, HTTP, client)" in table
     result = json.loads(lines[-1])
     assert result["model"] == tiny_repo.baseline
+    assert result["upload"] == "random pixels"
     assert set(result["http1_breakdown_ms"]) == {"decode", "model", "overlay", "outside_handler"}
     assert result["http1_breakdown_ms"]["model"] > 0
     assert result["overhead_goal_met"] == (result["http1_p50_over_floor"] <= 1.15)
