@@ -1,8 +1,9 @@
 """The embedded backend: SavedModels loaded in-process with `tf.saved_model.load`.
 
-Serves the newest version of each model, notices new versions by polling the repository and
-swaps them in without dropping requests (a request holds a reference to the version it started
-with), loads lazily and keeps at most `max_loaded` models in memory (least recently used go).
+Serves the newest version of each model, or one pinned by number or by a version label from the
+repository's `models.config` (the labels TF Serving reads); notices new versions by polling the
+repository and swaps them in without dropping requests (a request holds a reference to the version
+it started with); loads lazily and keeps at most `max_loaded` models in memory (least recently used go).
 
 Polling is lazy by default (the index is re-read on the first call after `poll_seconds`);
 `start_polling()` adds a background thread that also loads a new version of a model in use
@@ -61,6 +62,7 @@ class EmbeddedPredictor:
         self._load_locks: dict[tuple[str, int], threading.Lock] = {}
         self._loaded: OrderedDict[tuple[str, int], _Loaded] = OrderedDict()
         self._index: dict[str, repository.RepoModel] = {}
+        self._labels: dict[str, dict[str, int]] = {}
         self._scanned_at = -float("inf")
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -69,9 +71,18 @@ class EmbeddedPredictor:
     def refresh(self) -> None:
         """Re-read the repository now (new versions become the default for new requests)."""
         models = {m.name: m for m in repository.list_models(self.repo)}
+        labels = self._read_labels()
         with self._lock:
             self._index = models
+            self._labels = labels
             self._scanned_at = time.monotonic()
+
+    def _read_labels(self) -> dict[str, dict[str, int]]:
+        try:
+            return repository.version_labels(self.repo)
+        except (OSError, ValueError):  # a hand-edited models.config may be broken; numbers still work
+            logging.getLogger(__name__).exception("reading version labels in %s failed; serving without labels", self.repo)
+            return {}
 
     def _models(self) -> dict[str, repository.RepoModel]:
         # With the background poller running, only it replaces the index (after loading the new version).
@@ -87,6 +98,7 @@ class EmbeddedPredictor:
         Returns the (model, version) pairs swapped in.
         """
         fresh = {m.name: m for m in repository.list_models(self.repo)}
+        labels = self._read_labels()
         with self._lock:
             current = dict(self._index)
             loaded = set(self._loaded)
@@ -99,6 +111,7 @@ class EmbeddedPredictor:
             swapped.append((name, entry.latest))
         with self._lock:
             self._index = fresh
+            self._labels = labels
             self._scanned_at = time.monotonic()
             for name, _ in swapped:
                 self._loaded.pop((name, current[name].latest), None)
@@ -145,7 +158,13 @@ class EmbeddedPredictor:
             return entry.latest
         if isinstance(version, str):
             if not version.isdigit():
-                raise ModelNotFound(f"model {entry.name!r} has no version labelled {version!r}; versions: {list(entry.versions)}")
+                labels = self._labels.get(entry.name, {})
+                if labels.get(version) not in entry.versions:
+                    raise ModelNotFound(
+                        f"model {entry.name!r} has no version labelled {version!r}; labels: {labels or 'none'} "
+                        f"(set in {repository.MODELS_CONFIG}), versions: {list(entry.versions)}"
+                    )
+                return labels[version]
             version = int(version)
         if version not in entry.versions:
             raise ModelNotFound(f"model {entry.name!r} has no version {version}; versions: {list(entry.versions)}")

@@ -238,7 +238,19 @@ class TFServingPredictor:
     # -- the signatures ----------------------------------------------------------------------------
     def _prepare(self, model: str, version: int | str | None) -> tuple[ModelInfo, int | str | None, Mapping[str, Any]]:
         info, pinned = self._resolve(model, version)
+        if isinstance(pinned, str):  # TF Serving resolves the label; the card is the labelled version's if known
+            labelled = self._labelled_version(model, pinned)
+            return info, pinned, (self._card(model, labelled) if labelled is not None else info.card)
         return info, pinned, (self._card(model, pinned) if isinstance(pinned, int) else info.card)
+
+    def _labelled_version(self, model: str, label: str) -> int | None:
+        """The version `label` names in the repository's models.config (the file TF Serving reads), if visible."""
+        if self.repo is None:
+            return None
+        try:
+            return repository.version_labels(self.repo).get(model, {}).get(label)
+        except (OSError, ValueError):  # TF Serving, not this file, is the authority on labels
+            return None
 
     def _call(
         self, model: str, signature: str, prepared: tuple[ModelInfo, int | str | None, Mapping[str, Any]],

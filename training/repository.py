@@ -98,24 +98,52 @@ def staging_dir(repo: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=".staging-", dir=repo))
 
 
+def version_labels(repo: str | os.PathLike) -> dict[str, dict[str, int]]:
+    """The version labels (TF Serving's `version_labels`, e.g. `stable` -> 3) that the repository's
+    `models.config` gives each model; {} when there is no `models.config`.
+
+    Labels are written there by hand, as TF Serving's documentation has it, so that `?version=stable`
+    means the same version to TF Serving and to the embedded backend, which reads them from here.
+    """
+    path = Path(repo) / MODELS_CONFIG
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    try:
+        config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+    except text_format.ParseError as exc:
+        raise ValueError(f"{path}: expected a TF Serving ModelServerConfig in text format, got: {exc}") from None
+    return {c.name: dict(c.version_labels) for c in config.model_config_list.config if c.version_labels}
+
+
 def models_config_text(repo: str | os.PathLike, serving_root: str | None = None) -> str:
     """TF Serving's ModelServerConfig (text proto) listing every model in the repository.
 
     `serving_root` is where the repository is mounted in the TF Serving container (for example
-    `/models`); by default the repository's own absolute path.
+    `/models`); by default the repository's own absolute path. Each model serves its newest two
+    versions. Version labels already in `models.config` are kept while their version exists, and
+    a labelled version stays loaded (TF Serving refuses a label on a version it does not serve).
     """
-    root = serving_root or str(Path(repo).resolve())
-    entries = []
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    root = (serving_root or str(Path(repo).resolve())).rstrip("/")
+    labels = version_labels(repo)
+    config = model_server_config_pb2.ModelServerConfig()
+    config.model_config_list.SetInParent()  # an empty list, not an empty file, when there is no model yet
     for m in list_models(repo):
-        entries.append(
-            "  config {\n"
-            f'    name: "{m.name}"\n'
-            f'    base_path: "{root.rstrip("/")}/{m.name}"\n'
-            '    model_platform: "tensorflow"\n'
-            "    model_version_policy { latest { num_versions: 2 } }\n"
-            "  }\n"
-        )
-    return "model_config_list {\n" + "".join(entries) + "}\n"
+        entry = config.model_config_list.config.add(name=m.name, base_path=f"{root}/{m.name}", model_platform="tensorflow")
+        kept = {label: v for label, v in sorted(labels.get(m.name, {}).items()) if v in m.versions}
+        if kept:
+            entry.model_version_policy.specific.versions.extend(sorted(set(m.versions[-2:]) | set(kept.values())))
+            entry.version_labels.update(kept)
+        else:
+            entry.model_version_policy.latest.num_versions = 2
+    return text_format.MessageToString(config)
 
 
 def write_models_config(repo: str | os.PathLike, serving_root: str | None = None) -> Path:
