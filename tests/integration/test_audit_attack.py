@@ -46,7 +46,9 @@ def independent_pgd(saved_model_dir, images, labels, epsilon, steps):
     return serve(image=x)["class_id"].numpy()
 
 
-@pytest.mark.parametrize("model_kind", ["baseline", "attention"])
+# The baseline case runs with -m slow only (~45 s a backend): the default run keeps the attentive
+# model here on both backends, and the baseline is audited on both by the next test.
+@pytest.mark.parametrize("model_kind", [pytest.param("baseline", marks=pytest.mark.slow), "attention"])
 def test_an_independent_pgd_never_fools_more_than_the_audit(predictor, tiny_repo, dataset, model_kind):
     import tensorflow as tf
 
