@@ -56,15 +56,6 @@ def map_rpc_error(exc: grpc.RpcError, what: str) -> PredictorError:
     return error
 
 
-def model_names_from_config(text: str) -> tuple[str, ...]:
-    """Model names in a ModelServerConfig text proto (the repository's `models.config`)."""
-    from google.protobuf import text_format
-    from tensorflow_serving.config import model_server_config_pb2
-
-    config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
-    return tuple(c.name for c in config.model_config_list.config)
-
-
 class TFServingPredictor:
     """A Predictor over TF Serving's gRPC API."""
 
@@ -130,9 +121,9 @@ class TFServingPredictor:
         if self._names:
             return self._names
         assert self.repo is not None
-        config = self.repo / repository.MODELS_CONFIG
-        if config.is_file():
-            return model_names_from_config(config.read_text())
+        config = repository.read_models_config(self.repo)
+        if config is not None:
+            return tuple(c.name for c in config.model_config_list.config)
         return tuple(m.name for m in repository.list_models(self.repo))
 
     def _check_name(self, model: str) -> str:

@@ -98,6 +98,22 @@ def staging_dir(repo: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=".staging-", dir=repo))
 
 
+def read_models_config(repo: str | os.PathLike):
+    """The repository's `models.config` as a TF Serving `ModelServerConfig` proto; None without one."""
+    path = Path(repo) / MODELS_CONFIG
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    try:
+        return text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+    except text_format.ParseError as exc:
+        raise ValueError(f"{path}: expected a TF Serving ModelServerConfig in text format, got: {exc}") from None
+
+
 def version_labels(repo: str | os.PathLike) -> dict[str, dict[str, int]]:
     """The version labels (TF Serving's `version_labels`, e.g. `stable` -> 3) that the repository's
     `models.config` gives each model; {} when there is no `models.config`.
@@ -105,18 +121,9 @@ def version_labels(repo: str | os.PathLike) -> dict[str, dict[str, int]]:
     Labels are written there by hand, as TF Serving's documentation has it, so that `?version=stable`
     means the same version to TF Serving and to the embedded backend, which reads them from here.
     """
-    path = Path(repo) / MODELS_CONFIG
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
+    config = read_models_config(repo)
+    if config is None:
         return {}
-    from google.protobuf import text_format
-    from tensorflow_serving.config import model_server_config_pb2
-
-    try:
-        config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
-    except text_format.ParseError as exc:
-        raise ValueError(f"{path}: expected a TF Serving ModelServerConfig in text format, got: {exc}") from None
     return {c.name: dict(c.version_labels) for c in config.model_config_list.config if c.version_labels}
 
 

@@ -20,8 +20,7 @@ def _model(repo: Path, name: str, versions: range) -> None:
 
 
 def _parsed(repo: Path) -> dict[str, model_server_config_pb2.ModelConfig]:
-    config = text_format.Parse((repo / repository.MODELS_CONFIG).read_text(), model_server_config_pb2.ModelServerConfig())
-    return {c.name: c for c in config.model_config_list.config}
+    return {c.name: c for c in repository.read_models_config(repo).model_config_list.config}
 
 
 def _label(repo: Path, model: str, **labels: int) -> None:
@@ -46,7 +45,7 @@ def test_without_a_config_or_labels_each_model_serves_its_newest_two(tmp_path):
 
 def test_an_empty_repository_gets_an_empty_model_list_not_an_empty_file(tmp_path):
     repository.write_models_config(tmp_path)
-    config = text_format.Parse((tmp_path / repository.MODELS_CONFIG).read_text(), model_server_config_pb2.ModelServerConfig())
+    config = repository.read_models_config(tmp_path)
     assert config.HasField("model_config_list") and not config.model_config_list.config
 
 
