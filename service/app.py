@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from service.config import ServiceConfig
 from service.errors import register_error_handlers
 from service.instrumented import InstrumentedPredictor
+from service.json_provider import OrjsonProvider
 from service.metrics import ServiceMetrics
 from service.predictor import Predictor
 from service.uploads import InMemoryRequest
@@ -65,7 +66,8 @@ def create_app(
     """Build the app; `predictor` defaults to the backend `config` names (see service.backends)."""
     app = Flask(__name__)
     app.request_class = InMemoryRequest
-    app.config.update(MAX_CONTENT_LENGTH=config.max_upload_bytes, JSON_SORT_KEYS=False)
+    app.json = OrjsonProvider(app)
+    app.config.update(MAX_CONTENT_LENGTH=config.max_upload_bytes)
     if predictor is None:
         from service.backends import make_predictor
 
