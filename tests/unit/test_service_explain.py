@@ -1,0 +1,75 @@
+"""explain_upload on a stand-in backend: each overlay is the right map in the right colours, at
+every upload size (both sides of the size from which the two overlays are encoded at once)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.explain import PARALLEL_OVERLAY_MIN_PIXELS, explain_upload
+from service.overlay import ATTENTION_COLORMAP, HEATMAP_COLORMAP, overlay_png
+from service.predictor import GradcamResult, Prediction
+
+CARD = {"task": "demo", "class_names": ["benign", "malignant"], "input_size": [32, 32, 3]}
+
+
+class MapsPredictor:
+    """Answers fixed, different Grad-CAM and attention maps, as an attentive model would."""
+
+    def __init__(self, attention: bool):
+        rng = np.random.default_rng(1)
+        self.heatmap = rng.random((1, 32, 32), dtype=np.float32)
+        self.attention = rng.random((1, 32, 32), dtype=np.float32) if attention else None
+
+    def gradcam(self, model, images, *, version=None):
+        assert images.shape == (1, 32, 32, 3)
+        return GradcamResult(model, 3, np.array([[0.2, 0.8]], np.float32), np.array([1]), self.heatmap, self.attention)
+
+    def predict(self, model, images, *, version=None):
+        return Prediction(model, 3, np.zeros((1, 2), np.float32), np.array([[0.6, 0.4]], np.float32), np.array([0]))
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("side", [16, 96, 128, 300], ids=lambda s: f"{s}px")
+def test_attentive_model_gets_both_overlays_in_their_colours(side: int) -> None:
+    rgb = np.random.default_rng(side).integers(0, 256, (side, side + 7, 3), dtype=np.uint8)
+    backend = MapsPredictor(attention=True)
+    result = explain_upload(backend, "m", CARD, _png(rgb), max_pixels=10**8)
+    assert result.overlay_png == overlay_png(rgb, backend.heatmap[0], colormap=HEATMAP_COLORMAP)
+    assert result.attention_png == overlay_png(rgb, backend.attention[0], colormap=ATTENTION_COLORMAP)
+    assert result.overlay_png != result.attention_png
+    assert (result.label, result.class_index, result.version) == ("malignant", 1, 3)
+
+
+def test_the_sizes_cover_both_paths() -> None:
+    assert 16 * 23 < PARALLEL_OVERLAY_MIN_PIXELS <= 128 * 135
+
+
+def test_baseline_model_gets_no_attention_overlay() -> None:
+    rgb = np.full((200, 200, 3), 90, np.uint8)
+    backend = MapsPredictor(attention=False)
+    result = explain_upload(backend, "m", CARD, _png(rgb), max_pixels=10**8)
+    assert result.overlay_png == overlay_png(rgb, backend.heatmap[0])
+    assert result.attention_png is None
+
+
+def test_without_explanation_no_overlays() -> None:
+    result = explain_upload(MapsPredictor(attention=True), "m", CARD, _png(np.zeros((200, 200, 3), np.uint8)),
+                            explain=False, max_pixels=10**8)
+    assert (result.overlay_png, result.attention_png, result.label) == (None, None, "benign")
+
+
+def test_an_overlay_error_reaches_the_caller() -> None:
+    """A failure in the pool thread is raised in the request, not lost with the thread."""
+    backend = MapsPredictor(attention=True)
+    backend.attention = np.full((1, 32, 32), np.nan, np.float32)
+    with pytest.raises(ValueError, match="finite"):
+        explain_upload(backend, "m", CARD, _png(np.zeros((200, 200, 3), np.uint8)), max_pixels=10**8)
