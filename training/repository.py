@@ -122,8 +122,11 @@ def version_labels(repo: str | os.PathLike) -> dict[str, dict[str, int]]:
     means the same version to TF Serving and to the embedded backend, which reads them from here.
     """
     config = read_models_config(repo)
-    if config is None:
-        return {}
+    return config_labels(config) if config is not None else {}
+
+
+def config_labels(config) -> dict[str, dict[str, int]]:
+    """The version labels of each model in a `ModelServerConfig` proto that has any."""
     return {c.name: dict(c.version_labels) for c in config.model_config_list.config if c.version_labels}
 
 
