@@ -41,7 +41,15 @@ def test_a_short_run_prints_a_table_the_breakdown_then_one_json_line(tiny_repo, 
     assert "outside it (gunicorn, Flask, HTTP, client)" in table
     result = json.loads(lines[-1])
     assert result["model"] == tiny_repo.baseline
+    assert result["input_size"] == tiny_repo.image_size
     assert result["upload"] == "random pixels"
     assert set(result["http1_breakdown_ms"]) == {"decode", "model", "overlay", "outside_handler"}
     assert result["http1_breakdown_ms"]["model"] > 0
     assert result["overhead_goal_met"] == (result["http1_p50_over_floor"] <= 1.15)
+
+
+def test_an_input_size_below_resnet50s_minimum_is_refused_before_training(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--image-size", "16"])
+    assert exit_info.value.code == 2
+    assert "--image-size: expected at least 32 (ResNet-50's minimum), got 16" in capsys.readouterr().err
