@@ -28,7 +28,9 @@ def _overlay_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=2, thread_name_prefix="medrobust-overlay")
 
 
-def _overlays(rgb: np.ndarray, heatmap: np.ndarray | None, attention: np.ndarray | None) -> tuple[bytes | None, bytes | None]:
+def _overlays(
+    rgb: np.ndarray, heatmap: np.ndarray | None, attention: np.ndarray | None
+) -> tuple[bytes | None, bytes | None]:
     """(Grad-CAM overlay PNG, attention overlay PNG), each None when its map is."""
     if heatmap is None or attention is None or rgb.shape[0] * rgb.shape[1] < PARALLEL_OVERLAY_MIN_PIXELS:
         overlay = overlay_png(rgb, heatmap, colormap=HEATMAP_COLORMAP) if heatmap is not None else None

@@ -62,7 +62,8 @@ def test_a_rewritten_config_is_seen_on_the_next_call(tmp_path, parses):
 
     # A label added by hand, as an operator does: same directory entry rewritten in place.
     path = tmp_path / repository.MODELS_CONFIG
-    path.write_text(path.read_text().replace('name: "derm-resnet50-baseline"', 'name: "derm-resnet50-baseline"\n    version_labels { key: "stable" value: 1 }'))
+    labelled = 'name: "derm-resnet50-baseline"\n    version_labels { key: "stable" value: 1 }'
+    path.write_text(path.read_text().replace('name: "derm-resnet50-baseline"', labelled))
     assert backend._labelled_version("derm-resnet50-baseline", "stable") == 1
     assert backend.model_names() == ("derm-resnet50-attention", "derm-resnet50-baseline")
     assert len(parses) == 2  # once per version of the file
