@@ -46,8 +46,10 @@ def independent_pgd(saved_model_dir, images, labels, epsilon, steps):
     return serve(image=x)["class_id"].numpy()
 
 
-# The baseline case runs with -m slow only (~45 s a backend): the default run keeps the attentive
-# model here on both backends, and the baseline is audited on both by the next test.
+# ~45 s a case, so the default run keeps one: the attentive model through TF Serving (the
+# deployed path). The rest run with -m slow. The backends answer the same `vjp`
+# (test_service_backends::test_backends_agree), and the next test audits both models on both.
+@pytest.mark.parametrize("predictor", [pytest.param("embedded", marks=pytest.mark.slow), "tfserving"], indirect=True)
 @pytest.mark.parametrize("model_kind", [pytest.param("baseline", marks=pytest.mark.slow), "attention"])
 def test_an_independent_pgd_never_fools_more_than_the_audit(predictor, tiny_repo, dataset, model_kind):
     import tensorflow as tf
