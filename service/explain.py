@@ -31,11 +31,13 @@ def _overlay_pool() -> ThreadPoolExecutor:
 def _overlays(
     rgb: np.ndarray, heatmap: np.ndarray | None, attention: np.ndarray | None
 ) -> tuple[bytes | None, bytes | None]:
-    """(Grad-CAM overlay PNG, attention overlay PNG), each None when its map is."""
-    if heatmap is None or attention is None or rgb.shape[0] * rgb.shape[1] < PARALLEL_OVERLAY_MIN_PIXELS:
-        overlay = overlay_png(rgb, heatmap, colormap=HEATMAP_COLORMAP) if heatmap is not None else None
+    """(Grad-CAM overlay PNG, attention overlay PNG), each None when its map is (no attention
+    map without a heatmap: both come from the `gradcam` signature)."""
+    if heatmap is None:
+        return None, None
+    if attention is None or rgb.shape[0] * rgb.shape[1] < PARALLEL_OVERLAY_MIN_PIXELS:
         attention_png = overlay_png(rgb, attention, colormap=ATTENTION_COLORMAP) if attention is not None else None
-        return overlay, attention_png
+        return overlay_png(rgb, heatmap, colormap=HEATMAP_COLORMAP), attention_png
     pending = _overlay_pool().submit(overlay_png, rgb, attention, colormap=ATTENTION_COLORMAP)
     return overlay_png(rgb, heatmap, colormap=HEATMAP_COLORMAP), pending.result()
 

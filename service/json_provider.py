@@ -22,7 +22,8 @@ _OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | 
 
 
 class OrjsonProvider(DefaultJSONProvider):
-    """DefaultJSONProvider with orjson doing `dumps`, `loads` and `response`."""
+    """DefaultJSONProvider with orjson writing (`dumps`, `response`); reading stays `json.loads`,
+    which request bodies are too small to be worth changing (orjson would also refuse `NaN`)."""
 
     def _options(self, indent: bool) -> int:
         options = _OPTIONS
@@ -36,9 +37,6 @@ class OrjsonProvider(DefaultJSONProvider):
         if kwargs:  # options only `json.dumps` knows (separators, cls, ...): let it honour them
             return super().dumps(obj, **kwargs)
         return orjson.dumps(obj, default=self.default, option=self._options(indent=False)).decode()
-
-    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
-        return super().loads(s, **kwargs) if kwargs else orjson.loads(s)
 
     def response(self, *args: Any, **kwargs: Any) -> Response:
         obj = self._prepare_response_obj(args, kwargs)
