@@ -27,7 +27,7 @@ from training import repository
 from training.models import describe_model, model_name
 
 CARD_SCHEMA_VERSION = 1
-_EPS = 1e-8
+_RELATIVE_RESOLUTION = 1e-6  # well above float32's 6e-8: rounding noise is not a location
 
 
 @dataclass(frozen=True)
@@ -38,24 +38,41 @@ class ExportResult:
     card: Mapping[str, Any]
 
 
+def _unit_range(maps: tf.Tensor) -> tf.Tensor:
+    """[N, H, W] scaled per map so its minimum is 0 and its maximum 1; finite by construction.
+
+    A map whose spread is below float32 resolution (a constant map: ResNet-50's 1x1 feature map at
+    32 px gives one) carries no location and becomes all zeros. The spread is tested, not padded
+    with an epsilon: the graph optimiser may regroup `(max + eps) - min`, and 16 + 1e-8 == 16 in
+    float32, which turned such maps into 0/0 = NaN in the exported signature.
+    """
+    low = tf.reduce_min(maps, axis=(1, 2), keepdims=True)
+    high = tf.reduce_max(maps, axis=(1, 2), keepdims=True)
+    spread = high - low
+    resolvable = spread > _RELATIVE_RESOLUTION * (tf.abs(high) + tf.abs(low))
+    scaled = tf.math.divide_no_nan(maps - low, tf.where(resolvable, spread, tf.ones_like(spread)))
+    scaled = tf.where(resolvable & tf.math.is_finite(scaled), scaled, tf.zeros_like(scaled))
+    return tf.clip_by_value(scaled, 0.0, 1.0)
+
+
 def gradcam_maps(features: tf.Tensor, grads: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
     """Grad-CAM from a feature map and the class score's gradient: [N, h, w, C] -> [N, H, W] in [0, 1].
 
     Channel weights are the spatially averaged gradients; the weighted sum is rectified, resized
-    to the input and divided by its maximum plus an epsilon, so an all-zero map stays zero.
+    to the input and divided by its maximum, so an all-zero map stays zero.
     """
     weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
     cam = tf.nn.relu(tf.reduce_sum(features * weights, axis=-1, keepdims=True))
     cam = tf.image.resize(cam, size, method="bilinear")[..., 0]
-    return cam / (tf.reduce_max(cam, axis=(1, 2), keepdims=True) + _EPS)
+    high = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
+    scaled = tf.math.divide_no_nan(cam, high)
+    return tf.clip_by_value(tf.where(tf.math.is_finite(scaled), scaled, tf.zeros_like(scaled)), 0.0, 1.0)
 
 
 def attention_overview(maps: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
     """Soft-attention heads [N, h, w, heads] summed and scaled to [0, 1] at input size."""
     total = tf.reduce_sum(maps, axis=-1, keepdims=True)
-    total = tf.image.resize(total, size, method="bilinear")[..., 0]
-    low = tf.reduce_min(total, axis=(1, 2), keepdims=True)
-    return (total - low) / (tf.reduce_max(total, axis=(1, 2), keepdims=True) - low + _EPS)
+    return _unit_range(tf.image.resize(total, size, method="bilinear")[..., 0])
 
 
 class _Contract(tf.Module):
