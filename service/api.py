@@ -77,7 +77,16 @@ def predict(model: str):
         s.predictor, model, card, data, version=version, explain=explain == "gradcam", max_pixels=s.config.max_pixels
     )
     s.metrics.predictions.labels(result.model, result.label).inc()
+    for overlay in result.omitted:
+        s.metrics.overlays_omitted.labels(result.model, overlay).inc()
     if wants_png:
+        if result.overlay_png is None:
+            raise ApiError(
+                "overlay_unavailable",
+                f"expected a Grad-CAM overlay to answer Accept: image/png, but {result.omitted.get('overlay')}; "
+                "ask for application/json to get the prediction without it",
+                502,
+            )
         response = Response(result.overlay_png, mimetype="image/png")
     else:
         body = {
@@ -93,6 +102,8 @@ def predict(model: str):
         }
         if result.attention_png is not None:
             body["attention_png"] = _b64(result.attention_png)
+        if result.omitted:
+            body["overlay_omitted"] = result.omitted
         response = jsonify(body)
     response.headers["Cache-Control"] = "no-store"  # the answer describes a patient's image
     return response

@@ -28,18 +28,38 @@ def _overlay_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=2, thread_name_prefix="medrobust-overlay")
 
 
+def map_problem(name: str, values: np.ndarray | None, shape: tuple[int, int]) -> str | None:
+    """Why a model's map cannot be drawn (wrong shape, NaN or infinite values), or None when it can.
+
+    The contract promises finite maps in [0, 1]; a model that breaks it still gets its prediction
+    answered, with the overlay left out and this reason stated, never a 500.
+    """
+    if values is None:
+        return None
+    if values.shape != shape:
+        return f"the model's {name} has shape {list(values.shape)}, expected {list(shape)}"
+    bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+    if bad:
+        return f"the model's {name} has {bad} of {values.size} values NaN or infinite"
+    return None
+
+
 def _overlays(
     rgb: np.ndarray, heatmap: np.ndarray | None, attention: np.ndarray | None
 ) -> tuple[bytes | None, bytes | None]:
     """(Grad-CAM overlay PNG, attention overlay PNG), each None when its map is (no attention
     map without a heatmap: both come from the `gradcam` signature)."""
     if heatmap is None:
-        return None, None
+        return None, attention_only(rgb, attention)
     if attention is None or rgb.shape[0] * rgb.shape[1] < PARALLEL_OVERLAY_MIN_PIXELS:
         attention_png = overlay_png(rgb, attention, colormap=ATTENTION_COLORMAP) if attention is not None else None
         return overlay_png(rgb, heatmap, colormap=HEATMAP_COLORMAP), attention_png
     pending = _overlay_pool().submit(overlay_png, rgb, attention, colormap=ATTENTION_COLORMAP)
     return overlay_png(rgb, heatmap, colormap=HEATMAP_COLORMAP), pending.result()
+
+
+def attention_only(rgb: np.ndarray, attention: np.ndarray | None) -> bytes | None:
+    return overlay_png(rgb, attention, colormap=ATTENTION_COLORMAP) if attention is not None else None
 
 
 @dataclass(frozen=True)
@@ -56,6 +76,7 @@ class Explanation:
     overlay_png: bytes | None
     attention_png: bytes | None
     timings_ms: dict[str, float]
+    omitted: dict[str, str]  # overlay name ("overlay", "attention") -> why the model's map was not drawn
 
 
 def explain_upload(
@@ -75,10 +96,17 @@ def explain_upload(
     size = int(card["input_size"][0])
     batch = resize_for_model(rgb, size)[None]
     t1 = clock()
+    omitted: dict[str, str] = {}
     if explain:
         result = predictor.gradcam(model, batch, version=version)
-        heatmap = result.heatmap[0]
-        attention = result.attention_map[0] if result.attention_map is not None else None
+        heatmap = np.asarray(result.heatmap[0])
+        attention = np.asarray(result.attention_map[0]) if result.attention_map is not None else None
+        for key, name, values in (("overlay", "Grad-CAM heatmap", heatmap), ("attention", "attention map", attention)):
+            problem = map_problem(name, values, (size, size))
+            if problem is not None:
+                omitted[key] = problem
+        heatmap = None if "overlay" in omitted else heatmap
+        attention = None if "attention" in omitted else attention
     else:
         result = predictor.predict(model, batch, version=version)
         heatmap, attention = None, None
@@ -104,4 +132,5 @@ def explain_upload(
             "overlay": round((t3 - t2) * 1000, 2),
             "total": round((t3 - t0) * 1000, 2),
         },
+        omitted=omitted,
     )

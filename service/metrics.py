@@ -63,6 +63,11 @@ class ServiceMetrics:
             "medrobust_predictions_total", "Images classified, by model and predicted label.",
             ["model", "label"], registry=registry,
         )
+        # A model whose map is NaN still gets its prediction answered; this counts the overlays left out.
+        self.overlays_omitted = Counter(
+            "medrobust_overlays_omitted_total", "Overlays left out of an answer because the model's map was unusable.",
+            ["model", "overlay"], registry=registry,
+        )
         self.backend_duration = Histogram(
             "medrobust_backend_request_duration_seconds", "Time the model backend took, by backend and signature.",
             ["backend", "signature"], buckets=_LATENCY_BUCKETS, registry=registry,

@@ -69,7 +69,21 @@
       "(" + (answer.probabilities[answer.label] * 100).toFixed(1) + "%)";
     document.getElementById("meta").textContent =
       answer.model + " v" + answer.version + " \u00b7 " + answer.timings_ms.total.toFixed(0) + " ms";
-    document.getElementById("overlay").src = "data:image/png;base64," + answer.overlay_png;
+    var overlayFigure = document.getElementById("overlay-figure");
+    if (answer.overlay_png) {
+      document.getElementById("overlay").src = "data:image/png;base64," + answer.overlay_png;
+      overlayFigure.hidden = false;
+    } else {
+      overlayFigure.hidden = true;
+    }
+    // A model whose map was unusable still answers its prediction; say which picture is missing and why.
+    var omitted = answer.overlay_omitted || {};
+    var reasons = Object.keys(omitted).map(function (name) {
+      return (name === "overlay" ? "Grad-CAM overlay" : "Attention overlay") + " not shown: " + omitted[name] + ".";
+    });
+    var omittedNote = document.getElementById("omitted");
+    omittedNote.textContent = reasons.join(" ");
+    omittedNote.hidden = reasons.length === 0;
     var attentionFigure = document.getElementById("attention-figure");
     if (answer.attention_png) {
       document.getElementById("attention").src = "data:image/png;base64," + answer.attention_png;

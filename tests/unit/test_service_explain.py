@@ -4,6 +4,7 @@ every upload size (both sides of the size from which the two overlays are encode
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,9 +68,71 @@ def test_without_explanation_no_overlays() -> None:
     assert (result.overlay_png, result.attention_png, result.label) == (None, None, "benign")
 
 
-def test_an_overlay_error_reaches_the_caller() -> None:
+def test_an_overlay_error_reaches_the_caller(monkeypatch) -> None:
     """A failure in the pool thread is raised in the request, not lost with the thread."""
+    import service.explain
+
+    def broken(rgb, heatmap, *, colormap):
+        if colormap == ATTENTION_COLORMAP:
+            raise RuntimeError("encoder failed")
+        return overlay_png(rgb, heatmap, colormap=colormap)
+
+    monkeypatch.setattr(service.explain, "overlay_png", broken)
+    with pytest.raises(RuntimeError, match="encoder failed"):
+        explain_upload(MapsPredictor(attention=True), "m", CARD, _png(np.zeros((200, 200, 3), np.uint8)), max_pixels=10**8)
+
+
+BAD_MAPS = [
+    ("attention", np.full((1, 32, 32), np.nan, np.float32), "attention map has 1024 of 1024 values NaN or infinite"),
+    ("heatmap", np.full((1, 32, 32), np.inf, np.float32), "Grad-CAM heatmap has 1024 of 1024 values NaN or infinite"),
+    ("heatmap", np.zeros((1, 8, 8), np.float32), "Grad-CAM heatmap has shape [8, 8], expected [32, 32]"),
+]
+
+
+@pytest.mark.parametrize("side", [16, 300], ids=lambda s: f"{s}px")
+@pytest.mark.parametrize(("which", "values", "reason"), BAD_MAPS, ids=["nan-attention", "inf-heatmap", "wrong-shape"])
+def test_a_bad_map_is_left_out_with_its_reason(side, which, values, reason) -> None:
+    """The prediction is still answered; only the unusable map's overlay is omitted, and why is said."""
+    rgb = np.random.default_rng(side).integers(0, 256, (side, side, 3), dtype=np.uint8)
     backend = MapsPredictor(attention=True)
+    setattr(backend, which, values)
+    result = explain_upload(backend, "m", CARD, _png(rgb), max_pixels=10**8)
+    assert (result.label, result.class_index) == ("malignant", 1)
+    key, kept = ("attention", "overlay") if which == "attention" else ("overlay", "attention")
+    assert result.omitted == {key: f"the model's {reason}"}
+    good = backend.attention if which != "attention" else backend.heatmap
+    colormap = ATTENTION_COLORMAP if kept == "attention" else HEATMAP_COLORMAP
+    drawn = result.attention_png if kept == "attention" else result.overlay_png
+    assert drawn == overlay_png(rgb, good[0], colormap=colormap)
+    assert (result.attention_png if key == "attention" else result.overlay_png) is None
+
+
+class CardPredictor(MapsPredictor):
+    backend_name = "stand-in"
+
+    def model_card(self, model, version=None):
+        return CARD
+
+
+def test_the_api_answers_200_and_counts_an_omitted_overlay() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from service.app import create_app
+    from service.config import ServiceConfig
+
+    backend = CardPredictor(attention=True)
     backend.attention = np.full((1, 32, 32), np.nan, np.float32)
-    with pytest.raises(ValueError, match="finite"):
-        explain_upload(backend, "m", CARD, _png(np.zeros((200, 200, 3), np.uint8)), max_pixels=10**8)
+    registry = CollectorRegistry()
+    client = create_app(ServiceConfig(model_repo=Path("unused")), predictor=backend, registry=registry).test_client()
+    upload = _png(np.zeros((40, 40, 3), np.uint8))
+    answer = client.post("/api/v1/models/m/predict", data=upload, content_type="image/png")
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    body = answer.get_json()
+    assert body["overlay_png"] and "attention_png" not in body
+    assert body["overlay_omitted"] == {"attention": "the model's attention map has 1024 of 1024 values NaN or infinite"}
+    assert registry.get_sample_value("medrobust_overlays_omitted_total", {"model": "m", "overlay": "attention"}) == 1.0
+
+    backend.heatmap = np.full((1, 32, 32), np.nan, np.float32)
+    png = client.post("/api/v1/models/m/predict", data=upload, content_type="image/png", headers={"Accept": "image/png"})
+    assert png.status_code == 502
+    assert png.get_json()["error"]["code"] == "overlay_unavailable"
