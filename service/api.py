@@ -6,6 +6,7 @@ Views only decode the request and encode the response; `service.explain` does th
 from __future__ import annotations
 
 import base64
+import re
 
 from flask import Blueprint, Response, jsonify, request
 
@@ -67,7 +68,7 @@ def predict(model: str):
     explain = request.args.get("explain", "gradcam")
     if explain not in EXPLAIN_CHOICES:
         raise ApiError("invalid_argument", f"expected explain in {list(EXPLAIN_CHOICES)}, got {explain!r}", 400)
-    version = request.args.get("version") or None
+    version = parse_version(request.args.get("version"))
     wants_png = request.accept_mimetypes.best_match(["application/json", "image/png"]) == "image/png"
     if wants_png and explain == "none":
         raise ApiError("not_acceptable", "Accept: image/png answers the Grad-CAM overlay; it needs explain=gradcam", 406)
@@ -107,6 +108,28 @@ def predict(model: str):
         response = jsonify(body)
     response.headers["Cache-Control"] = "no-store"  # the answer describes a patient's image
     return response
+
+
+# TF Serving's versions are int64; its labels are names. Anything else is the client's mistake.
+_MAX_VERSION_DIGITS = 18
+_LABEL = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+
+
+def parse_version(text: str | None) -> int | str | None:
+    """`?version=`: None (the latest), a version number, or a version label; else a 400 saying what was expected."""
+    if not text or text == "latest":
+        return None
+    if text.isascii() and text.isdigit() and len(text) <= _MAX_VERSION_DIGITS:
+        return int(text)
+    if _LABEL.fullmatch(text):
+        return text
+    shown = text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
+    raise ApiError(
+        "invalid_version",
+        f"expected version to be a number of at most {_MAX_VERSION_DIGITS} ASCII digits or a label "
+        f"(a letter, then letters, digits, '_', '.' or '-', at most 64), got {shown!r}",
+        400,
+    )
 
 
 def _b64(png: bytes | None) -> str | None:

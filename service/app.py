@@ -30,6 +30,11 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
+# The method label's values: HTTP's own methods, everything else counted as "other" so invented
+# methods cannot create series without bound.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
+
+
 @dataclass
 class ServiceState:
     """What the views need, reachable as `current_app.extensions["medrobust"]`."""
@@ -107,7 +112,8 @@ def _instrument(app: Flask, metrics: ServiceMetrics) -> None:
         started = g.get("medrobust_started")
         if started is not None:
             metrics.http_duration.labels(endpoint).observe(time.perf_counter() - started)
-        metrics.http_requests.labels(endpoint, request.method, str(response.status_code)).inc()
+        method = request.method if request.method in KNOWN_METHODS else "other"  # any 3-20 letter token gets here
+        metrics.http_requests.labels(endpoint, method, str(response.status_code)).inc()
         response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers.setdefault("Referrer-Policy", "no-referrer")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 from flask import Request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from service.errors import ApiError
 
@@ -21,16 +22,32 @@ class InMemoryRequest(Request):
         return io.BytesIO()
 
 
+def _form_file(request: Request):
+    """The `image` part; a form over Werkzeug's part or field limits is a 413 that says so."""
+    try:
+        return request.files.get(IMAGE_FIELD)
+    except RequestEntityTooLarge:
+        limit = request.max_content_length
+        if request.content_length is not None and limit is not None and request.content_length > limit:
+            raise  # the body itself is too large: the app's handler says so
+        raise ApiError(
+            "payload_too_large",
+            f"expected a multipart form of at most {request.max_form_parts:,} parts, with non-file fields of at most "
+            f"{request.max_form_memory_size:,} bytes; got more (send the image as the one part named {IMAGE_FIELD!r})",
+            413,
+        ) from None
+
+
 def read_upload(request: Request) -> bytes:
     """The image bytes: multipart field `image`, or the raw body sent with an `image/*` content type."""
     mimetype = request.mimetype or ""
     if mimetype == "multipart/form-data":
-        upload = request.files.get(IMAGE_FIELD)
+        upload = _form_file(request)
         if upload is None:
+            # A part without a name is keyed None: name it so the message (and sorting) never fails on it.
+            fields = sorted({"(a part without a name)" if f is None else str(f) for f in (*request.files, *request.form)})
             raise ApiError(
-                "missing_image",
-                f"expected a multipart field named {IMAGE_FIELD!r}, got fields {sorted(set(request.files) | set(request.form))}",
-                400,
+                "missing_image", f"expected a multipart field named {IMAGE_FIELD!r}, got fields {fields}", 400,
             )
         return upload.read()
     if mimetype.startswith("image/"):

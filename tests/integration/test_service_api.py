@@ -31,6 +31,20 @@ def _post(client, model, data, content_type="image/png", query="", **kwargs):
     return client.post(f"/api/v1/models/{model}/predict{query}", data=data, content_type=content_type, **kwargs)
 
 
+def _nameless_parts() -> tuple[str, bytes]:
+    """A file part without a name beside a named field: Werkzeug keys it None."""
+    body = (
+        b'--XX\r\nContent-Disposition: form-data; filename="a.png"\r\nContent-Type: image/png\r\n\r\n' + images.png()
+        + b'\r\n--XX\r\nContent-Disposition: form-data; name="note"\r\n\r\nx\r\n--XX--\r\n'
+    )
+    return "multipart/form-data; boundary=XX", body
+
+
+def _many_parts(count: int) -> tuple[str, bytes]:
+    parts = b"".join(b'--XX\r\nContent-Disposition: form-data; name="f%d"\r\n\r\nx\r\n' % i for i in range(count))
+    return "multipart/form-data; boundary=XX", parts + b"--XX--\r\n"
+
+
 def _multipart(field: str, data: bytes) -> tuple[str, bytes]:
     """(content type, body) of a multipart form with one file, encoded in memory."""
     from werkzeug.datastructures import FileStorage
@@ -152,12 +166,37 @@ def test_unusual_but_valid_images_are_handled(client, tiny_repo, case, body, con
         ("/api/v1/models/{baseline}/predict?explain=none", {"headers": {"Accept": "image/png"}}, 406, "not_acceptable"),
         ("/api/v1/models/{baseline}/predict", dict(zip(("content_type", "data"), _multipart("file", b"x"))), 400, "missing_image"),
         ("/api/v1/nowhere", {}, 404, "not_found"),
+        ("/api/v1/models/{baseline}/predict?version=%C2%B2", {}, 400, "invalid_version"),  # "²".isdigit() is True
+        ("/api/v1/models/{baseline}/predict?version=" + "9" * 5000, {}, 400, "invalid_version"),
+        ("/api/v1/models/{baseline}/predict?version=-1", {}, 400, "invalid_version"),
+        ("/api/v1/models/{baseline}/predict?version=no%20such", {}, 400, "invalid_version"),
+        ("/api/v1/models/{baseline}/predict?version=nolabel", {}, 404, "model_not_found"),
+        ("/api/v1/models/{baseline}/predict?version=999999999999999999", {}, 404, "model_not_found"),
+        ("/api/v1/models/{baseline}/predict", dict(zip(("content_type", "data"), _nameless_parts())), 400, "missing_image"),
+        ("/api/v1/models/{baseline}/predict", dict(zip(("content_type", "data"), _many_parts(1001))), 413, "payload_too_large"),
     ],
+    ids=lambda v: v[:60] if isinstance(v, str) else None,
 )
 def test_request_errors(client, tiny_repo, path_query, kwargs, status, code):
     kwargs = {"data": images.png(), "content_type": "image/png", **kwargs}
     response = client.post(path_query.format(baseline=tiny_repo.baseline), **kwargs)
-    assert (response.status_code, response.json["error"]["code"]) == (status, code)
+    assert (response.status_code, response.json["error"]["code"]) == (status, code), response.json
+    assert "Traceback" not in response.json["error"]["message"]
+
+
+def test_too_many_form_parts_is_not_called_a_large_body(client, tiny_repo):
+    content_type, body = _many_parts(1001)
+    message = _post(client, tiny_repo.baseline, body, content_type).json["error"]["message"]
+    assert message.startswith("expected a multipart form of at most 1,000 parts") and "bytes (MEDROBUST" not in message
+
+
+def test_invented_methods_share_one_label(client, tiny_repo):
+    """gunicorn passes any 3-20 letter token as a method; each must not become a new series."""
+    for method in ("FOOBAR", "QWERTYUIOP", "BREW"):
+        assert client.open("/api/v1/models", method=method).status_code == 405
+    exposition = client.get("/metrics").get_data(as_text=True)
+    assert "FOOBAR" not in exposition and "BREW" not in exposition
+    assert 'medrobust_http_requests_total{endpoint="unmatched",method="other",status="405"} 3.0' in exposition
 
 
 def test_wrong_method_is_json(client, tiny_repo):
