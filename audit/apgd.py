@@ -1,0 +1,267 @@
+"""L-infinity APGD (Croce & Hein, ICML 2020) against a served model, one `vjp` call per iteration.
+
+Faithful to the reference implementation (auto-attack's `autopgd_base.py`): random start inside the
+ball, step size 2*epsilon, momentum 0.75 (none on the first step), checkpoints after 22%, 41%, 57%,
+... of the iterations (windows of int(0.22 N) iterations, shrinking by int(0.03 N) to at least
+int(0.06 N)), and at a checkpoint the step size halves, restarting from the best point, when
+(1) the loss rose in at most rho = 0.75 of the window's iterations (`<=` as the reference; the paper
+writes `<`) or (2) the step size was not halved at the previous checkpoint (never at the first) and
+the best loss has not improved since. The first point that misclassifies is kept and the image is
+not attacked further (as AutoAttack keeps it); an image never fooled returns its best-loss point.
+Unlike the reference, the first window compares the first iterate's loss with the start point's
+(the reference compares it with an unset slot that holds 0).
+
+The served `vjp` signature returns logits and gradient together but needs the cotangent dLoss/dlogits
+before the logits at the new point are known. So each call's cotangent is computed from the logits
+of the point the step started from: the previous iterate (the best point after a restart), and for
+the random start the clean logits the caller passes. The step direction is therefore exact when the
+cotangent depends only on which class ranks where, not on the logit values: the margin (`cw`) loss,
+e_runner-up - e_true, whenever the runner-up is the previous iterate's (always for K = 2); the
+targeted margin, e_t - e_y, always; and cross-entropy with K = 2, whose cotangent is the margin's
+times a positive scale, so its sign step is the same. For CE with K > 2 and for DLR the direction is
+one iterate stale. The logits each call returns are exact at that iterate, so loss values, the best
+point and the fooled test are exact.
+
+Cost: one call at the random start and one per iteration, each on the images not yet fooled, so at
+most iterations + 1 calls per run (fewer once every image is fooled).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from audit.attack_run import AttackRun, check_at_least, check_batch, check_output, merge, true_class_margin, unattacked
+
+# (x float32 [n,H,W,3] in [0,1], cotangent float32 [n,K]) -> (logits [n,K] at x, cotangent . dlogits/dx [n,H,W,3])
+LogitsAndGradient = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+LOSSES = ("ce", "dlr", "cw")
+RHO = 0.75
+MOMENTUM = 0.75
+DLR_GUARD = 1e-12  # the reference's guard against a zero DLR denominator
+
+
+def checkpoints(iterations: int) -> tuple[int, ...]:
+    """The iterations after which the step size may halve (22, 41, 57, 70, 80, 87, 93, 99 for 100)."""
+    window = max(int(0.22 * iterations), 1)
+    shrink = max(int(0.03 * iterations), 1)
+    smallest = max(int(0.06 * iterations), 1)
+    points, at = [], 0
+    while at + window <= iterations:
+        at += window
+        points.append(at)
+        window = max(window - shrink, smallest)
+    return tuple(points)
+
+
+def target_classes(clean_logits: np.ndarray, labels: np.ndarray, n_target: int) -> np.ndarray:
+    """Per image, the min(n_target, K-1) other classes with the highest clean logits, highest first."""
+    z = np.asarray(clean_logits, np.float64).copy()
+    z[np.arange(len(z)), labels] = -np.inf
+    return np.argsort(-z, axis=1, kind="stable")[:, : min(n_target, z.shape[1] - 1)]
+
+
+def apgd(
+    logits_and_gradient: LogitsAndGradient,
+    images: np.ndarray,
+    labels: np.ndarray,
+    epsilon: float,
+    *,
+    clean_logits: np.ndarray,
+    loss: str = "ce",
+    iterations: int = 100,
+    rng: np.random.Generator,
+) -> AttackRun:
+    """Untargeted APGD with loss "ce", "dlr" (K >= 3) or "cw" (the margin, DLR's stand-in for K = 2).
+
+    Images the clean logits already misclassify are not attacked (returned clean, fooled).
+    `margins` has iterations + 1 rows.
+    """
+    x, y, z = check_batch(images, labels, epsilon, clean_logits, rng)
+    check_at_least("iterations", iterations, 1)
+    if loss not in LOSSES:
+        raise ValueError(f"expected loss in {LOSSES}, got {loss!r}")
+    if loss == "dlr" and z.shape[1] < 3:
+        raise ValueError(f"expected at least 3 classes for the DLR loss, got {z.shape[1]}; use loss='cw'")
+    idx = np.flatnonzero(z.argmax(axis=1) == y)
+    if epsilon == 0 or idx.size == 0:
+        return unattacked(x, y, z, iterations + 1)
+    objective = {"ce": _cross_entropy, "dlr": _dlr, "cw": _margin}[loss]
+    run = _run(logits_and_gradient, x[idx], y[idx], None, z[idx], float(epsilon), objective, iterations, rng)
+    return merge(x, y, z, idx, run)
+
+
+def apgd_targeted(
+    logits_and_gradient: LogitsAndGradient,
+    images: np.ndarray,
+    labels: np.ndarray,
+    epsilon: float,
+    *,
+    clean_logits: np.ndarray,
+    iterations: int = 100,
+    n_target: int = 9,
+    rng: np.random.Generator,
+) -> AttackRun:
+    """APGD-T: one run of `iterations` per target class, over the images no earlier target fooled.
+
+    Targets are the top min(n_target, K-1) other classes by clean logits; the loss is the targeted
+    DLR for K >= 4, else the targeted margin z_t - z_y. Success is any misclassification (as
+    AutoAttack's apgd-t). An image never fooled returns the last run's best-loss point. `margins`
+    has iterations + 1 rows: per row, the lowest true-class margin over all target runs by then.
+    """
+    x, y, z = check_batch(images, labels, epsilon, clean_logits, rng)
+    check_at_least("iterations", iterations, 1)
+    check_at_least("n_target", n_target, 1)
+    result = unattacked(x, y, z, iterations + 1)
+    standing = z.argmax(axis=1) == y
+    if epsilon == 0 or not standing.any():
+        return result
+    objective = _targeted_dlr if z.shape[1] >= 4 else _targeted_margin
+    targets = target_classes(z, y, n_target)
+    margins = np.where(standing, np.inf, result.margins).astype(np.float32)
+    calls = 0
+    for j in range(targets.shape[1]):
+        idx = np.flatnonzero(standing)
+        if idx.size == 0:
+            break
+        run = _run(
+            logits_and_gradient, x[idx], y[idx], targets[idx, j], z[idx], float(epsilon), objective, iterations, rng
+        )
+        result.adversarial[idx] = run.adversarial
+        result.fooled[idx] = run.fooled
+        margins[:, idx] = np.minimum(margins[:, idx], run.margins)
+        standing[idx[run.fooled]] = False
+        calls += run.calls
+    return AttackRun(result.adversarial, result.fooled, margins, calls)
+
+
+# A loss maps (logits [m,K], labels [m], targets [m] or None) to (loss [m], dLoss/dlogits [m,K]), both float64.
+Objective = Callable[[np.ndarray, np.ndarray, np.ndarray | None], tuple[np.ndarray, np.ndarray]]
+
+
+def _run(
+    logits_and_gradient: LogitsAndGradient, x: np.ndarray, y: np.ndarray, targets: np.ndarray | None,
+    clean_logits: np.ndarray, eps: float, objective: Objective, iterations: int, rng: np.random.Generator,
+) -> AttackRun:
+    """One APGD run over images the model classifies correctly."""
+    n, k = len(x), clean_logits.shape[1]
+    lo, hi = np.maximum(x - np.float32(eps), 0.0), np.minimum(x + np.float32(eps), 1.0)
+
+    def call(points: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, gradient = logits_and_gradient(points, cotangent.astype(np.float32))
+        return check_output("logits", logits, (len(points), k)), check_output("gradient", gradient, points.shape)
+
+    # The reference's start: uniform noise rescaled so its largest coordinate sits on the sphere.
+    noise = rng.uniform(-1.0, 1.0, size=x.shape)
+    noise /= np.abs(noise).reshape(n, -1).max(axis=1).reshape(-1, 1, 1, 1) + 1e-12
+    current = np.clip(x + np.float32(eps) * noise.astype(np.float32), lo, hi)
+    logits, grad = call(current, objective(clean_logits, y, targets)[1])
+    calls = 1
+    loss, cotangent = objective(logits, y, targets)
+
+    fooled = logits.argmax(axis=1) != y
+    adversarial = current.copy()
+    lowest_margin = true_class_margin(logits, y)
+    margins = np.empty((iterations + 1, n), np.float32)
+    margins[0] = lowest_margin
+    history = np.zeros((iterations + 1, n))  # loss at every iterate, row 0 the start
+    history[0] = loss
+    best, best_grad, best_loss, best_cotangent = current.copy(), grad.copy(), loss.copy(), cotangent.copy()
+    previous = current.copy()
+    step = np.full((n, 1, 1, 1), 2.0 * eps, np.float32)
+    halved_last = np.ones(n, bool)  # the reference's start value: condition 2 cannot fire at the first checkpoint
+    best_at_last = best_loss.copy()
+    checks, last_check = set(checkpoints(iterations)), 0
+    for i in range(iterations):
+        a = np.flatnonzero(~fooled)
+        if a.size == 0:
+            margins[i + 1 :] = lowest_margin
+            break
+        here = current[a]
+        pull = MOMENTUM if i > 0 else 1.0
+        stepped = np.clip(here + step[a] * np.sign(grad[a]), lo[a], hi[a])
+        moved = np.clip(here + pull * (stepped - here) + (1.0 - pull) * (here - previous[a]), lo[a], hi[a])
+        previous[a], current[a] = here, moved
+        logits, grad[a] = call(moved, cotangent[a])
+        calls += 1
+        loss, cotangent[a] = objective(logits, y[a], None if targets is None else targets[a])
+        history[i + 1, a] = loss
+        lowest_margin[a] = np.minimum(lowest_margin[a], true_class_margin(logits, y[a]))
+        margins[i + 1] = lowest_margin
+
+        up = loss > best_loss[a]
+        u = a[up]
+        best[u], best_grad[u], best_loss[u], best_cotangent[u] = moved[up], grad[u], loss[up], cotangent[u]
+        hit = logits.argmax(axis=1) != y[a]
+        adversarial[a[hit]] = moved[hit]
+        fooled[a[hit]] = True
+
+        if i + 1 in checks:
+            window = i + 1 - last_check
+            rises = (history[last_check + 1 : i + 2] > history[last_check : i + 1]).sum(axis=0)
+            halve = (rises <= RHO * window) | (~halved_last & (best_at_last >= best_loss))
+            halved_last, best_at_last, last_check = halve, best_loss.copy(), i + 1
+            step[halve] /= 2
+            current[halve], grad[halve], cotangent[halve] = best[halve], best_grad[halve], best_cotangent[halve]
+    adversarial[~fooled] = best[~fooled]
+    return AttackRun(adversarial, fooled, margins, calls)
+
+
+def _rows(z: np.ndarray) -> np.ndarray:
+    return np.arange(len(z))
+
+
+def _one_hot(index: np.ndarray, k: int) -> np.ndarray:
+    return np.eye(k)[index]
+
+
+def _cross_entropy(z: np.ndarray, y: np.ndarray, _targets: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    z = z.astype(np.float64)
+    shifted = z - z.max(axis=1, keepdims=True)
+    log_total = np.log(np.exp(shifted).sum(axis=1))
+    loss = log_total - shifted[_rows(z), y]
+    softmax = np.exp(shifted - log_total[:, None])
+    return loss, softmax - _one_hot(y, z.shape[1])
+
+
+def _runner_up(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    others = z.copy()
+    others[_rows(z), y] = -np.inf
+    return others.argmax(axis=1)
+
+
+def _margin(z: np.ndarray, y: np.ndarray, _targets: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    z = z.astype(np.float64)
+    j = _runner_up(z, y)
+    k = z.shape[1]
+    return z[_rows(z), j] - z[_rows(z), y], _one_hot(j, k) - _one_hot(y, k)
+
+
+def _dlr(z: np.ndarray, y: np.ndarray, _targets: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """-(z_y - max_{i!=y} z_i) / (z_pi1 - z_pi3 + 1e-12), pi sorting the logits in decreasing order."""
+    z = z.astype(np.float64)
+    r, k = _rows(z), z.shape[1]
+    order = np.argsort(-z, axis=1, kind="stable")
+    j = _runner_up(z, y)
+    gap = z[r, y] - z[r, j]
+    scale = z[r, order[:, 0]] - z[r, order[:, 2]] + DLR_GUARD
+    spread = _one_hot(order[:, 0], k) - _one_hot(order[:, 2], k)
+    return -gap / scale, -(_one_hot(y, k) - _one_hot(j, k)) / scale[:, None] + (gap / scale**2)[:, None] * spread
+
+
+def _targeted_dlr(z: np.ndarray, y: np.ndarray, t: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)."""
+    z = z.astype(np.float64)
+    r, k = _rows(z), z.shape[1]
+    order = np.argsort(-z, axis=1, kind="stable")
+    gap = z[r, y] - z[r, t]
+    scale = z[r, order[:, 0]] - 0.5 * (z[r, order[:, 2]] + z[r, order[:, 3]]) + DLR_GUARD
+    spread = _one_hot(order[:, 0], k) - 0.5 * (_one_hot(order[:, 2], k) + _one_hot(order[:, 3], k))
+    return -gap / scale, -(_one_hot(y, k) - _one_hot(t, k)) / scale[:, None] + (gap / scale**2)[:, None] * spread
+
+
+def _targeted_margin(z: np.ndarray, y: np.ndarray, t: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    z = z.astype(np.float64)
+    k = z.shape[1]
+    return z[_rows(z), t] - z[_rows(z), y], _one_hot(t, k) - _one_hot(y, k)
