@@ -1,5 +1,9 @@
 """Per-run reports: the paper's accuracy-against-epsilon figure, example perturbations, Grad-CAM.
 
+The accuracy figure shows each class's robust accuracy beside the mean (with its 95% Wilson band)
+and the worst class, and a degenerate model says so. Figures are drawn on matplotlib Figure
+objects, never pyplot's global state, so front-end threads can draw them at once.
+
 Drawn from the store and the run's saved examples alone (no model server needed), as PNG files
 and one HTML page beside them.
 """
@@ -7,10 +11,12 @@ and one HTML page beside them.
 from __future__ import annotations
 
 import html
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
+from audit.results import DEGENERATE_SHARE
 from audit.store import AuditStore, RunRecord
 
 FIGURE = "accuracy.png"
@@ -22,31 +28,90 @@ def _label(run: RunRecord) -> str:
     return f"{'attention' if run.attention else 'baseline'} ({run.model} v{run.version})"
 
 
-def accuracy_figure(runs: list[RunRecord], path: Path) -> Path:
-    """Clean (dashed) and robust accuracy against epsilon on a log axis, one colour per model."""
-    import matplotlib
+def _attacked(run: RunRecord) -> list:
+    """The points at non-zero epsilons (the log axis cannot show 0; clean accuracy stands for it)."""
+    return [p for p in run.points if p["epsilon_value"] > 0]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+def _band(ax, pts, colour, label: str) -> None:
+    """The 95% Wilson band of robust accuracy, where the points have one."""
+    if pts and all(p.get("robust_accuracy_lower") is not None for p in pts):
+        ax.fill_between(
+            [p["epsilon_value"] for p in pts], [p["robust_accuracy_lower"] for p in pts],
+            [p["robust_accuracy_upper"] for p in pts], color=colour, alpha=0.15, linewidth=0, label=label,
+        )
+
+
+def _worst(ax, pts, colour, label: str, **style) -> None:
+    if pts and all(p.get("worst_class_robust_accuracy") is not None for p in pts):
+        ax.plot([p["epsilon_value"] for p in pts], [p["worst_class_robust_accuracy"] for p in pts], "v:", color=colour,
+                label=label, **style)
+
+
+def _axis(ax, run: RunRecord, title: str, *, legend_columns: int = 2) -> None:
+    pts = _attacked(run)
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    if pts:  # the grid's own epsilons, as written, rather than powers of ten
+        ax.set_xticks([p["epsilon_value"] for p in pts], labels=[p["epsilon"] for p in pts], rotation=45, fontsize=7)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("epsilon (L2)" if run.attack == "l2_pgd" else "epsilon (L-inf, pixels in [0, 1])", fontsize=8)
+    ax.set_ylabel("accuracy", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=legend_columns, frameon=False)
+
+
+def _degenerate_note(run: RunRecord) -> str:
+    share = run.predicted_class_max_share
+    return f"DEGENERATE: {share:.0%} of answers are one class" if run.degenerate and share is not None else ""
+
+
+def draw_accuracy(runs: list[RunRecord]):
+    """The accuracy-against-epsilon figure (a matplotlib Figure, no pyplot: the front end draws in threads).
+
+    Left: per model, mean robust accuracy with its 95% Wilson band, the worst class (dotted) and
+    clean accuracy (dashed). Then one panel per model: every class's robust accuracy beside the
+    mean and the worst class, so a model that keeps one class and loses the others shows as such.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.8 * (1 + len(runs)), 6.0), dpi=100, layout="constrained")
+    axes = fig.subplots(1, 1 + len(runs), squeeze=False)[0]
+    ax = axes[0]
     for run, colour in zip(runs, ("tab:red", "tab:blue", "tab:green", "tab:orange")):
-        pts = [p for p in run.points if p["epsilon_value"] > 0]
+        pts = _attacked(run)
         eps = [p["epsilon_value"] for p in pts]
-        ax.plot(eps, [p["robust_accuracy"] for p in pts], "o-", color=colour, label=f"robust: {_label(run)}")
+        note = f", {_degenerate_note(run)}" if run.degenerate else ""
+        ax.plot(eps, [p["robust_accuracy"] for p in pts], "o-", color=colour, label=f"robust: {_label(run)}{note}")
+        _band(ax, pts, colour, f"95% interval: {_label(run)}")
+        _worst(ax, pts, colour, f"worst class: {_label(run)}")
         if eps and run.clean_accuracy is not None:
             ax.plot([min(eps), max(eps)], [run.clean_accuracy] * 2, "--", color=colour, label=f"clean: {_label(run)}")
-    ax.set_xscale("log")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("epsilon (L-inf, pixels in [0, 1])" if runs and runs[0].attack != "l2_pgd" else "epsilon (L2)")
-    ax.set_ylabel("accuracy")
     first = runs[0]
-    ax.set_title(f"{first.task} / {first.backbone}: {first.attack}, {first.config.get('steps')} steps")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _axis(ax, first, f"{first.task} / {first.backbone}: {first.attack}, {first.config.get('steps')} steps", legend_columns=1)
+    classes = sorted({c for run in runs for p in run.points for c in (p["per_class"] or {})})
+    palette = {c: f"C{i % 10}" for i, c in enumerate(classes)}  # one colour per class in every panel
+    for ax, run in zip(axes[1:], runs):
+        pts = _attacked(run)
+        eps = [p["epsilon_value"] for p in pts]
+        _band(ax, pts, "grey", "95% interval of the mean")
+        ax.plot(eps, [p["robust_accuracy"] for p in pts], "-", color="black", linewidth=3, alpha=0.5, label="mean")
+        # Drawn under the classes (a class at the bottom stays visible on it).
+        _worst(ax, pts, "black", "worst class", linewidth=4, alpha=0.35, markersize=9)
+        for c in classes:
+            if all(c in (p["per_class"] or {}) for p in pts):
+                ax.plot(eps, [p["per_class"][c] for p in pts], ".-", color=palette[c], linewidth=1.2, label=f"class {c}")
+        name = f"{'attention' if run.attention else 'baseline'} v{run.version}: per class"
+        _axis(ax, run, name + (f"\n{_degenerate_note(run)}" if run.degenerate else ""))
+        if run.degenerate:
+            ax.title.set_color("tab:red")
+    return fig
+
+
+def accuracy_figure(runs: list[RunRecord], path: Path) -> Path:
+    """`draw_accuracy(runs)` saved as a PNG."""
+    draw_accuracy(runs).savefig(path)
     return path
 
 
@@ -64,13 +129,11 @@ def examples_figure(examples: dict, class_names: list[str], path: Path) -> Path 
     n = len(examples.get("index", ()))
     if n == 0:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     cols = 5 if "clean_heatmap" in examples else 3
-    fig, axes = plt.subplots(n, cols, figsize=(2.2 * cols, 2.3 * n), dpi=100, squeeze=False)
+    fig = Figure(figsize=(2.2 * cols, 2.3 * n), dpi=100)
+    axes = fig.subplots(n, cols, squeeze=False)
 
     def name(c) -> str:
         c = int(c)
@@ -95,7 +158,6 @@ def examples_figure(examples: dict, class_names: list[str], path: Path) -> Path 
             ax.axis("off")
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
@@ -114,6 +176,50 @@ def report_dir(run: RunRecord, default_root: Path) -> Path:
     return base / "report"
 
 
+def dominant_class(store: AuditStore, run: RunRecord) -> str | None:
+    """The class a run's model answers most often on its audit set's clean images (its name when known)."""
+    counts = Counter(s["clean_class"] for s in store.samples(run.id))
+    if not counts:
+        return None
+    top = counts.most_common(1)[0][0]
+    names = store.audit_set(run.audit_set).class_names if run.audit_set else ()
+    return names[top] if 0 <= top < len(names) else str(top)
+
+
+def degenerate_warning(run: RunRecord, dominant: str | None) -> str | None:
+    """One sentence for a degenerate run (plain text), None for any other."""
+    if not run.degenerate:
+        return None
+    which = f"class {dominant}" if dominant is not None else "one class"
+    return (
+        f"Degenerate model: it answers {which} for {run.predicted_class_max_share:.0%} of the audit set's images "
+        f"(threshold {DEGENERATE_SHARE:.0%}). Its robust accuracy is that class's share, not robustness: "
+        "read the worst class."
+    )
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def points_table(run: RunRecord) -> tuple[list[str], list[list[str]]]:
+    """The per-epsilon figures as a header and text rows: the mean with its 95% Wilson interval
+    beside the worst class, the balanced figure and every class's robust accuracy."""
+    classes = sorted({c for p in run.points for c in (p["per_class"] or {})})
+    header = ["epsilon", "robust accuracy", "95% interval", "worst class", "balanced",
+              *(f"class {c}" for c in classes), "attacked", "fooled", "uniform noise"]
+    rows = []
+    for p in run.points:
+        lower, upper = p.get("robust_accuracy_lower"), p.get("robust_accuracy_upper")
+        rows.append([
+            p["epsilon"], _number(p["robust_accuracy"]), "" if lower is None else f"{lower:.3f}-{upper:.3f}",
+            _number(p.get("worst_class_robust_accuracy")), _number(p["balanced_robust_accuracy"]),
+            *(_number((p["per_class"] or {}).get(c)) for c in classes), str(p["attacked"]), str(p["fooled"]),
+            _number(p["noise_robust_accuracy"]),
+        ])
+    return header, rows
+
+
 def write_report(store: AuditStore, run_id: int, *, artefacts_root: Path, out_dir: Path | None = None) -> Path:
     """Write the figure, the examples and the page for a run; returns the page's path."""
     run = store.get_run(run_id)
@@ -127,19 +233,20 @@ def write_report(store: AuditStore, run_id: int, *, artefacts_root: Path, out_di
     class_names = list(store.audit_set(run.audit_set).class_names) if run.audit_set else []
     examples = examples_figure(load_examples(run), class_names, out / EXAMPLES)
     page = out / PAGE
-    page.write_text(render_page(run, partner, has_examples=examples is not None))
+    page.write_text(render_page(run, partner, has_examples=examples is not None, dominant=dominant_class(store, run)))
     return page
 
 
-def render_page(run: RunRecord, partner: RunRecord | None, *, has_examples: bool) -> str:
+def render_page(run: RunRecord, partner: RunRecord | None, *, has_examples: bool, dominant: str | None = None) -> str:
     """A self-contained HTML page (the PNGs beside it)."""
     e = html.escape
-    rows = "".join(
-        f"<tr><td>{e(p['epsilon'])}</td><td>{p['robust_accuracy']:.3f}</td><td>{p['balanced_robust_accuracy']:.3f}</td>"
-        f"<td>{p['attacked']}</td><td>{p['fooled']}</td>"
-        f"<td>{'' if p['noise_robust_accuracy'] is None else format(p['noise_robust_accuracy'], '.3f')}</td></tr>"
-        for p in run.points
-    )
+    header, table = points_table(run)
+    head = "".join(f"<th>{e(h)}</th>" for h in header)
+    rows = "".join("<tr>" + "".join(f"<td>{e(cell)}</td>" for cell in cells) + "</tr>" for cells in table)
+    warning = degenerate_warning(run, dominant)
+    warning = f'<p class="problem"><strong>{e(warning)}</strong></p>' if warning else ""
+    attacks = ", ".join(f"{e(name)} fooled {count}" for name, count in run.fooled_by.items())
+    provenance = f"Attack seed {run.seed}" + (f"; {attacks}" if attacks else "") + "." if run.seed is not None else ""
     checks = "".join(
         f"<li>{'passed' if s['passed'] else '<strong>FAILED</strong>'}: {e(s['check'])}: {e(s['detail'])}</li>" for s in run.sanity
     )
@@ -151,12 +258,14 @@ def render_page(run: RunRecord, partner: RunRecord | None, *, has_examples: bool
 <h1>Audit run {run.id}: {e(run.model)} version {run.version}</h1>
 <p>{e(run.attack)} through the {e(run.backend)} backend, {e(str(run.config.get('steps')))} steps,
 {e(str(run.config.get('restarts')))} restart(s), {e(str(run.config.get('samples')))} images of {e(str(run.config.get('dataset')))};
-clean accuracy {run.clean_accuracy:.3f} (balanced {run.balanced_clean_accuracy:.3f}), robustness score {run.robustness_score:.3f},
-{run.duration_seconds:.1f} s.</p>
+clean accuracy {run.clean_accuracy:.3f} (balanced {run.balanced_clean_accuracy:.3f}), robustness score {run.robustness_score:.3f}
+(mean robust accuracy over the non-zero epsilons), {run.duration_seconds:.1f} s. {provenance}</p>
+{warning}
 {compared}
-<img src="{FIGURE}" alt="clean and robust accuracy against epsilon">
-<table><thead><tr><th>epsilon</th><th>robust accuracy</th><th>balanced</th><th>attacked</th><th>fooled</th><th>noise reference</th></tr></thead>
+<img src="{FIGURE}" alt="robust accuracy against epsilon: mean with its 95% Wilson band, worst class and every class">
+<table><thead><tr>{head}</tr></thead>
 <tbody>{rows}</tbody></table>
+<p>Robust accuracy is counted over {e(str(run.audit_set_size))} images; the interval is the 95% Wilson score interval.</p>
 <h2>Sanity checks</h2><ul>{checks}</ul>
 {examples}
 </body></html>

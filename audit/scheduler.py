@@ -1,7 +1,7 @@
 """The audit worker: runs on a cron schedule and on every new model version, and serves /metrics.
 
 APScheduler's BackgroundScheduler fires the cron job (misfires coalesced, one instance at a time);
-a poll job notices versions never audited. Each model's runs are kept apart by the runner's lock,
+a poll job notices versions never audited, and removes the metrics of versions no longer served. Each model's runs are kept apart by the runner's lock,
 so a scheduled run, a new-version run and an API request never overlap on one model.
 """
 
@@ -82,11 +82,14 @@ class AuditWorker:
         return ids
 
     def check_new_versions(self) -> list[int]:
-        """Audit every (model, version) that has no run yet."""
+        """Audit every (model, version) that has no run yet; drop the metrics of versions no longer served."""
         audited = self.runner.store.audited_versions()
         ids = []
         wanted = set(self.config.models)
-        for info in self.runner.predictor.list_models():
+        served = self.runner.predictor.list_models()
+        if self.runner.metrics is not None:
+            self.runner.metrics.retain({info.name: set(info.versions) for info in served})
+        for info in served:
             if self.runner.metrics is not None:
                 self.runner.metrics.declare(info.name)
             key = (info.name, int(info.latest))

@@ -4,6 +4,10 @@ SQLite by default, any SQLAlchemy URL through `MEDROBUST_DATABASE_URL`. A run is
 steps: a 'running' row in its own transaction when it starts, then every figure together with the
 final status in one transaction. A process killed in between leaves only that row, which the next
 store to open marks failed, so readers never see a half-written run.
+
+A database written by an earlier schema opens: columns added since are added on open (all
+nullable), and filled for the runs written before them from what those runs stored (their points
+and per-image outcomes); a run an older process finishes later is filled on read.
 """
 
 from __future__ import annotations
@@ -12,13 +16,13 @@ import os
 import socket
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
-from audit.results import AuditResult, AuditSet
+from audit.results import DEGENERATE_SHARE, AuditResult, AuditSet, max_share, wilson_interval, worst_class
 
 metadata = sa.MetaData()
 
@@ -59,6 +63,12 @@ audit_runs = sa.Table(
     sa.Column("robustness_score", sa.Float),
     sa.Column("sanity_passed", sa.Boolean),
     sa.Column("artefacts", sa.Text),
+    # Added by the "audit a user can believe" schema; NULL in runs written before it.
+    sa.Column("seed", sa.Integer),  # the attack's seed
+    sa.Column("fooled_by", sa.JSON),  # attack name -> images it fooled
+    sa.Column("audit_set_size", sa.Integer),
+    sa.Column("predicted_class_max_share", sa.Float),
+    sa.Column("degenerate", sa.Boolean),
 )
 
 audit_points = sa.Table(
@@ -72,6 +82,10 @@ audit_points = sa.Table(
     sa.Column("attacked", sa.Integer, nullable=False),
     sa.Column("fooled", sa.Integer, nullable=False),
     sa.Column("noise_robust_accuracy", sa.Float),
+    sa.Column("samples", sa.Integer),
+    sa.Column("worst_class_robust_accuracy", sa.Float),
+    sa.Column("robust_accuracy_lower", sa.Float),  # 95% Wilson score interval of robust_accuracy
+    sa.Column("robust_accuracy_upper", sa.Float),
 )
 
 audit_samples = sa.Table(
@@ -125,15 +139,37 @@ class RunRecord:
     robustness_score: float | None
     sanity_passed: bool | None
     artefacts: str | None
+    seed: int | None = None
+    fooled_by: Mapping[str, int] = field(default_factory=dict)
+    audit_set_size: int | None = None
+    predicted_class_max_share: float | None = None
+    degenerate: bool | None = None
     points: tuple[Mapping[str, Any], ...] = ()
     sanity: tuple[Mapping[str, Any], ...] = ()
+
+    @property
+    def steps(self) -> Any:
+        return self.config.get("steps")
+
+    @property
+    def epsilons(self) -> tuple[str, ...]:
+        return tuple(p["epsilon"] for p in self.points)
 
     def to_json(self) -> dict[str, Any]:
         doc = {k: getattr(self, k) for k in self.__dataclass_fields__}
         doc["config"] = dict(self.config)
+        doc["fooled_by"] = dict(self.fooled_by)
         doc["points"] = [dict(p) for p in self.points]
         doc["sanity"] = [dict(s) for s in self.sanity]
         return doc
+
+
+def comparable(a: RunRecord, b: RunRecord) -> bool:
+    """Two runs whose figures may be set side by side: same audit set, attack, steps and epsilon grid."""
+    return (
+        a.audit_set is not None and a.audit_set == b.audit_set and a.attack == b.attack and a.steps == b.steps
+        and a.epsilons == b.epsilons
+    )
 
 
 def owner_id() -> str:
@@ -183,13 +219,102 @@ def _create_tables(engine: sa.Engine) -> None:
         metadata.create_all(engine)
 
 
+def _add_missing_columns(engine: sa.Engine) -> tuple[str, ...]:
+    """Add the columns a database created by an earlier schema lacks; returns "table.column" of each.
+
+    Every column added since the first schema is nullable without a default, so a plain
+    ADD COLUMN is enough. Two processes opening an old database together may both try: the loser's
+    error is ignored once the column is found there.
+    """
+    added = []
+    quote = engine.dialect.identifier_preparer.quote
+    present = {t: {c["name"] for c in sa.inspect(engine).get_columns(t)} for t in metadata.tables}
+    for table in metadata.sorted_tables:
+        for column in table.columns:
+            if column.name in present[table.name]:
+                continue
+            ddl = f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} {column.type.compile(dialect=engine.dialect)}"
+            try:
+                with engine.begin() as conn:
+                    conn.execute(sa.text(ddl))
+            except sa.exc.DBAPIError:
+                if column.name not in {c["name"] for c in sa.inspect(engine).get_columns(table.name)}:
+                    raise
+                continue
+            added.append(f"{table.name}.{column.name}")
+    return tuple(added)
+
+
+def _derived(conn: sa.Connection, run: Mapping[str, Any], points: list[Mapping[str, Any]]) -> tuple[dict, list[dict]]:
+    """The figures a run written by an earlier schema lacks, derived from its points and samples.
+
+    Returns the run's and each point's missing values (empty when nothing is missing). Such a run's
+    robustness score was the mean over the whole grid: it is recomputed without epsilon 0.
+    """
+    values: dict[str, Any] = {}
+    if run["status"] == "succeeded" and run["audit_set_size"] is None:
+        counts = conn.execute(
+            sa.select(sa.func.count()).select_from(audit_samples).where(audit_samples.c.run_id == run["id"])
+            .group_by(audit_samples.c.clean_class)
+        ).scalars().all()
+        share = max_share(counts)
+        attacked = [p["robust_accuracy"] for p in points if p["epsilon_value"] > 0]
+        values = {
+            "audit_set_size": sum(counts), "predicted_class_max_share": share, "degenerate": share >= DEGENERATE_SHARE,
+            "robustness_score": sum(attacked) / len(attacked) if attacked else 0.0,
+        }
+    n = values.get("audit_set_size", run["audit_set_size"])
+    point_values = []
+    for p in points:
+        missing: dict[str, Any] = {}
+        samples = p["samples"] if p["samples"] is not None else n
+        if p["samples"] is None and n is not None:
+            missing["samples"] = n
+        if p["worst_class_robust_accuracy"] is None and p["per_class"]:
+            missing["worst_class_robust_accuracy"] = worst_class(p["per_class"])
+        if p["robust_accuracy_lower"] is None and samples is not None:
+            lower, upper = wilson_interval(round(p["robust_accuracy"] * samples), samples)
+            missing |= {"robust_accuracy_lower": lower, "robust_accuracy_upper": upper}
+        point_values.append(missing)
+    return values, point_values
+
+
+def _backfill(engine: sa.Engine) -> int:
+    """Store the derived figures of succeeded runs written before their columns; returns how many.
+
+    Idempotent (the values are derived from rows that never change), so two processes opening the
+    same old database may both run it.
+    """
+    with engine.connect() as conn:
+        ids = conn.execute(
+            sa.select(audit_runs.c.id).where(audit_runs.c.status == "succeeded", audit_runs.c.audit_set_size.is_(None))
+        ).scalars().all()
+    for run_id in ids:
+        with engine.begin() as conn:
+            run = conn.execute(sa.select(audit_runs).where(audit_runs.c.id == run_id)).one()._mapping
+            points = [p._mapping for p in conn.execute(sa.select(audit_points).where(audit_points.c.run_id == run_id)).all()]
+            values, point_values = _derived(conn, run, points)
+            for p, missing in zip(points, point_values):
+                if missing:
+                    conn.execute(
+                        audit_points.update()
+                        .where(audit_points.c.run_id == run_id, audit_points.c.epsilon == p["epsilon"])
+                        .values(**missing)
+                    )
+            if values:
+                conn.execute(audit_runs.update().where(audit_runs.c.id == run_id).values(**values))
+    return len(ids)
+
+
 class AuditStore:
-    """Audit runs in a SQL database (tables created on first use)."""
+    """Audit runs in a SQL database (tables created, missing columns added and filled, on first use)."""
 
     def __init__(self, url: str, *, recover: bool = True):
         self.url = url
         self.engine = make_engine(url)
         _create_tables(self.engine)
+        _add_missing_columns(self.engine)
+        _backfill(self.engine)
         self.owner = owner_id()
         if recover:
             self.fail_interrupted()
@@ -226,7 +351,9 @@ class AuditStore:
                         "run_id": run_id, "epsilon": p.epsilon, "epsilon_value": float(p.epsilon),
                         "robust_accuracy": p.robust_accuracy, "balanced_robust_accuracy": p.balanced_robust_accuracy,
                         "per_class": dict(p.per_class), "attacked": p.attacked, "fooled": p.fooled,
-                        "noise_robust_accuracy": p.noise_robust_accuracy,
+                        "noise_robust_accuracy": p.noise_robust_accuracy, "samples": p.samples,
+                        "worst_class_robust_accuracy": p.worst_class_robust_accuracy,
+                        "robust_accuracy_lower": p.robust_interval[0], "robust_accuracy_upper": p.robust_interval[1],
                     }
                     for p in result.points
                 ],
@@ -253,6 +380,8 @@ class AuditStore:
                     audit_set=result.audit_set.fingerprint, clean_accuracy=result.clean_accuracy,
                     balanced_clean_accuracy=result.balanced_clean_accuracy,
                     robustness_score=result.robustness_score, sanity_passed=result.sanity_passed, artefacts=artefacts,
+                    seed=result.seed, fooled_by=dict(result.fooled_by), audit_set_size=len(result.audit_set),
+                    predicted_class_max_share=result.predicted_class_max_share, degenerate=result.degenerate,
                 )
             )
             if updated.rowcount != 1:
@@ -300,11 +429,13 @@ class AuditStore:
         return dead
 
     # -- reading --------------------------------------------------------------------------
-    def _record(self, row, points=(), sanity=()) -> RunRecord:
-        data = {k: row._mapping[k] for k in audit_runs.c.keys() if k != "owner"}
+    def _record(self, row: Mapping[str, Any], points=(), sanity=()) -> RunRecord:
+        data = {k: row[k] for k in audit_runs.c.keys() if k != "owner"}
         data["attention"] = bool(data["attention"])
-        if data["sanity_passed"] is not None:
-            data["sanity_passed"] = bool(data["sanity_passed"])
+        data["fooled_by"] = dict(data["fooled_by"] or {})
+        for flag in ("sanity_passed", "degenerate"):
+            if data[flag] is not None:
+                data[flag] = bool(data[flag])
         return RunRecord(**data, points=tuple(points), sanity=tuple(sanity))
 
     def get_run(self, run_id: int) -> RunRecord:
@@ -319,9 +450,12 @@ class AuditStore:
             sanity = conn.execute(
                 sa.select(audit_sanity).where(audit_sanity.c.run_id == run_id).order_by(audit_sanity.c.check)
             ).all()
+            data = dict(row._mapping)
+            point_rows = [{k: v for k, v in p._mapping.items() if k != "run_id"} for p in points]
+            run_values, point_values = _derived(conn, data, point_rows)  # a run an older process wrote since open
         return self._record(
-            row,
-            [{k: v for k, v in p._mapping.items() if k != "run_id"} for p in points],
+            data | run_values,
+            [p | values for p, values in zip(point_rows, point_values)],
             [{"check": s.check, "passed": bool(s.passed), "detail": s.detail} for s in sanity],
         )
 
@@ -333,7 +467,7 @@ class AuditStore:
         if status is not None:
             query = query.where(audit_runs.c.status == status)
         with self.engine.connect() as conn:
-            return tuple(self._record(r) for r in conn.execute(query).all())
+            return tuple(self._record(r._mapping) for r in conn.execute(query).all())
 
     def samples(self, run_id: int) -> tuple[Mapping[str, Any], ...]:
         with self.engine.connect() as conn:
@@ -379,18 +513,19 @@ class AuditStore:
             rows = conn.execute(sa.select(audit_runs.c.model, audit_runs.c.version).distinct()).all()
         return {(r[0], int(r[1])) for r in rows}
 
-    def partner_run(self, run: RunRecord) -> RunRecord | None:
-        """The newest succeeded run of the same task and backbone with the other attention setting and attack."""
+    def partner_run(self, run: RunRecord, *, candidates: int = 20) -> RunRecord | None:
+        """The newest succeeded run of the same task and backbone with the other attention setting that is
+        `comparable` with `run` (same audit set, attack, steps and grid), among the newest `candidates`."""
         with self.engine.connect() as conn:
-            row = conn.execute(
+            ids = conn.execute(
                 sa.select(audit_runs.c.id)
                 .where(
                     audit_runs.c.status == "succeeded", audit_runs.c.task == run.task,
                     audit_runs.c.backbone == run.backbone, audit_runs.c.attention == (not run.attention),
-                    audit_runs.c.attack == run.attack,
+                    audit_runs.c.attack == run.attack, audit_runs.c.audit_set == run.audit_set,
                 )
                 .order_by(audit_runs.c.id.desc())
-                .limit(1)
-            ).first()
-        return None if row is None else self.get_run(row.id)
+                .limit(candidates)
+            ).scalars().all()
+        return next((other for other in map(self.get_run, ids) if comparable(run, other)), None)
 

@@ -132,6 +132,7 @@ def get_audit(run_id: int):
 @bp.get("/audits")
 def audits_page():
     """Every run, and the report of the chosen (or newest succeeded) run."""
+    from audit.report import degenerate_warning, dominant_class, points_table
     from audit.store import RunNotFound
 
     state = _state()
@@ -146,9 +147,12 @@ def audits_page():
     else:
         newest = next((r for r in runs if r.status == "succeeded"), None)
         selected = state.store.get_run(newest.id) if newest else None
-    partner = state.store.partner_run(selected) if selected is not None and selected.status == "succeeded" else None
+    succeeded = selected is not None and selected.status == "succeeded"
+    partner = state.store.partner_run(selected) if succeeded else None
+    header, table = points_table(selected) if succeeded else ([], [])
+    warning = degenerate_warning(selected, dominant_class(state.store, selected)) if succeeded else None
     return render_template(
-        "audits.html", runs=runs, selected=selected, partner=partner,
+        "audits.html", runs=runs, selected=selected, partner=partner, header=header, table=table, warning=warning,
         active=state.runner.active() if state.runner is not None else {},
     )
 

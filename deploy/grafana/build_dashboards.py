@@ -140,52 +140,94 @@ def dashboard(uid: str, title: str, description: str, variables: list[dict], pan
 TASK = query_variable("task", "Task", "label_values(medrobust_audit_clean_accuracy, task)")
 
 
-def epsilon_bars(expr: str, column: str) -> dict:
-    """Bar-chart options for an instant table query: one group of bars per epsilon."""
+def epsilon_bars(expr: str, column: str, row_field: str = "epsilon") -> dict:
+    """Bar-chart options for an instant table query: one group of bars per `row_field` (the epsilon)."""
     return {
         "transformations": [
-            {"id": "groupingToMatrix", "options": {"rowField": "epsilon", "columnField": column, "valueField": "Value"}},
+            {"id": "groupingToMatrix", "options": {"rowField": row_field, "columnField": column, "valueField": "Value"}},
         ],
-        "options": {"xField": "epsilon\\" + column, "orientation": "vertical", "legend": {"showLegend": True, "displayMode": "list", "placement": "bottom"}},
+        "options": {"xField": f"{row_field}\\{column}", "orientation": "vertical", "legend": {"showLegend": True, "displayMode": "list", "placement": "bottom"}},
         "targets": [query(expr, instant=True, table=True)],
     }
+
+
+# A model version flagged degenerate (it answers one class): its plain figures measure that
+# class's share, so rankings leave it out; the "Degenerate models" panel names it.
+def not_degenerate(expr: str) -> str:
+    return f"{expr} unless on (model, version) (medrobust_audit_degenerate == 1)"
+
+
+DEGENERATE_MAPPINGS = [{"type": "value", "options": {
+    "0": {"text": "ok", "color": "green"}, "1": {"text": "DEGENERATE", "color": "red"},
+}}]
 
 
 def robustness() -> dict:
     selector = 'task=~"$task", model=~"$model"'
     accuracy = dict(unit="percentunit", min_value=0, max_value=1)
+    legend = "{{model}} v{{version}}"
     latest = epsilon_bars(f'medrobust_audit_robust_accuracy{{{selector}, attack="$attack"}}', "model")
+    worst = epsilon_bars(f'medrobust_audit_worst_class_robust_accuracy{{{selector}, attack="$attack"}}', "model")
+    per_class = epsilon_bars(
+        f'medrobust_audit_class_robust_accuracy{{{selector}, attack="$attack", epsilon="$epsilon"}}', "model", row_field="class",
+    )
     gain = epsilon_bars('medrobust_audit_attention_gain{task=~"$task", attack="$attack"}', "backbone")
+    score = f'medrobust_audit_robustness_score{{{selector}, attack="$attack"}}'
+    at_epsilon = f'{selector}, attack="$attack", epsilon="$epsilon"'
     panels = [
         row("Latest audit"),
         panel("barchart", "Robust accuracy against epsilon (latest audit)",
-              "Accuracy on the audit set under $attack at each epsilon of the paper's grid, per model.",
+              "Accuracy on the audit set under $attack at each epsilon of the paper's grid, per model (the mean over "
+              "images). A model that answers one class keeps that class's share here at every epsilon: read it beside "
+              "the worst class and the degenerate flag.",
               latest["targets"], transformations=latest["transformations"], options=latest["options"], **accuracy),
+        panel("barchart", "Worst-class robust accuracy against epsilon (latest audit)",
+              "The lowest per-class robust accuracy under $attack: 0 for a model that gives up a class, however high "
+              "its mean. The robustness floors (alert MedrobustRobustAccuracyBelowThreshold) read this figure.",
+              worst["targets"], transformations=worst["transformations"], options=worst["options"], **accuracy),
+        panel("barchart", "Robust accuracy per class at ε = $epsilon (latest audit)",
+              "Each class's robust accuracy under $attack at the chosen epsilon, per model.",
+              per_class["targets"], transformations=per_class["transformations"], options=per_class["options"], **accuracy),
         panel("barchart", "Attention gain: attentive minus baseline",
               "Robust accuracy of the attentive model minus the baseline of the same task and backbone "
-              "(latest runs). Positive: attention helps, as the paper claims.",
+              "(latest runs on the same audit set, steps and grid; none when either model is degenerate). "
+              "Positive: attention helps, as the paper claims.",
               gain["targets"], transformations=gain["transformations"], options=gain["options"],
               unit="percentunit", thresholds=[("red", None), ("green", 0)]),
-        panel("bargauge", "Clean accuracy (latest audit)", "Accuracy on the unperturbed audit set.",
-              [query(f"medrobust_audit_clean_accuracy{{{selector}}}", "{{model}} v{{version}}", instant=True)],
-              width=8, options={"orientation": "horizontal", "displayMode": "gradient"}, **accuracy),
-        panel("bargauge", "Robustness score (latest audit)", "Mean robust accuracy over the epsilon grid under $attack.",
-              [query(f'medrobust_audit_robustness_score{{{selector}, attack="$attack"}}', "{{model}} v{{version}}", instant=True)],
-              width=8, options={"orientation": "horizontal", "displayMode": "gradient"}, **accuracy),
+        panel("stat", "Degenerate models", "1 = the model version answers one class for at least 95% of its audit set: "
+              "it has not learned the task, and its robust accuracy is that class's share, not robustness. "
+              "Alert MedrobustDegenerateModel.",
+              [query(f"medrobust_audit_degenerate{{{selector}}}", legend, instant=True)],
+              width=6, unit="none", thresholds=[("green", None), ("red", 1)], mappings=DEGENERATE_MAPPINGS),
+        panel("bargauge", "Robustness score (latest audit, degenerate models left out)",
+              "Mean robust accuracy over the non-zero epsilons of the grid under $attack (epsilon 0 is clean accuracy). "
+              "Degenerate models are left out: a one-class model keeps its class's share at every epsilon and would "
+              "rank as the most robust (see \"Degenerate models\").",
+              [query(not_degenerate(score), legend, instant=True)],
+              width=6, options={"orientation": "horizontal", "displayMode": "gradient"}, **accuracy),
+        panel("bargauge", "Clean accuracy (latest audit)", "Accuracy on the unperturbed audit set, and its balanced "
+              "figure (the mean over classes: 1/K for a one-class model).",
+              [query(f"medrobust_audit_clean_accuracy{{{selector}}}", legend, instant=True),
+               query(f"medrobust_audit_balanced_clean_accuracy{{{selector}}}", legend + " balanced", instant=True, ref="B")],
+              width=6, options={"orientation": "horizontal", "displayMode": "gradient"}, **accuracy),
         panel("stat", "Attention gain at ε = $epsilon", "Attentive minus baseline robust accuracy at the chosen epsilon.",
               [query('medrobust_audit_attention_gain{task=~"$task", attack="$attack", epsilon="$epsilon"}',
                      "{{task}} {{backbone}}", instant=True)],
-              width=8, unit="percentunit", thresholds=[("red", None), ("green", 0)]),
+              width=6, unit="percentunit", thresholds=[("red", None), ("green", 0)]),
         row("Across versions"),
         panel("timeseries", "Robust accuracy at ε = $epsilon over time, by version",
-              "One line per model version: a new version that drops below its predecessor is a regression.",
-              [query(f'medrobust_audit_robust_accuracy{{{selector}, attack="$attack", epsilon="$epsilon"}}', "{{model}} v{{version}}")],
+              "One line per model version: the mean, the lower bound of its 95% Wilson interval and the worst class. "
+              "Alert MedrobustRobustAccuracyRegression fires when a new version's mean falls below the previous "
+              "version's lower bound.",
+              [query(f"medrobust_audit_robust_accuracy{{{at_epsilon}}}", legend),
+               query(f"medrobust_audit_robust_accuracy_lower{{{at_epsilon}}}", legend + " 95% lower bound", ref="B"),
+               query(f"medrobust_audit_worst_class_robust_accuracy{{{at_epsilon}}}", legend + " worst class", ref="C")],
               **accuracy),
         panel("timeseries", "Clean accuracy over time, by version", "Clean accuracy of every audited version.",
-              [query(f"medrobust_audit_clean_accuracy{{{selector}}}", "{{model}} v{{version}}")], **accuracy),
-        panel("timeseries", "Robustness score over time, by version", "Mean robust accuracy over the grid under $attack.",
-              [query(f'medrobust_audit_robustness_score{{{selector}, attack="$attack"}}', "{{model}} v{{version}}")],
-              **accuracy),
+              [query(f"medrobust_audit_clean_accuracy{{{selector}}}", legend)], **accuracy),
+        panel("timeseries", "Robustness score over time, by version (degenerate models left out)",
+              "Mean robust accuracy over the grid's non-zero epsilons under $attack.",
+              [query(not_degenerate(score), legend)], **accuracy),
         panel("timeseries", "Attention gain at ε = $epsilon over time", "Attentive minus baseline, per task and backbone.",
               [query('medrobust_audit_attention_gain{task=~"$task", attack="$attack", epsilon="$epsilon"}', "{{task}} {{backbone}}")],
               unit="percentunit"),
@@ -200,10 +242,15 @@ def robustness() -> dict:
         panel("bargauge", "Last audit duration", "Wall time of each model's last audit run.",
               [query('medrobust_audit_duration_seconds{model=~"$model"}', "{{model}}", instant=True)],
               width=6, unit="s", min_value=0, options={"orientation": "horizontal", "displayMode": "basic"}),
-        panel("stat", "Sanity checks", "1 = the check failed in the latest run: the robust accuracy may be "
-              "overstated (gradient masking suspected). Alert MedrobustGradientMaskingSuspected.",
-              [query('max by (model, check) (medrobust_audit_sanity_check_failed{model=~"$model"})', "{{model}} {{check}}", instant=True)],
-              width=6, unit="none", thresholds=[("green", None), ("red", 1)],
+        panel("stat", "Audit set size", "Images the figures are counted over: at 128, one image is 0.008 of accuracy "
+              "and the 95% interval is about ±0.08.",
+              [query(f'medrobust_audit_samples{{{selector}, attack="$attack"}}', legend, instant=True)],
+              width=6, unit="short"),
+        panel("stat", "Sanity checks", "1 = the check failed in the latest run of the version under the attack: the "
+              "robust accuracy may be overstated (gradient masking suspected). Alert MedrobustGradientMaskingSuspected.",
+              [query('max by (model, version, attack, check) (medrobust_audit_sanity_check_failed{model=~"$model"})',
+                     "{{model}} v{{version}} {{attack}} {{check}}", instant=True)],
+              width=24, unit="none", thresholds=[("green", None), ("red", 1)],
               mappings=[{"type": "value", "options": {"0": {"text": "ok", "color": "green"}, "1": {"text": "FAILED", "color": "red"}}}]),
     ]
     variables = [

@@ -38,6 +38,8 @@ DEFAULT_VARIABLES: Mapping[str, str] = {
     "__range": "1h",
 }
 
+_MODEL = frozenset({"task", "model", "backbone", "attention", "version"})
+_POINT = _MODEL | {"attack", "epsilon"}
 # The metrics the serving and audit issues fix, with their labels (histograms: the base name).
 METRIC_LABELS: Mapping[str, frozenset[str]] = {
     "medrobust_http_requests_total": frozenset({"endpoint", "method", "status"}),
@@ -46,14 +48,21 @@ METRIC_LABELS: Mapping[str, frozenset[str]] = {
     "medrobust_backend_request_duration_seconds": frozenset({"backend", "signature"}),
     "medrobust_backend_errors_total": frozenset({"backend", "code"}),
     "medrobust_models_loaded": frozenset(),
-    "medrobust_audit_robust_accuracy": frozenset({"task", "model", "backbone", "attention", "version", "attack", "epsilon"}),
-    "medrobust_audit_clean_accuracy": frozenset({"task", "model", "backbone", "attention", "version"}),
-    "medrobust_audit_robustness_score": frozenset({"task", "model", "backbone", "attention", "version", "attack"}),
+    "medrobust_audit_robust_accuracy": _POINT,
+    "medrobust_audit_balanced_robust_accuracy": _POINT,
+    "medrobust_audit_worst_class_robust_accuracy": _POINT,
+    "medrobust_audit_robust_accuracy_lower": _POINT,
+    "medrobust_audit_class_robust_accuracy": _POINT | {"class"},
+    "medrobust_audit_clean_accuracy": _MODEL,
+    "medrobust_audit_balanced_clean_accuracy": _MODEL,
+    "medrobust_audit_robustness_score": _MODEL | {"attack"},
+    "medrobust_audit_samples": frozenset({"task", "model", "version", "attack"}),
+    "medrobust_audit_degenerate": frozenset({"task", "model", "version"}),
     "medrobust_audit_attention_gain": frozenset({"task", "backbone", "attack", "epsilon"}),
     "medrobust_audit_runs_total": frozenset({"model", "status"}),
     "medrobust_audit_duration_seconds": frozenset({"model"}),
     "medrobust_audit_last_success_timestamp_seconds": frozenset({"model"}),
-    "medrobust_audit_sanity_check_failed": frozenset({"model", "check"}),
+    "medrobust_audit_sanity_check_failed": frozenset({"model", "version", "attack", "check"}),
 }
 AUDIT_METRICS = frozenset(name for name in METRIC_LABELS if name.startswith("medrobust_audit_"))
 _VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\[\[(\w+)\]\]|\$(\w+)")

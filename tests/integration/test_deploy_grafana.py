@@ -144,3 +144,55 @@ def test_provisioning_matches_the_compose_stack() -> None:
     assert datasource["url"] == "http://prometheus:9090" and "prometheus" in compose["services"]
     scrape = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
     assert datasource["jsonData"]["timeInterval"] == scrape["global"]["scrape_interval"]
+
+
+def test_robustness_dashboard_shows_worst_class_and_degenerate_beside_the_mean() -> None:
+    titles = [p["title"] for p in dq.panels(dq.dashboards()["robustness.json"])]
+    for expected in ("Worst-class robust accuracy against epsilon", "Robust accuracy per class", "Degenerate models",
+                     "Robustness score (latest audit, degenerate models left out)", "Audit set size"):
+        assert any(expected.lower() in title.lower() for title in titles), expected
+    # Every robustness-score query leaves degenerate models out.
+    for q in dq.dashboard_queries():
+        if "medrobust_audit_robustness_score" in q.metrics:
+            assert "unless on (model, version) (medrobust_audit_degenerate == 1)" in q.raw_expr, q.panel
+
+
+def _panel_expr(title: str, ref: str = "A") -> str:
+    return next(q.expr for q in dq.dashboard_queries() if q.dashboard == "robustness.json" and q.panel == title and q.ref_id == ref)
+
+
+def test_the_score_panel_does_not_rank_a_one_class_model_as_robust(tmp_path: Path) -> None:
+    """The panels' queries on a one-class model and a trained one, evaluated by promtool."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian package prometheus; .ci/run installs it)")
+    model = 'task="derm", backbone="inception_resnet_v2", attention="true", attack="linf_pgd"'
+    one_class = f'{model}, model="derm-inception_resnet_v2-attention", version="1"'
+    trained = f'task="derm", backbone="resnet50", attention="true", attack="linf_pgd", model="derm-resnet50-attention", version="2"'
+    series = [
+        (f"medrobust_audit_robustness_score{{{one_class}}}", "0.61"),  # the class's share, at every epsilon
+        (f"medrobust_audit_robustness_score{{{trained}}}", "0.25"),
+        ('medrobust_audit_degenerate{task="derm", model="derm-inception_resnet_v2-attention", version="1"}', "1"),
+        ('medrobust_audit_degenerate{task="derm", model="derm-resnet50-attention", version="2"}', "0"),
+        (f'medrobust_audit_worst_class_robust_accuracy{{{one_class}, epsilon="0.01"}}', "0"),
+        (f'medrobust_audit_worst_class_robust_accuracy{{{trained}, epsilon="0.01"}}', "0.2"),
+    ]
+    expr_tests = [
+        {"expr": _panel_expr("Robustness score (latest audit, degenerate models left out)"), "eval_time": "1m",
+         "exp_samples": [{"labels": f"medrobust_audit_robustness_score{{{trained}}}", "value": 0.25}]},
+        {"expr": _panel_expr("Degenerate models"), "eval_time": "1m", "exp_samples": [
+            {"labels": 'medrobust_audit_degenerate{task="derm", model="derm-inception_resnet_v2-attention", version="1"}', "value": 1},
+            {"labels": 'medrobust_audit_degenerate{task="derm", model="derm-resnet50-attention", version="2"}', "value": 0},
+        ]},
+        {"expr": _panel_expr("Worst-class robust accuracy against epsilon (latest audit)"), "eval_time": "1m", "exp_samples": [
+            {"labels": f'medrobust_audit_worst_class_robust_accuracy{{{one_class}, epsilon="0.01"}}', "value": 0},
+            {"labels": f'medrobust_audit_worst_class_robust_accuracy{{{trained}, epsilon="0.01"}}', "value": 0.2},
+        ]},
+    ]
+    (tmp_path / "none.yml").write_text("groups: []\n")
+    tests = {"rule_files": ["none.yml"], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m", "input_series": [{"series": s, "values": f"{v}x5"} for s, v in series], "promql_expr_test": expr_tests,
+    }]}
+    (tmp_path / "panels_test.yml").write_text(yaml.safe_dump(tests, allow_unicode=True))
+    result = subprocess.run([promtool, "test", "rules", str(tmp_path / "panels_test.yml")], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr

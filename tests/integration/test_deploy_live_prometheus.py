@@ -172,7 +172,7 @@ def stack(tiny_repo, tmp_path_factory) -> Iterator[Stack]:
         processes.start("audit", [
             *medrobust, "audit", "worker", "--model-repo", str(tiny_repo.path), "--dataset", tiny_repo.dataset_spec,
             "--metrics-port", audit.rsplit(":", 1)[1], "--now", "--samples", "8", "--epsilons", *EPSILONS,
-            "--steps", "2", "--batch-size", "8", "--database-url", database,
+            "--steps", "2", "--queries", "20", "--batch-size", "8", "--database-url", database,
             "--artefacts-dir", str(tmp / "artefacts"), "--no-progress",
         ], env={**env, "MEDROBUST_AUDIT_METRICS_HOST": "127.0.0.1"}, cwd=tmp)
         config = dq.local_prometheus_config(frontend=frontend, audit=audit, tf_serving=None, scrape_interval="1s")
@@ -246,6 +246,7 @@ def test_the_front_end_shows_the_audit_workers_runs(stack, tiny_repo) -> None:
     assert {r["model"] for r in runs if r["status"] == "succeeded"} == set(tiny_repo.models)
     status, page = _http(f"{base}/audits")
     assert status == 200 and tiny_repo.baseline.encode() in page
+    assert b"<th>worst class</th>" in page and b"<th>95% interval</th>" in page
     run = next(r for r in runs if r["status"] == "succeeded")
     status, figure = _http(f"{base}/audits/{run['id']}/accuracy.png", timeout=120)  # drawn by the front end
     assert status == 200 and figure.startswith(b"\x89PNG"), figure[:200]
@@ -284,9 +285,16 @@ def test_every_variable_query_returns_its_label(stack, tiny_repo) -> None:
         assert found == expected, f"{dashboard} ${variable}: {found}"
 
 
+def _degenerate_models(stack) -> set[str]:
+    return {s["metric"]["model"] for s in stack.query("medrobust_audit_degenerate == 1")["data"]["result"]}
+
+
 def test_every_dashboard_query_evaluates_and_has_its_series(stack, tiny_repo) -> None:
     problems = []
     queries = dq.dashboard_queries()
+    # A tiny model may well answer one class: the panels that leave degenerate models out (and the
+    # attention gain, never paired with one) must then show exactly the others.
+    degenerate = _degenerate_models(stack)
     for q in queries:
         where = f"{q.dashboard} / {q.panel} / {q.ref_id}: {q.expr}"
         document = stack.query(q.expr)
@@ -300,14 +308,23 @@ def test_every_dashboard_query_evaluates_and_has_its_series(stack, tiny_repo) ->
         reads_tf_serving = any(m.startswith(":tensorflow:") for m in q.metrics)
         if reads_tf_serving or (q.dashboard, q.panel, q.ref_id) in EMPTY_HERE:
             continue
+        expected = set(tiny_repo.models)
+        if "medrobust_audit_degenerate == 1" in q.expr:
+            expected -= degenerate
+        if "medrobust_audit_attention_gain" in q.metrics and degenerate:
+            expected = set()
+        if not expected:
+            if result:
+                problems.append(f"{where}: expected no series (degenerate: {sorted(degenerate)}), got {result[:3]}")
+            continue
         # Audit figures may well be 0 (a tiny model's robust accuracy); the service's rates may not.
         shown = [s for s in result if math.isfinite(v := float(s["value"][1])) and (q.is_audit or v > 0)]
         if not shown:
             problems.append(f"{where}: no series with a {'finite' if q.is_audit else 'positive'} value (got {result[:3]})")
         elif q.is_audit and "model" in q.required_labels:
             models = {s["metric"]["model"] for s in result}
-            if models != set(tiny_repo.models):
-                problems.append(f"{where}: models {sorted(models)}, expected {sorted(tiny_repo.models)}")
+            if models != expected:
+                problems.append(f"{where}: models {sorted(models)}, expected {sorted(expected)}")
     assert not problems, "\n".join(problems)
     assert sum(q.is_audit for q in queries) >= 10
 
@@ -321,3 +338,41 @@ def test_robust_accuracy_series_carry_every_label(stack, tiny_repo) -> None:
     assert {s["metric"]["attention"] for s in result} == {"true", "false"}
     assert {s["metric"]["attack"] for s in result} == {"linf_pgd"}
     assert all(0.0 <= float(s["value"][1]) <= 1.0 for s in result)
+
+
+def _by_series(stack, metric: str) -> dict[tuple[str, ...], float]:
+    """{(model, epsilon[, class]): value} of one per-epsilon metric, checking every series' labels."""
+    found = {}
+    for series in stack.query(metric)["data"]["result"]:
+        labels = series["metric"]
+        assert dq.METRIC_LABELS[metric] <= set(labels), (metric, labels)
+        key = (labels["model"], labels["epsilon"]) + ((labels["class"],) if "class" in labels else ())
+        found[key] = float(series["value"][1])
+    return found
+
+
+def test_the_figures_beside_the_mean_are_exported_and_agree(stack, tiny_repo) -> None:
+    """Worst class, balanced, Wilson bound, per class, audit-set size and the degenerate flag, as scraped."""
+    grid = {(m, e) for m in tiny_repo.models for e in EPSILONS}
+    mean = _by_series(stack, "medrobust_audit_robust_accuracy")
+    worst = _by_series(stack, "medrobust_audit_worst_class_robust_accuracy")
+    balanced = _by_series(stack, "medrobust_audit_balanced_robust_accuracy")
+    lower = _by_series(stack, "medrobust_audit_robust_accuracy_lower")
+    per_class = _by_series(stack, "medrobust_audit_class_robust_accuracy")
+    assert set(mean) == set(worst) == set(balanced) == set(lower) == grid
+    for key in grid:
+        classes = [v for k, v in per_class.items() if k[:2] == key]
+        assert len(classes) >= 2, key  # the audit set is class-stratified
+        assert worst[key] == pytest.approx(min(classes)) and balanced[key] == pytest.approx(sum(classes) / len(classes))
+        assert worst[key] <= balanced[key] and lower[key] <= mean[key]
+    samples = stack.query("medrobust_audit_samples")["data"]["result"]
+    assert {(s["metric"]["model"], float(s["value"][1])) for s in samples} == {(m, 8.0) for m in tiny_repo.models}
+    degenerate = {s["metric"]["model"]: float(s["value"][1]) for s in stack.query("medrobust_audit_degenerate")["data"]["result"]}
+    assert set(degenerate) == set(tiny_repo.models) and set(degenerate.values()) <= {0.0, 1.0}
+    # The same flag the front end's API gives for each model's run.
+    status, body = _http(f"http://{stack.frontend}/api/v1/audits")
+    assert status == 200
+    runs = {r["model"]: r for r in json.loads(body)["audits"] if r["status"] == "succeeded"}
+    assert {m: float(r["degenerate"]) for m, r in runs.items()} == degenerate
+    sanity = stack.query("medrobust_audit_sanity_check_failed")["data"]["result"]
+    assert sanity and all({"version", "attack", "check"} <= set(s["metric"]) for s in sanity)

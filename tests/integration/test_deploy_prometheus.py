@@ -13,9 +13,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 RULE_TESTS = ("alerts_test.yml", "alerts_test_days.yml")
-# The alerts issue 5 asks for, plus scrape-target health.
+# The alerts issue 5 asks for, plus scrape-target health and the degenerate model.
 EXPECTED_ALERTS = {
     "MedrobustRobustAccuracyBelowThreshold",
+    "MedrobustDegenerateModel",
     "MedrobustRobustAccuracyRegression",
     "MedrobustAuditStale",
     "MedrobustAuditFailing",
@@ -94,7 +95,10 @@ def _minutes(duration: str) -> int:
 
 def test_robust_accuracy_floors_are_per_task_at_a_paper_epsilon() -> None:
     rule = next(r for r in _rules() if r["alert"] == "MedrobustRobustAccuracyBelowThreshold")
-    matchers = re.findall(r'medrobust_audit_robust_accuracy\{([^}]*)\}\s*<\s*([0-9.]+)', rule["expr"])
+    # The worst class: a one-class model keeps its class's share of the plain mean at every epsilon.
+    assert "medrobust_audit_robust_accuracy{" not in rule["expr"]
+    matchers = re.findall(r'medrobust_audit_worst_class_robust_accuracy\{([^}]*)\}\s*<\s*([0-9.]+)', rule["expr"])
+    assert len(matchers) == 4
     tasks = {}
     for labels, floor in matchers:
         found = {(key, op): value for key, op, value in re.findall(r'(\w+)(=~|!~|=)"([^"]*)"', labels)}
@@ -136,3 +140,19 @@ def test_scrape_targets_match_the_compose_services() -> None:
     # The alert on scrape health names exactly these jobs.
     down = next(r for r in _rules() if r["alert"] == "MedrobustTargetDown")
     assert set(re.search(r'job=~"([^"]+)"', down["expr"]).group(1).split("|")) == set(jobs)
+
+
+def test_the_regression_is_judged_against_the_previous_versions_interval() -> None:
+    rule = next(r for r in _rules() if r["alert"] == "MedrobustRobustAccuracyRegression")
+    assert "medrobust_audit_robust_accuracy_lower{" in rule["expr"] and "offset 7d" in rule["expr"]
+    assert not re.search(r"-\s*0\.\d", rule["expr"]), "a fixed margin instead of the interval"
+
+
+def test_the_degenerate_alert_matches_the_audits_threshold() -> None:
+    from audit.results import DEGENERATE_SHARE
+
+    rule = next(r for r in _rules() if r["alert"] == "MedrobustDegenerateModel")
+    assert rule["expr"].strip() == "medrobust_audit_degenerate == 1"
+    assert f"at least {DEGENERATE_SHARE:.0%} of its audit set" in rule["annotations"]["summary"]
+    masking = next(r for r in _rules() if r["alert"] == "MedrobustGradientMaskingSuspected")
+    assert 'check!="degenerate_predictions"' in masking["expr"]

@@ -5,16 +5,22 @@ Runs against SQLite always, and against PostgreSQL too when MEDROBUST_TEST_POSTG
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 import subprocess
 import sys
 import uuid
+from contextlib import closing
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from audit.results import AuditResult, AuditSet, EpsilonPoint, SampleOutcome, SanityCheck
-from audit.store import AuditStore, RunNotFound, audit_points, audit_samples, audit_sanity
+from audit.results import AuditResult, AuditSet, EpsilonPoint, SampleOutcome, SanityCheck, wilson_interval
+from audit.store import (
+    AuditStore, RunNotFound, _add_missing_columns, audit_points, audit_runs, audit_samples, audit_sanity, comparable,
+)
 
 _PG = os.environ.get("MEDROBUST_TEST_POSTGRES_URL")
 # The PostgreSQL cases are always collected, so a run without a server reports them as skipped.
@@ -26,6 +32,7 @@ _URLS = [
     ]),
 ]
 CARD = {"task": "demo", "backbone": "resnet50", "attention": True}
+OLD_SCHEMA_DUMP = Path(__file__).with_name("audit_store_v1.sql")
 
 
 @pytest.fixture(params=_URLS)
@@ -45,18 +52,45 @@ def database_url(request, tmp_path):
     admin.dispose()
 
 
-def make_result(model="demo-resnet50-attention", version=1, attention=True, robust=(0.75, 0.5, 0.25), sanity_ok=True):
-    audit_set = AuditSet("f" * 64, "d" * 64, "synthetic:240", 0, 64, ("s1", "s2", "s3", "s4"), (0, 1, 2, 0), ("a", "b", "c"))
+AUDIT_SET = AuditSet("f" * 64, "d" * 64, "synthetic:240", 0, 64, ("s1", "s2", "s3", "s4"), (0, 1, 2, 0), ("a", "b", "c"))
+# Eight images, half of them class a: a model answering "a" to every one keeps 0.5 at every epsilon.
+EIGHT = AuditSet("e" * 64, "d" * 64, "synthetic:240", 0, 64, tuple(f"i{i}" for i in range(8)), (0, 0, 0, 0, 1, 1, 2, 2), ("a", "b", "c"))
+
+
+def make_result(model="demo-resnet50-attention", version=1, attention=True, robust=(0.75, 0.5, 0.25), sanity_ok=True,
+                **changes):
+    """A run on AUDIT_SET whose clean answers are its labels (not degenerate); `changes` replace fields."""
+    audit_set = changes.pop("audit_set", AUDIT_SET)
+    epsilons = changes.pop("epsilons", ("0", "0.01", "0.02"))
     points = tuple(
-        EpsilonPoint(eps, acc, acc, {"a": acc}, 4, 1, acc) for eps, acc in zip(("0", "0.01", "0.02"), robust)
+        EpsilonPoint(eps, acc, acc, {"a": acc}, 4, 1, acc, samples=len(audit_set)) for eps, acc in zip(epsilons, robust)
     )
-    samples = tuple(SampleOutcome(s, 0, 0, "0.01" if i == 0 else None, 1 if i == 0 else None) for i, s in enumerate(audit_set.sample_ids))
+    samples = tuple(
+        SampleOutcome(s, label, label, "0.01" if i == 0 else None, 1 if i == 0 else None)
+        for i, (s, label) in enumerate(zip(audit_set.sample_ids, audit_set.labels))
+    )
     sanity = (SanityCheck("gradients_nonzero", sanity_ok, "detail"), SanityCheck("robust_accuracy_monotone", True, "ok"))
-    return AuditResult(
+    fields = dict(
         model=model, version=version, task="demo", backbone="resnet50", attention=attention, backend="embedded",
         attack="linf_pgd", steps=20, restarts=1, audit_set=audit_set, clean_accuracy=robust[0],
         balanced_clean_accuracy=robust[0], points=points, samples=samples, sanity=sanity, seconds=1.5,
     )
+    return AuditResult(**{**fields, **changes})
+
+
+def one_class_result(model="demo-resnet50-attention", version=1, attention=True, **changes):
+    """A model that answers "a" to all of EIGHT and is never fooled: 0.5 everywhere, the most 'robust' of all."""
+    points = tuple(
+        EpsilonPoint(eps, 0.5, 1 / 3, {"a": 1.0, "b": 0.0, "c": 0.0}, 4, 0, 0.5, samples=8) for eps in ("0", "0.01", "0.02")
+    )
+    samples = tuple(SampleOutcome(s, label, 0, "0" if label else None, None) for s, label in zip(EIGHT.sample_ids, EIGHT.labels))
+    fields = dict(
+        model=model, version=version, task="demo", backbone="resnet50", attention=attention, backend="embedded",
+        attack="linf_pgd", steps=20, restarts=1, audit_set=EIGHT, clean_accuracy=0.5, balanced_clean_accuracy=1 / 3,
+        points=points, samples=samples, sanity=(SanityCheck("degenerate_predictions", False, "answers a to 8 of 8"),),
+        seconds=2.0, seed=7, fooled_by={"apgd-ce": 0, "square": 0},
+    )
+    return AuditResult(**{**fields, **changes})
 
 
 def _count(store, table, run_id):
@@ -72,7 +106,7 @@ def test_a_finished_run_keeps_every_figure(database_url):
     run = store.get_run(run_id)
     assert run.status == "succeeded" and run.attention is True and run.sanity_passed is True
     assert [p["epsilon"] for p in run.points] == ["0", "0.01", "0.02"]
-    assert run.robustness_score == pytest.approx(0.5)
+    assert run.robustness_score == pytest.approx(0.375)  # epsilon 0 left out
     assert {s["sample_id"]: s["fooled_at"] for s in store.samples(run_id)} == {"s1": "0.01", "s2": None, "s3": None, "s4": None}
     assert store.audit_set(run.audit_set).sample_ids == ("s1", "s2", "s3", "s4")
     with pytest.raises(RunNotFound, match="no audit run with id 999"):
@@ -164,3 +198,113 @@ def test_a_store_opened_while_another_process_creates_the_tables_still_opens(dat
     assert len(calls) == 2
     assert store.list_runs() == ()
     store.close()
+
+
+def test_a_run_keeps_its_worst_class_interval_and_degenerate_flag(database_url):
+    store = AuditStore(database_url)
+    run_id = store.start_run(model="demo-resnet50-attention", version=1, card=CARD, backend="embedded", attack="linf_pgd", config={"steps": 20})
+    store.finish_run(run_id, one_class_result())
+    run = store.get_run(run_id)
+    assert (run.degenerate, run.predicted_class_max_share, run.audit_set_size) == (True, 1.0, 8)
+    assert (run.seed, run.fooled_by) == (7, {"apgd-ce": 0, "square": 0})
+    lower, upper = wilson_interval(4, 8)
+    for p in run.points:
+        assert p["worst_class_robust_accuracy"] == 0.0 and p["per_class"] == {"a": 1.0, "b": 0.0, "c": 0.0}
+        assert (p["samples"], p["robust_accuracy_lower"], p["robust_accuracy_upper"]) == (8, pytest.approx(lower), pytest.approx(upper))
+    assert store.list_runs()[0].degenerate is True
+    doc = json.loads(json.dumps(run.to_json()))
+    assert doc["degenerate"] is True and doc["fooled_by"] == {"apgd-ce": 0, "square": 0} and doc["seed"] == 7
+    store.close()
+
+
+def _columns(path, table: str) -> set[str]:
+    with closing(sqlite3.connect(path)) as conn:
+        return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def test_a_database_written_by_the_first_schema_opens_with_every_new_figure(tmp_path):
+    # A real SQLite file as the first schema wrote it: a one-class model (run 1), a trained one
+    # (run 2) and a failed run (3), with none of the columns added since.
+    path = tmp_path / "audits.sqlite"
+    with closing(sqlite3.connect(path)) as conn:
+        conn.executescript(OLD_SCHEMA_DUMP.read_text())
+    assert "degenerate" not in _columns(path, "audit_runs") and "robust_accuracy_lower" not in _columns(path, "audit_points")
+    store = AuditStore(f"sqlite:///{path}")
+    assert {"seed", "fooled_by", "audit_set_size", "predicted_class_max_share", "degenerate"} <= _columns(path, "audit_runs")
+    assert {"samples", "worst_class_robust_accuracy", "robust_accuracy_lower", "robust_accuracy_upper"} <= _columns(path, "audit_points")
+
+    one_class, trained, failed = (store.get_run(i) for i in (1, 2, 3))
+    assert (one_class.degenerate, one_class.predicted_class_max_share, one_class.audit_set_size) == (True, 1.0, 8)
+    assert [p["worst_class_robust_accuracy"] for p in one_class.points] == [0.0, 0.0, 0.0]
+    assert one_class.points[1]["robust_accuracy_lower"] == pytest.approx(wilson_interval(4, 8)[0])
+    assert (trained.degenerate, trained.predicted_class_max_share) == (False, 0.5)
+    assert trained.robustness_score == pytest.approx(0.375)  # was stored as 0.5, with epsilon 0 counted
+    assert (failed.status, failed.degenerate, failed.audit_set_size) == ("failed", None, None)
+    # The figures were written, not only derived on read: the listing (no points read) has them.
+    assert {r.id: r.degenerate for r in store.list_runs()} == {1: True, 2: False, 3: None}
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM audit_points WHERE robust_accuracy_lower IS NULL").fetchone() == (0,)
+
+    run_id = store.start_run(model="demo-resnet50-attention", version=3, card=CARD, backend="embedded", attack="linf_pgd", config={})
+    store.finish_run(run_id, make_result(version=3))
+    assert store.get_run(run_id).status == "succeeded"
+    store.close()
+    again = AuditStore(f"sqlite:///{path}")
+    assert _add_missing_columns(again.engine) == ()  # the first open added them all
+    again.close()
+
+
+def test_an_old_process_finishing_a_run_after_the_upgrade_is_read_whole(database_url):
+    # A worker still on the first schema writes no new columns; the run is read with them derived.
+    store = AuditStore(database_url)
+    run_id = store.start_run(model="demo-resnet50-attention", version=1, card=CARD, backend="embedded", attack="linf_pgd", config={})
+    store.finish_run(run_id, one_class_result())
+    with store.engine.begin() as conn:
+        conn.execute(audit_runs.update().values(audit_set_size=None, predicted_class_max_share=None, degenerate=None))
+        conn.execute(audit_points.update().values(samples=None, worst_class_robust_accuracy=None, robust_accuracy_lower=None, robust_accuracy_upper=None))
+    run = store.get_run(run_id)
+    assert (run.degenerate, run.audit_set_size) == (True, 8)
+    assert run.points[0]["worst_class_robust_accuracy"] == 0.0 and run.points[0]["robust_accuracy_upper"] == pytest.approx(wilson_interval(4, 8)[1])
+    store.close()
+
+
+def test_the_report_partner_is_a_comparable_run_only(database_url):
+    store = AuditStore(database_url)
+    baseline = store.start_run(model="demo-resnet50-baseline", version=1, card={**CARD, "attention": False}, backend="embedded", attack="linf_pgd", config={"steps": 20})
+    store.finish_run(baseline, make_result(model="demo-resnet50-baseline", attention=False))
+    for config, result in (
+        ({"steps": 20}, make_result(audit_set=EIGHT)),  # another audit set
+        ({"steps": 10}, make_result()),  # other steps
+        ({"steps": 20}, make_result(epsilons=("0", "0.01", "0.04"))),  # another grid
+    ):
+        run_id = store.start_run(model="demo-resnet50-attention", version=1, card=CARD, backend="embedded", attack="linf_pgd", config=config)
+        store.finish_run(run_id, result)
+        assert store.partner_run(store.get_run(run_id)) is None
+        assert not comparable(store.get_run(run_id), store.get_run(baseline))
+    match = store.start_run(model="demo-resnet50-attention", version=1, card=CARD, backend="embedded", attack="linf_pgd", config={"steps": 20})
+    store.finish_run(match, make_result())
+    assert store.partner_run(store.get_run(baseline)).id == match
+    assert store.partner_run(store.get_run(match)).id == baseline
+    store.close()
+
+
+def test_columns_an_older_database_lacks_are_added_and_filled(database_url):
+    # The same upgrade on every database: the new columns dropped again, as an older schema had them.
+    store = AuditStore(database_url)
+    run_id = store.start_run(model="demo-resnet50-attention", version=1, card=CARD, backend="embedded", attack="linf_pgd", config={})
+    store.finish_run(run_id, one_class_result())
+    new = {
+        "audit_runs": ("seed", "fooled_by", "audit_set_size", "predicted_class_max_share", "degenerate"),
+        "audit_points": ("samples", "worst_class_robust_accuracy", "robust_accuracy_lower", "robust_accuracy_upper"),
+    }
+    with store.engine.begin() as conn:
+        for table, columns in new.items():
+            for column in columns:
+                conn.execute(sa.text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+    store.close()
+    upgraded = AuditStore(database_url)
+    run = upgraded.get_run(run_id)
+    assert (run.degenerate, run.audit_set_size, run.seed, run.fooled_by) == (True, 8, None, {})
+    assert run.points[1]["worst_class_robust_accuracy"] == 0.0 and run.points[1]["robust_accuracy_lower"] > 0
+    assert _add_missing_columns(upgraded.engine) == ()
+    upgraded.close()

@@ -1,0 +1,92 @@
+"""The run report and the Audits page: every class beside the mean and the worst class, the Wilson band, the degenerate flag."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from audit.report import FIGURE, PAGE, draw_accuracy, points_table, write_report
+from audit.results import wilson_interval
+from audit.store import AuditStore
+from tests.unit.test_audit_store import CARD, EIGHT, make_result, one_class_result
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A one-class baseline (run 1) and a trained attentive model on the same audit set (run 2)."""
+    store = AuditStore(f"sqlite:///{tmp_path / 'a.sqlite'}")
+    for result in (
+        one_class_result(model="demo-resnet50-baseline", attention=False),
+        make_result(audit_set=EIGHT, robust=(0.75, 0.5, 0.25)),
+    ):
+        card = {**CARD, "attention": result.attention}
+        run_id = store.start_run(model=result.model, version=1, card=card, backend="embedded", attack="linf_pgd", config={"steps": 20})
+        store.finish_run(run_id, result)
+    yield store
+    store.close()
+
+
+def test_the_figure_shows_every_class_the_worst_class_and_the_wilson_band(store):
+    one_class, trained = store.get_run(1), store.get_run(2)
+    figure = draw_accuracy([trained, one_class])
+    summary, trained_panel, one_class_panel = figure.axes
+    labels = {ax: [line.get_label() for line in ax.get_lines()] for ax in figure.axes}
+    for panel in (trained_panel, one_class_panel):
+        assert {"mean", "worst class", "class a"} <= set(labels[panel])
+        assert panel.collections, "no Wilson band"  # fill_between
+    assert {"class b", "class c"} <= set(labels[one_class_panel])
+    lines = {line.get_label(): line for line in one_class_panel.get_lines()}
+    assert list(lines["class a"].get_ydata()) == [1.0, 1.0] and list(lines["class b"].get_ydata()) == [0.0, 0.0]
+    assert list(lines["worst class"].get_ydata()) == [0.0, 0.0]
+    band = one_class_panel.collections[0].get_paths()[0].vertices[:, 1]
+    lower, upper = wilson_interval(4, 8)
+    assert band.min() == pytest.approx(lower) and band.max() == pytest.approx(upper)
+    assert "DEGENERATE" in one_class_panel.get_title() and "DEGENERATE" not in trained_panel.get_title()
+    assert any(label.startswith("worst class: ") for label in labels[summary])
+
+
+def test_the_table_puts_the_interval_and_the_worst_class_beside_the_mean(store):
+    header, rows = points_table(store.get_run(1))
+    assert header == ["epsilon", "robust accuracy", "95% interval", "worst class", "balanced", "class a", "class b", "class c",
+                      "attacked", "fooled", "uniform noise"]
+    lower, upper = wilson_interval(4, 8)
+    assert rows[1] == ["0.01", "0.500", f"{lower:.3f}-{upper:.3f}", "0.000", "0.333", "1.000", "0.000", "0.000", "4", "0", "0.500"]
+
+
+def test_the_report_of_a_one_class_model_says_it_is_degenerate(store, tmp_path):
+    page = write_report(store, 1, artefacts_root=tmp_path / "artefacts")
+    assert page.name == PAGE and (page.parent / FIGURE).read_bytes().startswith(b"\x89PNG")
+    text = page.read_text()
+    assert "Degenerate model: it answers class a for 100% of the audit set&#x27;s images" in text
+    assert "<th>worst class</th>" in text and "<th>class c</th>" in text and "95% Wilson score interval" in text
+    assert "Attack seed 7; apgd-ce fooled 0, square fooled 0." in text
+    assert "Compared with attention (demo-resnet50-attention v1), run 2." in text
+    assert "Degenerate model" not in write_report(store, 2, artefacts_root=tmp_path / "artefacts").read_text()
+
+
+def test_the_audits_page_shows_the_same(store, tmp_path):
+    from service.app import create_app
+    from service.audits_web import audits_extension
+    from service.config import ServiceConfig
+    from service.embedded import EmbeddedPredictor
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    predictor = EmbeddedPredictor(repo)
+    app = create_app(ServiceConfig(model_repo=repo), predictor=predictor,
+                     extensions=[audits_extension(store, artefacts_dir=tmp_path / "artefacts")])
+    client = app.test_client()
+    text = client.get("/audits?run=1").get_data(as_text=True)
+    assert "Degenerate model: it answers class a for 100%" in text
+    for cell in ("<th>95% interval</th>", "<th>worst class</th>", "<th>class b</th>", "Counted over 8 images"):
+        assert cell in text
+    assert '<strong class="problem">degenerate</strong>' in text  # in the list of runs
+    assert "Degenerate model" not in client.get("/audits?run=2").get_data(as_text=True)
+    with client.get("/audits/1/accuracy.png") as picture:
+        assert picture.status_code == 200 and picture.data.startswith(b"\x89PNG")
+    doc = client.get("/api/v1/audits/1").get_json()
+    assert doc["degenerate"] is True and doc["points"][1]["worst_class_robust_accuracy"] == 0.0
+    assert doc["points"][1]["robust_accuracy_lower"] == pytest.approx(wilson_interval(4, 8)[0])
+    predictor.close()
+    assert Path(tmp_path / "artefacts" / "1" / "report" / FIGURE).is_file()
