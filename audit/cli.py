@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from audit.config import ATTACKS
+
 
 def _positive_int(text: str) -> int:
     try:
@@ -29,12 +31,18 @@ def _common(parser: argparse.ArgumentParser, *, models: bool = True) -> None:
     parser.add_argument("--dataset", help="KIND:PATH the audit set is drawn from (default: MEDROBUST_AUDIT_DATASET)")
     parser.add_argument("--models", nargs="+", metavar="M", help="models to audit (default: every served model)")
     parser.add_argument("--epsilons", nargs="+", metavar="EPS", help="epsilon grid on [0,1] pixels (default: the paper's 0 ... 0.32)")
-    parser.add_argument("--attack", choices=("linf_pgd", "fgsm", "l2_pgd", "uniform_noise"), help="default: linf_pgd (the paper's)")
-    parser.add_argument("--steps", type=_positive_int, help="attack steps (default 20; step size = 2.5 epsilon / steps)")
+    parser.add_argument(
+        "--attack", nargs="+", metavar="ATTACK", choices=ATTACKS,
+        help=f"one or more of {', '.join(ATTACKS)}, each its own run (default: linf_pgd, the paper's; "
+        "ensemble = apgd_ce, apgd_t, then square on the images still standing)",
+    )
+    parser.add_argument("--steps", type=_positive_int, help="iterations per image and epsilon (default: 20 for PGD, "
+                        "step size 2.5 epsilon / steps; 100 for APGD)")
+    parser.add_argument("--queries", type=_positive_int, help="Square Attack's queries per image (default 5000)")
     parser.add_argument("--samples", type=_positive_int, help="audit set size (default 256)")
     parser.add_argument("--restarts", type=_positive_int, help="random restarts per image, worst case counts (default 1)")
     parser.add_argument("--batch-size", type=_positive_int, help="images per request to the model server (default 64)")
-    parser.add_argument("--seed", type=int, help="seed of the audit set and the dataset split (default 0)")
+    parser.add_argument("--seed", type=int, help="seed of the audit set, the dataset split and the attacks' random draws (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -69,7 +77,7 @@ def config_from_args(args: argparse.Namespace):
     get = lambda name: getattr(args, name, None)  # noqa: E731
     return config_from_env(
         model_repo=get("model_repo"), tf_serving=get("tf_serving"), dataset=get("dataset"),
-        models=tuple(get("models") or ()), epsilons=get("epsilons"), attack=get("attack"), steps=get("steps"),
+        models=tuple(get("models") or ()), epsilons=get("epsilons"), attack=get("attack"), steps=get("steps"), queries=get("queries"),
         samples=get("samples"), restarts=get("restarts"), batch_size=get("batch_size"), seed=get("seed"),
         database_url=get("database_url"), artefacts_dir=get("artefacts_dir"), schedule=get("schedule"),
         metrics_port=get("metrics_port"), progress=False if get("no_progress") else None,
@@ -109,15 +117,29 @@ def _build(args):
 
 def _table(result, run_id: int) -> str:
     lines = [
-        f"run {run_id}: {result.model} v{result.version} ({result.backend}), {result.attack}, {len(result.audit_set)} images, "
-        f"{result.seconds:.1f} s",
+        f"run {run_id}: {result.model} v{result.version} ({result.backend}), {result.attack} "
+        f"({result.steps} steps, seed {result.seed}), {len(result.audit_set)} images, {result.seconds:.1f} s",
         f"  clean accuracy {result.clean_accuracy:.3f} (balanced {result.balanced_clean_accuracy:.3f}), "
-        f"robustness score {result.robustness_score:.3f}",
-        f"  {'epsilon':>9} {'robust':>7} {'balanced':>9} {'attacked':>9} {'fooled':>7} {'noise':>7}",
+        f"robustness score {result.robustness_score:.3f} (mean over epsilon > 0)",
     ]
+    if result.degenerate:
+        lines.append(
+            f"  DEGENERATE: {result.predicted_class_max_share:.0%} of the clean predictions are one class; "
+            "its robust accuracy is that class's share, not robustness"
+        )
+    if result.fooled_by:
+        lines.append("  fooled by " + ", ".join(f"{name} {count}" for name, count in sorted(result.fooled_by.items())))
+    lines.append(
+        f"  {'epsilon':>9} {'robust':>7} {'95% interval':>13} {'balanced':>9} {'worst':>6} {'attacked':>9} {'fooled':>7} {'noise':>7}"
+    )
     for p in result.points:
         noise = "" if p.noise_robust_accuracy is None else f"{p.noise_robust_accuracy:.3f}"
-        lines.append(f"  {p.epsilon:>9} {p.robust_accuracy:7.3f} {p.balanced_robust_accuracy:9.3f} {p.attacked:9d} {p.fooled:7d} {noise:>7}")
+        low, high = p.robust_interval
+        worst = "" if p.worst_class_robust_accuracy is None else f"{p.worst_class_robust_accuracy:.3f}"
+        lines.append(
+            f"  {p.epsilon:>9} {p.robust_accuracy:7.3f} {f'{low:.3f}-{high:.3f}':>13} {p.balanced_robust_accuracy:9.3f} "
+            f"{worst:>6} {p.attacked:9d} {p.fooled:7d} {noise:>7}"
+        )
     for c in result.sanity:
         lines.append(f"  sanity {'ok    ' if c.passed else 'FAILED'} {c.name}: {c.detail}")
     return "\n".join(lines)
@@ -137,17 +159,20 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError("no models are served: nothing to audit")
     documents, failed = [], 0
     for model in models:
-        run_id, audit = runner.run(model, trigger="cli")
-        if audit is None:
-            failed += 1
-            record = store.get_run(run_id)
-            documents.append({"run_id": run_id, "model": model, "status": "failed", "error": record.error})
+        for attack in config.attacks:
+            run_id, audit = runner.run(model, trigger="cli", attack=attack)
+            if audit is None:
+                failed += 1
+                record = store.get_run(run_id)
+                documents.append(
+                    {"run_id": run_id, "model": model, "attack": attack, "status": "failed", "error": record.error}
+                )
+                if not args.json:
+                    print(f"run {run_id}: {model} {attack} FAILED: {record.error}", file=sys.stderr)
+                continue
+            documents.append({"status": "succeeded", **audit.result.to_json(run_id)})
             if not args.json:
-                print(f"run {run_id}: {model} FAILED: {record.error}", file=sys.stderr)
-            continue
-        documents.append({"status": "succeeded", **audit.result.to_json(run_id)})
-        if not args.json:
-            print(_table(audit.result, run_id))
+                print(_table(audit.result, run_id))
     if args.json:
         print(json.dumps({"runs": documents}, default=list))
     store.close()

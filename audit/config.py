@@ -12,7 +12,9 @@ from medrobust.env import env_float, env_int, env_str
 
 # The paper's grid on [0, 1] pixels; written as decimals so labels are exact ("0.00125", not 0.00125000001).
 PAPER_EPSILONS = ("0", "0.00125", "0.0025", "0.005", "0.01", "0.02", "0.04", "0.08", "0.16", "0.32")
-ATTACKS = ("linf_pgd", "fgsm", "l2_pgd", "uniform_noise")
+ATTACKS = ("linf_pgd", "apgd_ce", "apgd_dlr", "apgd_t", "square", "ensemble", "fgsm", "l2_pgd", "uniform_noise")
+# Iterations when --steps is not given: the paper's PGD protocol, APGD's 100 (Croce & Hein 2020).
+DEFAULT_STEPS = {"linf_pgd": 20, "l2_pgd": 20, "apgd_ce": 100, "apgd_dlr": 100, "apgd_t": 100, "ensemble": 100}
 DEFAULT_SCHEDULE = "0 3 * * *"  # nightly at 03:00
 DEFAULT_DATABASE_URL = "sqlite:///.medrobust/audits.sqlite"
 DEFAULT_ARTEFACTS = ".medrobust/audits"
@@ -48,18 +50,22 @@ class AttackConfig:
 
     attack: str = "linf_pgd"
     epsilons: tuple[str, ...] = PAPER_EPSILONS
-    steps: int = 20
-    step_ratio: float = 2.5  # steps x step size = step_ratio x epsilon
+    steps: int | None = None  # None: the attack's own default (DEFAULT_STEPS)
+    step_ratio: float = 2.5  # PGD: steps x step size = step_ratio x epsilon
     random_start: bool = True
     restarts: int = 1
     batch_size: int = 64
     noise_check: bool = True  # the uniform-noise reference of the sanity checks
+    queries: int = 5000  # Square Attack's budget per image (alone and in the ensemble)
+    seed: int = 0  # random starts and Square's draws; stored with the run
 
     def __post_init__(self) -> None:
         if self.attack not in ATTACKS:
             raise ValueError(f"expected an attack in {ATTACKS}, got {self.attack!r}")
-        if self.steps < 1:
+        if self.steps is not None and self.steps < 1:
             raise ValueError(f"expected steps >= 1, got {self.steps}")
+        if self.queries < 1:
+            raise ValueError(f"expected queries >= 1, got {self.queries}")
         if self.restarts < 1:
             raise ValueError(f"expected restarts >= 1, got {self.restarts}")
         if self.batch_size < 1:
@@ -72,6 +78,26 @@ class AttackConfig:
     def epsilon_values(self) -> tuple[float, ...]:
         return tuple(float(e) for e in self.epsilons)
 
+    @property
+    def iterations(self) -> int:
+        """Steps per image and epsilon: --steps, else the attack's default (1 for single-shot attacks)."""
+        return self.steps if self.steps is not None else DEFAULT_STEPS.get(self.attack, 1)
+
+    def for_attack(self, name: str) -> AttackConfig:
+        """The same protocol with another attack (whose default steps apply unless --steps was given)."""
+        return replace(self, attack=name)
+
+
+def parse_attacks(values: Sequence[str] | str) -> tuple[str, ...]:
+    """Attack names, unique, in the order given; accepts "linf_pgd,ensemble" or a sequence."""
+    if isinstance(values, str):
+        values = [v for v in values.replace(",", " ").split() if v]
+    names = tuple(dict.fromkeys(values))
+    unknown = [n for n in names if n not in ATTACKS]
+    if unknown or not names:
+        raise ValueError(f"expected attacks among {ATTACKS}, got {', '.join(map(repr, unknown)) or 'none'}")
+    return names
+
 
 @dataclass(frozen=True)
 class AuditConfig:
@@ -81,7 +107,8 @@ class AuditConfig:
     model_repo: Path | None = None
     tf_serving: str | None = None  # HOST:PORT; the model repository, when also given, supplies cards
     models: tuple[str, ...] = ()
-    attack: AttackConfig = field(default_factory=AttackConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)  # the protocol; its `attack` is the first of `attacks`
+    attacks: tuple[str, ...] = ()  # each its own run and `attack` label; () means (attack.attack,)
     samples: int = 256
     seed: int = 0
     database_url: str = DEFAULT_DATABASE_URL
@@ -99,6 +126,14 @@ class AuditConfig:
             raise ValueError(f"expected a metrics port in 0..65535, got {self.metrics_port}")
         if self.poll_seconds <= 0:
             raise ValueError(f"expected poll_seconds > 0, got {self.poll_seconds}")
+        object.__setattr__(self, "attacks", parse_attacks(self.attacks or (self.attack.attack,)))
+
+    def attack_config(self, name: str | None = None) -> AttackConfig:
+        """The protocol of one of `attacks` (the first when not named)."""
+        name = self.attacks[0] if name is None else name
+        if name not in self.attacks:
+            raise ValueError(f"expected an attack among the configured {self.attacks}, got {name!r}")
+        return self.attack.for_attack(name)
 
     def with_(self, **changes) -> AuditConfig:
         return replace(self, **changes)
@@ -112,10 +147,15 @@ def config_from_env(environ: Mapping[str, str] | None = None, **flags) -> AuditC
         value = flags.get(name)
         return env_value if value is None else value
 
+    attacks = parse_attacks(pick("attack", env_str("AUDIT_ATTACK", "linf_pgd", env)))
+    steps_env = env_str("AUDIT_STEPS", None, env)
+    seed = pick("seed", env_int("AUDIT_SEED", 0, env))
     attack = AttackConfig(
-        attack=pick("attack", env_str("AUDIT_ATTACK", "linf_pgd", env)),
+        attack=attacks[0],
         epsilons=parse_epsilons(pick("epsilons", env_str("AUDIT_EPSILONS", ",".join(PAPER_EPSILONS), env))),
-        steps=pick("steps", env_int("AUDIT_STEPS", 20, env)),
+        steps=pick("steps", None if steps_env is None else env_int("AUDIT_STEPS", 0, env)),
+        queries=pick("queries", env_int("AUDIT_QUERIES", 5000, env)),
+        seed=seed,
         restarts=pick("restarts", env_int("AUDIT_RESTARTS", 1, env)),
         batch_size=pick("batch_size", env_int("AUDIT_BATCH_SIZE", 64, env)),
         random_start=pick("random_start", True),
@@ -130,8 +170,9 @@ def config_from_env(environ: Mapping[str, str] | None = None, **flags) -> AuditC
         tf_serving=tf_serving,
         models=tuple(models),
         attack=attack,
+        attacks=attacks,
         samples=pick("samples", env_int("AUDIT_SAMPLES", 256, env)),
-        seed=pick("seed", env_int("AUDIT_SEED", 0, env)),
+        seed=seed,
         database_url=pick("database_url", env_str("DATABASE_URL", DEFAULT_DATABASE_URL, env)),
         artefacts_dir=Path(pick("artefacts_dir", env_str("AUDIT_ARTEFACTS", DEFAULT_ARTEFACTS, env))),
         schedule=pick("schedule", env_str("AUDIT_SCHEDULE", DEFAULT_SCHEDULE, env)),

@@ -76,7 +76,14 @@ class ServedModel:
 
     def gradient(self, images: np.ndarray, cotangent: np.ndarray) -> np.ndarray:
         """cotangent . d logits / d image through the served `vjp` signature."""
-        out = []
+        return self.logits_and_gradient(images, cotangent)[1]
+
+    def logits_and_gradient(self, images: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits at `images` and cotangent . d logits / d image from one `vjp` call per batch.
+
+        The project's own attack loops take one step per call: no `serving_default` call beside it.
+        """
+        logits, gradients = [], []
         for start in range(0, len(images), self.batch_size):
             stop = start + self.batch_size
             try:
@@ -85,8 +92,11 @@ class ServedModel:
                 raise AuditError(f"{self.model} version {self.version} cannot be attacked: {exc.message}") from exc
             self._check(res.version)
             self.counts.add(vjp=len(images[start:stop]))
-            out.append(np.asarray(res.gradient, np.float32))
-        return np.concatenate(out)
+            logits.append(np.asarray(res.logits, np.float32))
+            gradients.append(np.asarray(res.gradient, np.float32))
+        if not logits:
+            return np.zeros((0, self.num_classes), np.float32), np.zeros_like(images, np.float32)
+        return np.concatenate(logits), np.concatenate(gradients)
 
     def check_vjp(self, images: np.ndarray) -> None:
         """Fail early, with a clear error, when the served model has no usable `vjp` signature."""
@@ -96,7 +106,47 @@ class ServedModel:
             raise AuditError(f"{self.model} version {self.version}: the 'vjp' signature failed: {exc.message}") from exc
 
 
-def foolbox_model(served: ServedModel):
+class IterateRecorder:
+    """Sees every iterate a Foolbox attack evaluates through the served model, for one batch at a time.
+
+    Foolbox's PGD returns its last iterate; an image fooled at an earlier iterate and pushed back
+    later would count as robust. The recorder keeps each image's first fooling iterate (inside the
+    ball and [0, 1]) and the lowest true-class margin seen after each call, from the same served
+    logits the attack computed anyway: no extra call.
+    """
+
+    def __init__(self) -> None:
+        self._clean: np.ndarray | None = None
+
+    def reset(self, clean: np.ndarray, labels: np.ndarray, epsilon: float) -> None:
+        self._clean, self._labels, self._epsilon = clean, np.asarray(labels, np.int64), float(epsilon)
+        self._first = np.array(clean, copy=True)
+        self._found = np.zeros(len(clean), bool)
+        self._margins: list[np.ndarray] = []
+
+    def see(self, images: np.ndarray, logits: np.ndarray) -> None:
+        if self._clean is None or images.shape != self._clean.shape:
+            return  # not the batch being attacked (e.g. a probe): nothing to record
+        rows = np.arange(len(images))
+        others = np.where(np.eye(logits.shape[1], dtype=bool)[self._labels], -np.inf, logits)
+        margin = logits[rows, self._labels] - others.max(axis=1)
+        best = margin if not self._margins else np.minimum(self._margins[-1], margin)
+        self._margins.append(best.astype(np.float32))
+        inside = np.abs(images - self._clean).reshape(len(images), -1).max(axis=1) <= self._epsilon + 1e-6
+        in_range = (images.reshape(len(images), -1).min(axis=1) >= 0) & (images.reshape(len(images), -1).max(axis=1) <= 1)
+        new = (margin < 0) & inside & in_range & ~self._found
+        self._first[new] = images[new]
+        self._found |= new
+
+    def finish(self, final: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(each image's first fooling iterate, else the attack's final one; margin rows or None)."""
+        out = np.where(self._found[:, None, None, None], self._first, final)
+        margins = np.stack(self._margins) if self._margins else None
+        self._clean = None
+        return out.astype(np.float32), margins
+
+
+def foolbox_model(served: ServedModel, recorder: IterateRecorder | None = None):
     """A `foolbox.TensorFlowModel` whose forward and gradient both go to the served model."""
     import foolbox as fb
     import tensorflow as tf
@@ -110,7 +160,10 @@ def foolbox_model(served: ServedModel):
     def forward(images):
         x = images.numpy()
         with record.stop_recording():
-            logits = tf.constant(served.logits(x))
+            served_logits = served.logits(x)
+            if recorder is not None:
+                recorder.see(x, served_logits)
+            logits = tf.constant(served_logits)
 
         def backward(upstream):
             with record.stop_recording():

@@ -16,7 +16,8 @@ from audit.auditset import draw_audit_set
 from audit.config import AuditConfig
 from audit.foolbox_model import AuditError, ServedModel
 from audit.results import AuditResult, EpsilonPoint, SampleOutcome
-from audit.sanity import gradient_check, sanity_checks
+from audit.attacks import Attacker
+from audit.sanity import run_checks
 from audit.sweep import NEVER, Sweep, run_sweep
 from service.predictor import Predictor
 
@@ -41,6 +42,7 @@ class Audit:
 
 
 def _accuracy(mask: np.ndarray, labels: np.ndarray, class_names) -> tuple[float, float, dict[str, float]]:
+    """(accuracy, balanced accuracy, per-class accuracy) of a correct-mask; classes absent from `labels` are left out."""
     per_class = {
         class_names[c]: float(mask[labels == c].mean()) for c in range(len(class_names)) if (labels == c).any()
     }
@@ -49,10 +51,13 @@ def _accuracy(mask: np.ndarray, labels: np.ndarray, class_names) -> tuple[float,
 
 
 def audit_model(
-    predictor: Predictor, model: str, dataset, config: AuditConfig, *, version: int | None = None
+    predictor: Predictor, model: str, dataset, config: AuditConfig, *, version: int | None = None,
+    attack: str | None = None,
 ) -> Audit:
-    """Attack one served model version over the grid, on its audit set; nothing is stored here."""
+    """Attack one served model version with one attack (the first configured unless named) over the grid,
+    on its audit set; nothing is stored here."""
     started = time.perf_counter()
+    config = config.with_(attack=config.attack_config(attack))
     info = predictor.model_info(model)
     served = ServedModel(predictor, model, info.latest if version is None else version, batch_size=config.attack.batch_size)
     card = served.card
@@ -68,6 +73,9 @@ def audit_model(
     labels = np.asarray(audit_set.labels, np.int64)
     served.check_vjp(images)
     sweep = run_sweep(served, images, labels, config.attack, progress=config.progress)
+    sanity = run_checks(
+        served, Attacker(served, config.attack), sweep, images, labels, config.attack, clean_logits=served.logits(images)
+    )
     names = audit_set.class_names
     clean, balanced_clean, _ = _accuracy(sweep.correct, labels, names)
     points = []
@@ -78,12 +86,10 @@ def audit_model(
             EpsilonPoint(
                 epsilon=eps, robust_accuracy=robust, balanced_robust_accuracy=balanced, per_class=per_class,
                 attacked=sweep.attacked[i], fooled=sweep.fooled[i],
-                noise_robust_accuracy=None if noise is None else float(noise.mean()),
+                noise_robust_accuracy=None if noise is None else float(noise.mean()), samples=len(labels),
             )
         )
     points = tuple(points)
-    probe = np.flatnonzero(sweep.correct)
-    gradients = gradient_check(served, images[probe], labels[probe])
     samples = tuple(
         SampleOutcome(
             sample_id=sid, label=int(labels[i]), clean_class=int(sweep.clean_class[i]),
@@ -95,9 +101,10 @@ def audit_model(
     result = AuditResult(
         model=model, version=served.version, task=str(card.get("task", "")), backbone=str(card.get("backbone", "")),
         attention=bool(card.get("attention", False)), backend=predictor.backend_name, attack=config.attack.attack,
-        steps=config.attack.steps, restarts=config.attack.restarts, audit_set=audit_set, clean_accuracy=clean,
+        steps=config.attack.iterations, restarts=config.attack.restarts, audit_set=audit_set, clean_accuracy=clean,
         balanced_clean_accuracy=balanced_clean, points=points, samples=samples,
-        sanity=sanity_checks(sweep, points, clean, gradients), seconds=time.perf_counter() - started,
+        sanity=sanity, seconds=time.perf_counter() - started, seed=config.attack.seed,
+        fooled_by=sweep.fooled_by_counts(),
     )
     return Audit(result, sweep, images)
 
@@ -162,8 +169,15 @@ class AuditRunner:
         with self._lock:
             return dict(self._active)
 
-    def start(self, model: str, *, trigger: str = "manual", version: int | None = None) -> int:
-        """Reserve `model` and record its run as running; raises AuditInProgress if it is reserved."""
+    def start(
+        self, model: str, *, trigger: str = "manual", version: int | None = None, attack: str | None = None
+    ) -> int:
+        """Reserve `model` and record one run (the first configured attack unless named) as running;
+        raises AuditInProgress if it is reserved."""
+        return self._start(model, trigger=trigger, version=version, attacks=(attack or self.config.attacks[0],))[0]
+
+    def _start(self, model: str, *, trigger: str, version: int | None, attacks: tuple[str, ...]) -> list[int]:
+        """Reserve `model` once and record a running row per attack, all pinned to the same version."""
         with self._lock:
             if model in self._active:
                 raise AuditInProgress(f"model {model!r} is already being audited (run {self._active[model]})")
@@ -172,30 +186,42 @@ class AuditRunner:
             info = self.predictor.model_info(model)
             pinned = info.latest if version is None else int(version)
             card = self.predictor.model_card(model, pinned)
-            run_id = self.store.start_run(
-                model=model, version=pinned, card=card, backend=self.predictor.backend_name,
-                attack=self.config.attack.attack, config=self.run_config(), trigger=trigger,
-            )
+            run_ids = [
+                self.store.start_run(
+                    model=model, version=pinned, card=card, backend=self.predictor.backend_name,
+                    attack=self.config.attack_config(name).attack, config=self.run_config(name), trigger=trigger,
+                )
+                for name in attacks
+            ]
         except BaseException:
             with self._lock:
                 self._active.pop(model, None)
             raise
         with self._lock:
-            self._active[model] = run_id
-        return run_id
+            self._active[model] = run_ids[0]
+        return run_ids
 
-    def run_config(self) -> dict:
-        attack = asdict(self.config.attack)
-        attack["epsilons"] = list(self.config.attack.epsilons)
-        return {"dataset": self.config.dataset, "samples": self.config.samples, "seed": self.config.seed, **attack}
+    def run_config(self, attack: str | None = None) -> dict:
+        config = self.config.attack_config(attack)
+        doc = asdict(config)
+        doc["epsilons"] = list(config.epsilons)
+        doc["steps"] = config.iterations
+        return {"dataset": self.config.dataset, "samples": self.config.samples, **doc, "seed": self.config.seed}
 
-    def execute(self, run_id: int) -> Audit | None:
-        """Carry out a started run; its outcome goes to the store and metrics. Returns the audit or None."""
+    def execute(self, run_id: int, *, release: bool = True) -> Audit | None:
+        """Carry out a started run; its outcome goes to the store and metrics. Returns the audit or None.
+
+        `release=False` keeps the model reserved for the next of several runs started together.
+        """
         record = self.store.get_run(run_id)
         started = time.perf_counter()
-        log.info("audit run %s: %s version %s (%s)", run_id, record.model, record.version, record.trigger)
+        log.info("audit run %s: %s version %s, %s (%s)", run_id, record.model, record.version, record.attack, record.trigger)
+        with self._lock:
+            self._active[record.model] = run_id
         try:
-            audit = audit_model(self.predictor, record.model, self.dataset(), self.config, version=record.version)
+            audit = audit_model(
+                self.predictor, record.model, self.dataset(), self.config, version=record.version, attack=record.attack
+            )
             artefacts = self.config.artefacts_dir / str(run_id)
             try:
                 save_examples(audit, self.predictor, artefacts)
@@ -212,8 +238,9 @@ class AuditRunner:
                 self.metrics.count(record.model, "failed", seconds)
             return None
         finally:
-            with self._lock:
-                self._active.pop(record.model, None)
+            if release:
+                with self._lock:
+                    self._active.pop(record.model, None)
         result = audit.result
         log.info(
             "audit run %s: %s version %s clean %.3f, robustness score %.3f, sanity %s, %.0f s", run_id, record.model,
@@ -225,19 +252,31 @@ class AuditRunner:
             self.metrics.publish(self.store.get_run(run_id))
         return audit
 
-    def run(self, model: str, *, trigger: str = "manual", version: int | None = None) -> tuple[int, Audit | None]:
+    def run(
+        self, model: str, *, trigger: str = "manual", version: int | None = None, attack: str | None = None
+    ) -> tuple[int, Audit | None]:
         """Start and carry out one run in this thread."""
-        run_id = self.start(model, trigger=trigger, version=version)
+        run_id = self.start(model, trigger=trigger, version=version, attack=attack)
         return run_id, self.execute(run_id)
 
     def submit(self, model: str, *, trigger: str = "manual") -> int:
-        """Start a run and carry it out in a background thread; returns its id at once."""
-        run_id = self.start(model, trigger=trigger)
-        thread = threading.Thread(target=self.execute, args=(run_id,), name=f"audit-{model}-{run_id}", daemon=True)
+        """Start one run per configured attack and carry them out in turn in a background thread;
+        returns the first run's id at once."""
+        run_ids = self._start(model, trigger=trigger, version=None, attacks=self.config.attacks)
+
+        def carry_out() -> None:
+            try:
+                for number, run_id in enumerate(run_ids):
+                    self.execute(run_id, release=number == len(run_ids) - 1)
+            finally:
+                with self._lock:
+                    self._active.pop(model, None)
+
+        thread = threading.Thread(target=carry_out, name=f"audit-{model}-{run_ids[0]}", daemon=True)
         with self._lock:
             self._threads = [t for t in self._threads if t.is_alive()] + [thread]
         thread.start()
-        return run_id
+        return run_ids[0]
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for background runs (tests, shutdown)."""

@@ -1,14 +1,48 @@
-"""Sanity checks in the spirit of AutoAttack: signs that an attack was broken or gradients masked."""
+"""Sanity checks in the spirit of AutoAttack: signs that an attack was broken, gradients masked or the
+model degenerate. Each check can fail; `tests/integration/test_audit_sanity_fixtures.py` has a
+served model (or a broken attack) that makes each one fail.
+
+The nested sweep makes robust accuracy monotone by construction and attacks epsilon 0 with the
+clean image, so neither of those says anything about the attack; the checks here do:
+
+- independent_epsilons_consistent: two grid epsilons attacked from scratch, not nested; the larger
+  must not leave more images standing.
+- black_box_not_stronger: Square (query-only) must not fool an image the gradient attacks left
+  standing; where it does, the gradients lie (masking suspected).
+- attack_made_progress: at the smallest epsilon with survivors, the gradient attack lowered their
+  margins by at least a tenth of what the served gradient promises to first order.
+- gradients_not_vanishing: the served margin gradient is finite and not negligible against the
+  logits' scale.
+- noise_not_stronger: per image, uniform noise must not fool an image the attack left standing.
+- perturbations_bounded: every candidate lay inside the ball and [0, 1].
+- degenerate_predictions: the clean predictions are not (nearly) all one class.
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
+from audit.attacks import GRADIENT_FREE, Attacker, stages
+from audit.config import AttackConfig
 from audit.foolbox_model import ServedModel
-from audit.results import EpsilonPoint, SanityCheck
-from audit.sweep import Sweep
+from audit.results import DEGENERATE_SHARE, SanityCheck
+from audit.sweep import NEVER, Sweep, attack_level
 
-CHECKS = ("robust_accuracy_monotone", "zero_epsilon_equals_clean", "gradients_nonzero", "noise_not_stronger", "perturbations_bounded")
+CHECKS = (
+    "independent_epsilons_consistent", "black_box_not_stronger", "attack_made_progress", "gradients_not_vanishing",
+    "noise_not_stronger", "perturbations_bounded", "degenerate_predictions",
+)
+VANISHING_RATIO = 1e-3  # |margin gradient|_1 below this times the logits' scale: no usable gradient
+MIN_PROGRESS = 0.1  # share of the first-order margin fall a working gradient attack achieves at least
+PROBE_IMAGES = 32
+INDEPENDENT_IMAGES = 64
+WITNESS_IMAGES = 16
+# Square's budget when it only witnesses a gradient attack: 25 queries per step that attack took, at
+# most 500 and never more than --queries (the ensemble runs Square with its full budget instead).
+WITNESS_QUERIES = 500
+WITNESS_QUERIES_PER_STEP = 25
 
 
 def margin_cotangent(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -22,66 +56,215 @@ def margin_cotangent(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return cot
 
 
-def gradient_check(served: ServedModel, images: np.ndarray, labels: np.ndarray, *, limit: int = 32) -> SanityCheck:
-    """The served gradient of the margin is non-zero and finite for every probed image."""
-    x = images[:limit]
-    y = np.asarray(labels[:limit], np.int64)
-    if len(x) == 0:
-        return SanityCheck("gradients_nonzero", True, "no image to probe")
-    logits = served.logits(x)
-    grads = served.gradient(x, margin_cotangent(logits, y)).reshape(len(x), -1)
-    finite = np.isfinite(grads).all(axis=1)
-    zero = np.abs(np.where(np.isfinite(grads), grads, 0)).max(axis=1) == 0.0
-    bad = int((~finite | zero).sum())
-    detail = f"{bad} of {len(x)} images have an all-zero or non-finite input gradient"
-    return SanityCheck("gradients_nonzero", bad == 0, detail)
+def _margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    others = np.where(np.eye(logits.shape[1], dtype=bool)[labels], -np.inf, logits)
+    return logits[np.arange(len(labels)), labels] - others.max(axis=1)
 
 
-def sanity_checks(
-    sweep: Sweep, points: tuple[EpsilonPoint, ...], clean_accuracy: float, gradients: SanityCheck
-) -> tuple[SanityCheck, ...]:
-    """Every check, passed or not, with a one-line detail."""
-    robust = [p.robust_accuracy for p in points]
-    rises = [
-        f"{points[i].epsilon}->{points[i + 1].epsilon}" for i in range(len(points) - 1) if robust[i + 1] > robust[i] + 1e-12
-    ]
-    checks = [
-        SanityCheck(
-            "robust_accuracy_monotone", not rises,
-            "robust accuracy never rises with epsilon" if not rises else f"robust accuracy rises at {', '.join(rises)}",
-        )
-    ]
-    zero = [p for p in points if p.epsilon == "0"]
-    if zero:
-        same = abs(zero[0].robust_accuracy - clean_accuracy) < 1e-12
-        checks.append(
-            SanityCheck(
-                "zero_epsilon_equals_clean", same,
-                f"robust accuracy at epsilon 0 is {zero[0].robust_accuracy:.4f}, clean accuracy {clean_accuracy:.4f}",
-            )
-        )
-    else:
-        checks.append(SanityCheck("zero_epsilon_equals_clean", True, "epsilon 0 is not on the grid"))
-    checks.append(gradients)
-    if sweep.noise_fooled_at is not None:
-        stronger = [
-            f"{p.epsilon} (noise {p.noise_robust_accuracy:.4f} < attack {p.robust_accuracy:.4f})"
-            for p in points
-            if p.noise_robust_accuracy is not None and p.noise_robust_accuracy < p.robust_accuracy - 1e-12
-        ]
-        checks.append(
-            SanityCheck(
-                "noise_not_stronger", not stronger,
-                "uniform noise never beats the attack" if not stronger
-                else "uniform noise beats the attack (gradient masking suspected) at " + "; ".join(stronger),
-            )
-        )
-    else:
-        checks.append(SanityCheck("noise_not_stronger", True, "noise reference not run"))
-    checks.append(
-        SanityCheck(
-            "perturbations_bounded", sweep.rejected == 0,
-            f"{sweep.rejected} adversarial candidates fell outside the epsilon ball or [0, 1]",
-        )
+def margin_gradient_norms(served: ServedModel, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(L1 norm of each image's served margin gradient, the logits) from one `vjp` call per batch.
+
+    The L1 norm is the first-order margin change per unit of L-infinity epsilon.
+    """
+    logits = served.logits(images)
+    _, grads = served.logits_and_gradient(images, margin_cotangent(logits, labels))
+    flat = grads.reshape(len(images), -1).astype(np.float64)
+    norms = np.where(np.isfinite(flat).all(axis=1), np.abs(flat).sum(axis=1), np.nan)
+    return norms, logits
+
+
+def gradient_check(norms: np.ndarray, logits: np.ndarray) -> SanityCheck:
+    """Every probed image has a finite margin gradient that is not negligible against its logits' scale."""
+    name = "gradients_not_vanishing"
+    if len(norms) == 0:
+        return SanityCheck(name, True, "no correctly classified image to probe")
+    scale = np.maximum(np.abs(logits).max(axis=1), 1e-6)
+    bad = ~np.isfinite(norms) | (norms < VANISHING_RATIO * scale)
+    ratio = np.where(np.isfinite(norms), norms / scale, np.nan)
+    detail = (
+        f"{int(bad.sum())} of {len(norms)} images have a non-finite margin gradient or one under "
+        f"{VANISHING_RATIO:g} of the logits' scale (median |grad|_1 / max|logit| = {np.nanmedian(ratio):.3g})"
     )
+    return SanityCheck(name, not bad.any(), detail)
+
+
+def independent_check(epsilons: tuple[str, str], standing: tuple[int, int], attacked: int, attack: str) -> SanityCheck:
+    """The larger of two independently attacked epsilons leaves no more images standing than the smaller."""
+    name = "independent_epsilons_consistent"
+    small, large = standing
+    detail = (
+        f"{attack} from scratch on {attacked} images: {small} standing at {epsilons[0]}, {large} at {epsilons[1]}"
+    )
+    return SanityCheck(name, large <= small, detail if large <= small else detail + " (more at the larger epsilon: a broken attack)")
+
+
+def black_box_check(fooled_by_square: int, standing: int, epsilon: str | None, how: str) -> SanityCheck:
+    """Square found no example among the images the gradient attacks left standing."""
+    name = "black_box_not_stronger"
+    if epsilon is None:
+        return SanityCheck(name, True, "no image survived the gradient attack at any epsilon: nothing to witness")
+    detail = f"{how}: Square fooled {fooled_by_square} of {standing} images the gradient attacks left standing at {epsilon}"
+    if fooled_by_square:
+        detail += " (gradient masking suspected)"
+    return SanityCheck(name, fooled_by_square == 0, detail)
+
+
+def progress_check(achieved: np.ndarray, promised: np.ndarray, epsilon: str | None, attack: str) -> SanityCheck:
+    """The survivors' margins fell by at least MIN_PROGRESS of the first-order fall their gradients promise."""
+    name = "attack_made_progress"
+    if epsilon is None or len(achieved) == 0:
+        return SanityCheck(name, True, f"{attack} recorded no margins of surviving images: nothing to judge")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(promised > 0, achieved / promised, 0.0)
+    median = float(np.median(ratio))
+    detail = (
+        f"{attack} at {epsilon}: survivors' margins fell by a median {float(np.median(achieved)):.4g}, "
+        f"{median:.2f} of the first-order fall {float(np.median(promised)):.4g} their gradients promise "
+        f"({len(achieved)} images)"
+    )
+    return SanityCheck(name, median >= MIN_PROGRESS, detail)
+
+
+def noise_check(sweep: Sweep) -> SanityCheck:
+    """Per image: uniform noise fooled none that the attack left standing at the same epsilon."""
+    name = "noise_not_stronger"
+    if sweep.noise_fooled_at is None:
+        return SanityCheck(name, True, "noise reference not run")
+    attack_at = np.where(sweep.fooled_at == NEVER, np.iinfo(np.int64).max, sweep.fooled_at)
+    noise_at = np.where(sweep.noise_fooled_at == NEVER, np.iinfo(np.int64).max, sweep.noise_fooled_at)
+    beaten = sweep.correct & (noise_at < attack_at)
+    if not beaten.any():
+        return SanityCheck(name, True, "uniform noise fooled no image before the attack did")
+    where = sorted({sweep.epsilons[i] for i in sweep.noise_fooled_at[beaten]}, key=float)
+    return SanityCheck(
+        name, False,
+        f"uniform noise fooled {int(beaten.sum())} images at a smaller epsilon than the attack "
+        f"(first at {', '.join(where)}): gradient masking suspected",
+    )
+
+
+def bounds_check(sweep: Sweep) -> SanityCheck:
+    return SanityCheck(
+        "perturbations_bounded", sweep.rejected == 0,
+        f"{sweep.rejected} adversarial candidates fell outside the epsilon ball or [0, 1]",
+    )
+
+
+def degenerate_check(clean_class: np.ndarray, num_classes: int) -> SanityCheck:
+    """The clean predictions are spread: under DEGENERATE_SHARE of them go to one class."""
+    name = "degenerate_predictions"
+    if len(clean_class) == 0:
+        return SanityCheck(name, True, "no image")
+    counts = np.bincount(clean_class, minlength=num_classes)
+    top = int(counts.argmax())
+    share = float(counts[top]) / len(clean_class)
+    detail = f"{share:.1%} of the clean predictions are class {top}"
+    if share >= DEGENERATE_SHARE:
+        detail += f" (>= {DEGENERATE_SHARE:.0%}: its robust accuracy is that class's share, not robustness)"
+    return SanityCheck(name, share < DEGENERATE_SHARE, detail)
+
+
+def _survivor_epsilons(sweep: Sweep) -> list[int]:
+    """Indices of non-zero grid epsilons at which some correctly classified image still stands."""
+    return [i for i, e in enumerate(sweep.epsilons) if float(e) > 0 and sweep.robust_mask(i).any()]
+
+
+def run_checks(
+    served: ServedModel, attacker: Attacker, sweep: Sweep, images: np.ndarray, labels: np.ndarray,
+    config: AttackConfig, *, clean_logits: np.ndarray,
+) -> tuple[SanityCheck, ...]:
+    """Every check, passed or not, with a one-line detail; runs the few extra attacks they need."""
+    correct = np.flatnonzero(sweep.correct)
+    base = stages(config.attack)[0]
+    gradient_attack = base not in GRADIENT_FREE
+    checks = [_independent(served, attacker, sweep, images, labels, clean_logits, config, base)]
+
+    survivors_at = _survivor_epsilons(sweep)
+    if not gradient_attack:
+        checks.append(SanityCheck("black_box_not_stronger", True, f"{base} is itself query-only: nothing to witness"))
+    elif "square" in stages(config.attack):
+        checks.append(_ensemble_witness(sweep))
+    else:
+        checks.append(_witness(attacker, sweep, images, labels, clean_logits, config, survivors_at))
+
+    probe = correct[:PROBE_IMAGES]
+    norms, logits = margin_gradient_norms(served, images[probe], labels[probe]) if len(probe) else (np.zeros(0), np.zeros((0, 2)))
+    checks.append(_progress(served, sweep, images, labels, base if gradient_attack else None))
+    checks.append(gradient_check(norms, logits))
+    checks.append(noise_check(sweep))
+    checks.append(bounds_check(sweep))
+    checks.append(degenerate_check(sweep.clean_class, served.num_classes))
     return tuple(checks)
+
+
+def _independent(served, attacker, sweep, images, labels, clean_logits, config, base) -> SanityCheck:
+    """Attack the largest epsilon with survivors and the grid epsilon before it, each from scratch."""
+    survivors_at = _survivor_epsilons(sweep)
+    nonzero = [i for i, e in enumerate(sweep.epsilons) if float(e) > 0]
+    if base == "uniform_noise" or len(nonzero) < 2:
+        return SanityCheck("independent_epsilons_consistent", True, "fewer than two non-zero epsilons or no attack: nothing to compare")
+    large = survivors_at[-1] if survivors_at else nonzero[0]
+    if large == nonzero[0]:
+        large = nonzero[1]
+    small = nonzero[nonzero.index(large) - 1]
+    idx = np.flatnonzero(sweep.correct)[:INDEPENDENT_IMAGES]
+    standing = []
+    for index in (small, large):
+        level = attack_level(
+            base, attacker, served, images, labels, clean_logits, float(sweep.epsilons[index]), idx, config,
+            epsilon_index=index, seed_key=(99,),
+        )
+        standing.append(len(idx) - len(level.fooled_idx))
+    return independent_check((sweep.epsilons[small], sweep.epsilons[large]), (standing[0], standing[1]), len(idx), base)
+
+
+def _ensemble_witness(sweep: Sweep) -> SanityCheck:
+    """In the ensemble Square attacks only what APGD-CE and APGD-T left standing: each image it fools is one they missed."""
+    witnessed = sum(len(p.start) for p in sweep.progress if p.attack == "square")
+    if not witnessed:
+        return black_box_check(0, 0, None, "")
+    fooled = sweep.fooled_by == "square" if sweep.fooled_by is not None else np.zeros(len(sweep.labels), bool)
+    where = sorted({sweep.epsilons[i] for i in sweep.fooled_at[fooled]}, key=float)
+    return black_box_check(int(fooled.sum()), witnessed, ", ".join(where) or "any epsilon of the grid", "the ensemble")
+
+
+def _witness(attacker, sweep, images, labels, clean_logits, config, survivors_at) -> SanityCheck:
+    """Square with a small budget on the survivors at the largest epsilon where any survive."""
+    if not survivors_at:
+        return black_box_check(0, 0, None, "")
+    index = survivors_at[-1]
+    idx = np.flatnonzero(sweep.robust_mask(index))[:WITNESS_IMAGES]
+    budget = min(config.queries, WITNESS_QUERIES, WITNESS_QUERIES_PER_STEP * config.iterations)
+    witness = replace(config.for_attack("square"), queries=budget, restarts=1)
+    level = attack_level(
+        "square", Attacker(attacker.served, witness), attacker.served, images, labels, clean_logits,
+        float(sweep.epsilons[index]), idx, witness, epsilon_index=index, seed_key=(98,),
+    )
+    return black_box_check(len(level.fooled_idx), len(idx), sweep.epsilons[index], f"Square witness, {witness.queries} queries")
+
+
+def _progress(served: ServedModel, sweep: Sweep, images, labels, attack: str | None) -> SanityCheck:
+    """Compare each survivor's margin fall with eps x |margin gradient|_1 at its clean image."""
+    if attack is None:
+        return SanityCheck("attack_made_progress", True, "a query-only attack: no gradient promise to compare with")
+    records = [p for p in sweep.progress if p.attack not in GRADIENT_FREE and float(sweep.epsilons[p.epsilon_index]) > 0]
+    if not records:
+        return progress_check(np.zeros(0), np.zeros(0), None, attack)
+    first = min(p.epsilon_index for p in records)
+    # The first attack's first pass at that epsilon covers the images standing there, batch by batch, in order.
+    attacked = np.flatnonzero(sweep.correct & ((sweep.fooled_at == NEVER) | (sweep.fooled_at >= first)))
+    at, total = [], 0
+    for p in records:
+        if p.epsilon_index == first and p.attack == records[0].attack and total < len(attacked):
+            at.append(p)
+            total += len(p.start)
+    start = np.concatenate([p.start for p in at])
+    end = np.concatenate([p.end for p in at])
+    survived = np.concatenate([p.survived for p in at])
+    keep = np.flatnonzero(survived)[:PROBE_IMAGES]
+    if len(keep) == 0:
+        return progress_check(np.zeros(0), np.zeros(0), None, attack)
+    norms, _ = margin_gradient_norms(served, images[attacked[keep]], labels[attacked[keep]])
+    epsilon = float(sweep.epsilons[first])
+    promised = np.nan_to_num(norms, nan=0.0) * epsilon
+    return progress_check((start[keep] - end[keep]).astype(np.float64), promised, sweep.epsilons[first], attack)

@@ -1,9 +1,10 @@
 """The nested-epsilon sweep: attack only the images still standing, verify every example as served.
 
 An image fooled at one epsilon is fooled at every larger one (its adversarial example lies inside
-the larger ball), so each epsilon attacks only the images that survived the previous one. Every
-candidate is checked through `serving_default`: inside the ball (distance <= epsilon + 1e-6), inside
-[0, 1], and misclassified. The counts come from those served predictions alone.
+the larger ball), so each epsilon attacks only the images that survived the previous one. The
+ensemble runs its attacks in turn at each epsilon, each on the images the previous left standing.
+Every candidate is checked through `serving_default`: inside the ball (distance <= epsilon + 1e-6),
+inside [0, 1], and misclassified. The counts come from those served predictions alone.
 """
 
 from __future__ import annotations
@@ -12,12 +13,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from audit.attacks import build_attack, distance, is_random, run_attack
+from audit.attacks import Attacker, distance, is_random, stages
 from audit.config import AttackConfig
-from audit.foolbox_model import ServedModel, foolbox_model
+from audit.foolbox_model import ServedModel
 
 BALL_TOLERANCE = 1e-6
 NEVER = -1
+
+
+@dataclass(frozen=True)
+class StageProgress:
+    """How one attack's margins moved at one epsilon: the evidence for `attack_made_progress`."""
+
+    epsilon_index: int
+    attack: str
+    start: np.ndarray  # float32 [m]: true-class margin of each attacked image at the attack's start point
+    end: np.ndarray  # float32 [m]: the lowest margin the attack reached
+    survived: np.ndarray  # bool [m]: still standing after verification
 
 
 @dataclass(frozen=True)
@@ -34,6 +46,8 @@ class Sweep:
     fooled: tuple[int, ...]  # per epsilon: images newly fooled (verified)
     rejected: int  # candidates outside the ball or [0, 1] (an attack bug if ever non-zero)
     noise_fooled_at: np.ndarray | None  # the same for the uniform-noise reference, or None
+    fooled_by: np.ndarray | None = None  # str [n]: the attack whose example fooled the image ("" when none did)
+    progress: tuple[StageProgress, ...] = ()
 
     @property
     def correct(self) -> np.ndarray:
@@ -48,36 +62,54 @@ class Sweep:
             return None
         return _standing(self.correct, self.noise_fooled_at, index)
 
+    def fooled_by_counts(self) -> dict[str, int]:
+        """Attack name -> images whose verified example it found (epsilon > 0)."""
+        if self.fooled_by is None:
+            return {}
+        names, counts = np.unique(self.fooled_by[self.fooled_by != ""], return_counts=True)
+        return {str(n): int(c) for n, c in zip(names, counts)}
+
 
 def _standing(correct: np.ndarray, fooled_at: np.ndarray, index: int) -> np.ndarray:
     return correct & ((fooled_at == NEVER) | (fooled_at > index))
 
 
-def _attack_level(
-    name: str, attack, fmodel, served: ServedModel, images, labels, epsilon: float, idx: np.ndarray,
-    config: AttackConfig,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Attack images `idx` at one epsilon with restarts; returns (fooled idx, their examples, classes, rejected)."""
-    fooled_idx, examples, classes = [], [], []
+@dataclass(frozen=True)
+class Level:
+    """One attack at one epsilon over some images: which were fooled (verified), and with what."""
+
+    fooled_idx: np.ndarray
+    examples: np.ndarray
+    classes: np.ndarray
+    rejected: int
+    progress: tuple[StageProgress, ...]
+
+
+def attack_level(
+    name: str, attacker: Attacker, served: ServedModel, images: np.ndarray, labels: np.ndarray,
+    clean_logits: np.ndarray, epsilon: float, idx: np.ndarray, config: AttackConfig, *, epsilon_index: int,
+    seed_key: tuple[int, ...] = (),
+) -> Level:
+    """Attack images `idx` at one epsilon with restarts, each candidate verified through `serving_default`."""
+    fooled_idx, examples, classes, progress = [], [], [], []
     rejected = 0
     remaining = idx
-    for _ in range(config.restarts if is_random(name, config) else 1):
+    for restart in range(config.restarts if is_random(name, config) else 1):
         still = []
         for start in range(0, len(remaining), config.batch_size):
             batch = remaining[start : start + config.batch_size]
             x, y = images[batch], labels[batch]
-            if epsilon == 0.0:
-                candidate = x  # the ball is one point: the served prediction of the image itself
-            else:
-                candidate = run_attack(attack, fmodel, x, y, epsilon)
+            rng = np.random.default_rng([config.seed, *seed_key, epsilon_index, restart, start])
+            found = attacker(name, x, y, epsilon, clean_logits[batch], rng)
+            candidate = found.adversarial
             inside = distance(name, candidate, x) <= epsilon + BALL_TOLERANCE
-            in_range = (candidate.reshape(len(batch), -1).min(axis=1) >= 0.0) & (
-                candidate.reshape(len(batch), -1).max(axis=1) <= 1.0
-            )
-            valid = inside & in_range
+            flat = candidate.reshape(len(batch), -1)
+            valid = inside & (flat.min(axis=1) >= 0.0) & (flat.max(axis=1) <= 1.0)
             rejected += int((~valid).sum())
             predicted = served.classes(candidate)
             hit = valid & (predicted != y)
+            if found.margins is not None and len(found.margins):
+                progress.append(StageProgress(epsilon_index, name, found.margins[0], found.margins[-1], ~hit))
             fooled_idx.append(batch[hit])
             examples.append(candidate[hit])
             classes.append(predicted[hit])
@@ -86,32 +118,33 @@ def _attack_level(
         if len(remaining) == 0:
             break
     if fooled_idx:
-        return np.concatenate(fooled_idx), np.concatenate(examples), np.concatenate(classes), rejected
-    return idx[:0], images[:0], labels[:0], rejected
+        return Level(np.concatenate(fooled_idx), np.concatenate(examples), np.concatenate(classes), rejected, tuple(progress))
+    return Level(idx[:0], images[:0], labels[:0], rejected, ())
 
 
 def nested_sweep(
     name: str,
-    fmodel,
+    attacker: Attacker,
     served: ServedModel,
     images: np.ndarray,
     labels: np.ndarray,
+    clean_logits: np.ndarray,
     clean_class: np.ndarray,
     config: AttackConfig,
     *,
     progress: bool = False,
     description: str = "",
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int], list[int], int]:
-    """One attack over the grid, nested; returns fooled_at, adversarial, adversarial_class, attacked, fooled, rejected."""
+) -> Sweep:
+    """One attack (or the ensemble's attacks in turn) over the grid, nested."""
     from tqdm import tqdm
 
-    attack = build_attack(name, config)
     correct = clean_class == labels
     n = len(labels)
     fooled_at = np.where(correct, NEVER, 0).astype(np.int64)
     adversarial = images.copy()
     adversarial_class = clean_class.copy()
-    attacked, fooled = [], []
+    fooled_by = np.full(n, "", dtype=object)
+    attacked, fooled, margins = [], [], []
     rejected = 0
     bar = tqdm(
         list(enumerate(config.epsilon_values)), desc=description or name, unit="eps", disable=not progress, leave=False,
@@ -120,39 +153,53 @@ def nested_sweep(
         idx = np.flatnonzero(correct & (fooled_at == NEVER))
         bar.set_postfix(eps=config.epsilons[index], standing=f"{len(idx)}/{n}")
         attacked.append(len(idx))
-        if len(idx) == 0:
-            fooled.append(0)
-            continue
-        hit, examples, classes, bad = _attack_level(name, attack, fmodel, served, images, labels, epsilon, idx, config)
-        rejected += bad
-        fooled_at[hit] = index
-        adversarial[hit] = examples
-        adversarial_class[hit] = classes
-        fooled.append(len(hit))
+        newly = 0
+        for stage_number, stage in enumerate(stages(name)):
+            if len(idx) == 0:
+                break
+            level = attack_level(
+                stage, attacker, served, images, labels, clean_logits, epsilon, idx, config,
+                epsilon_index=index, seed_key=(stage_number,),
+            )
+            rejected += level.rejected
+            margins.extend(level.progress)
+            fooled_at[level.fooled_idx] = index
+            adversarial[level.fooled_idx] = level.examples
+            adversarial_class[level.fooled_idx] = level.classes
+            if epsilon > 0:
+                fooled_by[level.fooled_idx] = stage
+            newly += len(level.fooled_idx)
+            idx = np.setdiff1d(idx, level.fooled_idx)
+        fooled.append(newly)
     bar.close()
-    return fooled_at, adversarial, adversarial_class, attacked, fooled, rejected
+    return Sweep(
+        epsilons=config.epsilons, labels=labels, clean_class=clean_class, fooled_at=fooled_at, adversarial=adversarial,
+        adversarial_class=adversarial_class, attacked=tuple(attacked), fooled=tuple(fooled), rejected=rejected,
+        noise_fooled_at=None, fooled_by=fooled_by, progress=tuple(margins),
+    )
 
 
 def run_sweep(
-    served: ServedModel, images: np.ndarray, labels: np.ndarray, config: AttackConfig, *, progress: bool = False
+    served: ServedModel, images: np.ndarray, labels: np.ndarray, config: AttackConfig, *, progress: bool = False,
+    attacker: Attacker | None = None,
 ) -> Sweep:
     """The configured attack over the grid, plus the uniform-noise reference unless disabled."""
+    import tensorflow as tf
+
+    tf.random.set_seed(config.seed)  # Foolbox's random starts and the noise reference draw from TensorFlow
     labels = np.asarray(labels, np.int64)
     images = np.asarray(images, np.float32)
-    clean_class = served.classes(images)
-    fmodel = foolbox_model(served)
-    fooled_at, adversarial, adversarial_class, attacked, fooled, rejected = nested_sweep(
-        config.attack, fmodel, served, images, labels, clean_class, config, progress=progress,
+    clean_logits = served.logits(images)
+    clean_class = served.classes(images)  # as the server reports them
+    attacker = Attacker(served, config) if attacker is None else attacker
+    sweep = nested_sweep(
+        config.attack, attacker, served, images, labels, clean_logits, clean_class, config, progress=progress,
         description=f"{served.model} v{served.version} {config.attack}",
     )
-    noise_fooled_at = None
     if config.noise_check and config.attack != "uniform_noise":
-        noise_fooled_at, *_ = nested_sweep(
-            "uniform_noise", fmodel, served, images, labels, clean_class, config, progress=progress,
+        noise = nested_sweep(
+            "uniform_noise", attacker, served, images, labels, clean_logits, clean_class, config, progress=progress,
             description=f"{served.model} v{served.version} noise reference",
         )
-    return Sweep(
-        epsilons=config.epsilons, labels=labels, clean_class=clean_class, fooled_at=fooled_at,
-        adversarial=adversarial, adversarial_class=adversarial_class, attacked=tuple(attacked),
-        fooled=tuple(fooled), rejected=rejected, noise_fooled_at=noise_fooled_at,
-    )
+        sweep = Sweep(**{**sweep.__dict__, "noise_fooled_at": noise.fooled_at})
+    return sweep

@@ -39,7 +39,7 @@ def audit_app(tiny_repo, embedded_predictor, tmp_path):
     config = AuditConfig(
         model_repo=tiny_repo.path, dataset=tiny_repo.dataset_spec, samples=6, progress=False,
         database_url=f"sqlite:///{tmp_path / 'audits.sqlite'}", artefacts_dir=tmp_path / "artefacts",
-        attack=AttackConfig(epsilons=("0", "0.01"), steps=2, batch_size=6),
+        attack=AttackConfig(epsilons=("0", "0.01"), steps=2, batch_size=6, queries=20),
     )
     store = AuditStore(config.database_url)
     registry = CollectorRegistry()
@@ -154,7 +154,7 @@ def test_a_new_version_is_audited_once(tiny_repo, copy_repo, tmp_path):
     repo = copy_repo()
     config = AuditConfig(
         model_repo=repo, dataset=tiny_repo.dataset_spec, samples=4, progress=False, database_url=f"sqlite:///{tmp_path / 'a.sqlite'}",
-        artefacts_dir=tmp_path / "art", attack=AttackConfig(epsilons=("0", "0.01"), steps=1, batch_size=4, noise_check=False),
+        artefacts_dir=tmp_path / "art", attack=AttackConfig(epsilons=("0", "0.01"), steps=1, batch_size=4, noise_check=False, queries=20),
         models=(tiny_repo.baseline,),
     )
     store = AuditStore(config.database_url)

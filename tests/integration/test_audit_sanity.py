@@ -69,7 +69,7 @@ def masked_repo(tiny_repo, tmp_path_factory):
 def _config(tiny_repo):
     return AuditConfig(
         dataset=tiny_repo.dataset_spec, samples=8, progress=False,
-        attack=AttackConfig(epsilons=("0", "0.01", "0.08"), steps=3, batch_size=8),
+        attack=AttackConfig(epsilons=("0", "0.01", "0.08"), steps=3, batch_size=8, queries=20),
     )
 
 
@@ -87,17 +87,20 @@ def test_a_masked_gradient_fails_the_gradient_check_and_is_exported(masked_repo,
     runner = AuditRunner(config, predictor, store, AuditMetrics(registry))
     run_id, audit = runner.run(tiny_repo.baseline)
     checks = {c.name: c for c in audit.result.sanity}
-    assert not checks["gradients_nonzero"].passed
-    assert checks["gradients_nonzero"].detail.endswith("have an all-zero or non-finite input gradient")
+    assert not checks["gradients_not_vanishing"].passed
+    assert " images have a non-finite margin gradient or one under 0.001 of the logits' scale" in checks["gradients_not_vanishing"].detail
     assert not audit.result.sanity_passed
     run = store.get_run(run_id)
     assert run.status == "succeeded" and run.sanity_passed is False
-    assert {s["check"]: s["passed"] for s in run.sanity}["gradients_nonzero"] is False
+    assert {s["check"]: s["passed"] for s in run.sanity}["gradients_not_vanishing"] is False
     assert registry.get_sample_value(
-        "medrobust_audit_sanity_check_failed", {"model": tiny_repo.baseline, "check": "gradients_nonzero"}
+        "medrobust_audit_sanity_check_failed", {"model": tiny_repo.baseline, "check": "gradients_not_vanishing", "attack": "linf_pgd", "version": "1"}
     ) == 1
     # The honest model, same images, passes every check.
     honest_audit = AuditRunner(config, honest, store).run(tiny_repo.baseline)[1]
-    assert honest_audit.result.sanity_passed, honest_audit.result.sanity
+    # Two epochs on 160 images leave the tiny model answering mostly one class, which
+    # degenerate_predictions reports (test_audit_sanity_fixtures covers it); every other check passes.
+    failed = [c for c in honest_audit.result.sanity if not c.passed and c.name != "degenerate_predictions"]
+    assert not failed, failed
     # The masked model's forward pass is the honest one's on 8-bit-rounded input: same predictions, near enough.
     assert (audit.sweep.clean_class == honest_audit.sweep.clean_class).mean() >= 0.75

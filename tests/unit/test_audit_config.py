@@ -38,6 +38,7 @@ def test_paper_grid_is_the_default_and_parsing_sorts_and_dedups():
         ({"steps": 0}, "expected steps >= 1, got 0"),
         ({"restarts": 0}, "expected restarts >= 1, got 0"),
         ({"batch_size": 0}, "expected batch_size >= 1, got 0"),
+        ({"queries": 0}, "expected queries >= 1, got 0"),
     ],
 )
 def test_attack_config_validates_at_construction(kwargs, message):
@@ -55,8 +56,23 @@ def test_flags_win_over_environment_which_wins_over_defaults():
     assert config.schedule == "*/5 * * * *" and config.model_repo == Path("/models")
     assert config.attack.epsilons == ("0", "0.01") and config.dataset == "synthetic:30"
     defaults = config_from_env({})
-    assert defaults.samples == 256 and defaults.attack.steps == 20 and defaults.attack.restarts == 1
-    assert defaults.attack.attack == "linf_pgd" and defaults.metrics_port == 9101
+    assert defaults.samples == 256 and defaults.attack.iterations == 20 and defaults.attack.restarts == 1
+    assert defaults.attack.attack == "linf_pgd" and defaults.attacks == ("linf_pgd",) and defaults.metrics_port == 9101
+    assert defaults.attack.queries == 5000 and defaults.attack.seed == 0
+
+
+def test_several_attacks_each_with_its_own_default_steps():
+    config = config_from_env({"MEDROBUST_AUDIT_ATTACK": "linf_pgd,ensemble", "MEDROBUST_AUDIT_SEED": "4"})
+    assert config.attacks == ("linf_pgd", "ensemble")
+    assert [config.attack_config(a).iterations for a in config.attacks] == [20, 100]
+    assert config.attack_config("ensemble").seed == 4 == config.seed
+    assert config_from_env({}, attack=["apgd_t", "square", "apgd_t"]).attacks == ("apgd_t", "square")
+    given = config_from_env({}, attack=["linf_pgd", "apgd_ce"], steps=7)
+    assert [given.attack_config(a).iterations for a in given.attacks] == [7, 7]
+    with pytest.raises(ValueError, match="expected attacks among .* got 'pgd'"):
+        config_from_env({"MEDROBUST_AUDIT_ATTACK": "pgd"})
+    with pytest.raises(ValueError, match="expected an attack among the configured"):
+        config.attack_config("square")
 
 
 def test_malformed_environment_names_the_variable():

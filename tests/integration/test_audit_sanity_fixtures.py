@@ -1,0 +1,227 @@
+"""Every sanity check fails on a served model (or an attack) built to fail it, and passes an honest one.
+
+The fixture models are small analytic classifiers on 32x32 images, exported with the contract's
+three signatures and a model card and served by the real embedded backend, so the audit reaches
+them exactly as it reaches a trained network. A class-c image has channel c at 0.5 + d and the
+others at 0.5 - d; the honest model reads the channel means, so its margin is 40 d and an
+L-infinity perturbation of epsilon lowers it by at most 40 epsilon.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from audit.config import AttackConfig
+
+SIZE = 32
+K = 3
+GRID = ("0", "0.01", "0.02", "0.04")
+PATCH = slice(15, 17)  # the plateau model's trigger: the 2x2 pixels at the centre, where Square's squares fall
+TRIGGER = 0.5 + 0.9 * 0.04  # the patch's mean must rise by 0.9 x 0.04: only a whole +0.04 patch reaches it
+
+
+def _images(contrast: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    x = np.full((len(labels), SIZE, SIZE, K), 0.5, np.float32) - contrast[:, None, None, None]
+    x[np.arange(len(labels)), :, :, labels] = (0.5 + contrast)[:, None, None]
+    x += rng.uniform(-0.005, 0.005, x.shape).astype(np.float32)
+    x[:, PATCH, PATCH, :] = 0.5
+    return np.clip(x, 0.0, 1.0)
+
+
+def _logits_fn(kind: str):
+    import tensorflow as tf
+
+    phases = tf.constant(np.random.default_rng(3).choice([-1.0, 1.0], (SIZE * SIZE * K, K)).astype(np.float32))
+
+    def base(image, weight=20.0):
+        return weight * tf.reduce_mean(image, axis=(1, 2))
+
+    def logits(image):
+        if kind == "honest":
+            return base(image)
+        if kind == "one_class":  # answers class 0 whatever the image
+            return 0.1 * base(image) + tf.constant([6.0, 0.0, 0.0])
+        if kind == "zero_gradient":  # an 8-bit input quantiser: the classic obfuscated gradient
+            return base(tf.round(image * 255.0) / 255.0)
+        if kind == "shattered":  # a tiny high-frequency term whose gradient drowns the signal
+            wave = tf.sin(1000.0 * tf.matmul(tf.reshape(image, (-1, SIZE * SIZE * K)), phases))
+            return base(image) + 0.3 * wave
+        if kind == "plateau":  # a saturated gate: +20 on class 0 once the patch is brightened by 0.04 throughout
+            patch = tf.reduce_mean(image[:, PATCH, PATCH, :], axis=(1, 2, 3))
+            gate = tf.sigmoid(1e4 * (patch - TRIGGER))
+            return base(image) + 20.0 * gate[:, None] * tf.constant([1.0, 0.0, 0.0])
+        raise ValueError(kind)
+
+    return logits
+
+
+def export_fixture(kind: str, repo) -> str:
+    """A served model named `<kind>-resnet50-baseline` with the contract's signatures and a card."""
+    import tensorflow as tf
+
+    name = f"{kind}-resnet50-baseline"  # the repository serves task-backbone-variant names only
+    target = repo / name / "1"
+    logits_of = _logits_fn(kind)
+    image_spec = tf.TensorSpec([None, SIZE, SIZE, 3], tf.float32, name="image")
+
+    class Fixture(tf.Module):
+        @tf.function(input_signature=[image_spec])
+        def serve(self, image):
+            z = logits_of(image)
+            return {"logits": z, "probabilities": tf.nn.softmax(z), "class_id": tf.argmax(z, -1, output_type=tf.int64)}
+
+        @tf.function(input_signature=[image_spec])
+        def gradcam(self, image):
+            z = logits_of(image)
+            return {
+                "probabilities": tf.nn.softmax(z), "class_id": tf.argmax(z, -1, output_type=tf.int64),
+                "heatmap": tf.zeros(tf.shape(image)[:3]),
+            }
+
+        @tf.function(input_signature=[image_spec, tf.TensorSpec([None, K], tf.float32, name="cotangent")])
+        def vjp(self, image, cotangent):
+            with tf.GradientTape() as tape:
+                tape.watch(image)
+                z = logits_of(image)
+                total = tf.reduce_sum(z * cotangent)
+            return {"logits": z, "gradient": tape.gradient(total, image, unconnected_gradients=tf.UnconnectedGradients.ZERO)}
+
+    module = Fixture()
+    tf.saved_model.save(module, str(target), signatures={"serving_default": module.serve, "gradcam": module.gradcam, "vjp": module.vjp})
+    card = {
+        "name": name, "task": "fixture", "backbone": "analytic", "attention": False, "num_classes": K,
+        "class_names": ["a", "b", "c"], "input_size": [SIZE, SIZE], "pixel_range": [0.0, 1.0],
+        "signatures": {
+            "serving_default": {"inputs": ["image"], "outputs": ["logits", "probabilities", "class_id"]},
+            "gradcam": {"inputs": ["image"], "outputs": ["probabilities", "class_id", "heatmap"]},
+            "vjp": {"inputs": ["image", "cotangent"], "outputs": ["logits", "gradient"]},
+        },
+    }
+    (target / "assets.extra").mkdir(exist_ok=True)
+    (target / "assets.extra" / "model_card.json").write_text(json.dumps(card))
+    return name
+
+
+KINDS = ("honest", "one_class", "zero_gradient", "shattered", "plateau")
+
+
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory):
+    from service.embedded import EmbeddedPredictor
+
+    repo = tmp_path_factory.mktemp("sanity-fixtures")
+    names = {kind: export_fixture(kind, repo) for kind in KINDS}
+    predictor = EmbeddedPredictor(repo, max_loaded=len(KINDS), poll_seconds=3600)
+    yield predictor, names
+    predictor.close()
+
+
+def audit_checks(fixtures, kind: str, *, attack: str = "linf_pgd", contrast=None, attacker_cls=None, **config):
+    """Sweep and checks for one fixture model, on 24 images of 3 balanced classes."""
+    from audit.attacks import Attacker
+    from audit.foolbox_model import ServedModel
+    from audit.sanity import run_checks
+    from audit.sweep import run_sweep
+
+    predictor, names = fixtures
+    labels = np.arange(24, dtype=np.int64) % K
+    contrast = np.linspace(0.011, 0.06, 24).astype(np.float32) if contrast is None else contrast
+    images = _images(contrast, labels)
+    settings = {"epsilons": GRID, "steps": 10, "queries": 300, "batch_size": 64, **config}
+    attack_config = AttackConfig(attack=attack, **settings)
+    served = ServedModel(predictor, names[kind], 1, batch_size=64)
+    attacker = (attacker_cls or Attacker)(served, attack_config)
+    sweep = run_sweep(served, images, labels, attack_config, attacker=attacker)
+    checks = run_checks(served, attacker, sweep, images, labels, attack_config, clean_logits=served.logits(images))
+    return sweep, {c.name: c for c in checks}
+
+
+@pytest.mark.parametrize("attack", ["linf_pgd", "ensemble"])
+def test_the_honest_model_passes_every_check(fixtures, attack):
+    sweep, checks = audit_checks(fixtures, "honest", attack=attack)
+    assert all(c.passed for c in checks.values()), [c for c in checks.values() if not c.passed]
+    # The linear model's exact robust set: the best perturbation lowers the true channel's mean and
+    # raises another's by epsilon each, so an image stands iff its margin exceeds 40 epsilon.
+    predictor, names = fixtures
+    clean = _images(np.linspace(0.011, 0.06, 24).astype(np.float32), sweep.labels)
+    logits = np.asarray(predictor.predict(names["honest"], clean, version=1).logits, np.float64)
+    rows = np.arange(24)
+    others = np.where(np.eye(K, dtype=bool)[sweep.labels], -np.inf, logits)
+    margin = logits[rows, sweep.labels] - others.max(axis=1)
+    for index, eps in enumerate(GRID):
+        exact = margin > 40 * float(eps) + 1e-4
+        borderline = np.abs(margin - 40 * float(eps)) <= 1e-4
+        assert np.array_equal(sweep.robust_mask(index)[~borderline], exact[~borderline]), eps
+
+
+def test_a_one_class_model_fails_degenerate_predictions(fixtures):
+    _, checks = audit_checks(fixtures, "one_class")
+    assert not checks["degenerate_predictions"].passed
+    assert checks["degenerate_predictions"].detail.startswith("100.0% of the clean predictions are class 0")
+
+
+def test_a_zero_gradient_model_fails_the_gradient_and_progress_checks(fixtures):
+    _, checks = audit_checks(fixtures, "zero_gradient")
+    assert not checks["gradients_not_vanishing"].passed
+    assert checks["gradients_not_vanishing"].detail.startswith("24 of 24 images")
+    assert not checks["attack_made_progress"].passed
+
+
+def test_a_shattered_gradient_model_fails_attack_made_progress(fixtures):
+    _, checks = audit_checks(fixtures, "shattered")
+    assert checks["gradients_not_vanishing"].passed  # its gradients are large: only their use shows the lie
+    assert not checks["attack_made_progress"].passed, checks["attack_made_progress"].detail
+
+
+@pytest.mark.parametrize("attack", ["linf_pgd", "ensemble"])
+def test_a_plateau_model_fails_black_box_not_stronger(fixtures, attack):
+    """Square finds the patch that flips the saturated gate; the gradient attacks see no slope to it."""
+    sweep, checks = audit_checks(fixtures, "plateau", attack=attack, contrast=np.full(24, 0.2, np.float32), queries=1000)
+    assert not checks["black_box_not_stronger"].passed, checks["black_box_not_stronger"].detail
+    if attack == "ensemble":
+        fooled_by = sweep.fooled_by_counts()
+        assert fooled_by.get("square", 0) > 0 and fooled_by.get("apgd_ce", 0) == 0 and fooled_by.get("apgd_t", 0) == 0
+        # Class 0 gains from the gate and stands; the other two classes all fall: a worst class of 0.
+        standing = sweep.robust_mask(GRID.index("0.04"))
+        assert standing[sweep.labels == 0].all() and not standing[sweep.labels != 0].any()
+
+
+def test_a_broken_attack_fails_independent_epsilons_consistent(fixtures):
+    """An attack that gives up above 0.01 still gives a monotone nested curve; attacked afresh it does not.
+
+    Margins of 0.32 fall at 0.01 (by 0.4), so the nested sweep has nothing left to attack at 0.02.
+    """
+    from audit.attacks import Attacker, Candidates
+
+    class GivesUp(Attacker):
+        def __call__(self, name, images, labels, epsilon, clean_logits, rng):
+            if epsilon > 0.01:
+                return Candidates(images, None)
+            return super().__call__(name, images, labels, epsilon, clean_logits, rng)
+
+    sweep, checks = audit_checks(fixtures, "honest", attacker_cls=GivesUp, contrast=np.full(24, 0.008, np.float32),
+                                 epsilons=("0", "0.01", "0.02"))
+    robust = [float(sweep.robust_mask(i).mean()) for i in range(3)]
+    assert robust == sorted(robust, reverse=True)  # the nested curve cannot show it
+    assert not checks["independent_epsilons_consistent"].passed, checks["independent_epsilons_consistent"].detail
+
+
+def test_noise_stronger_than_the_attack_is_judged_per_image():
+    """Totals can hide it: noise fools image 0 early while the attack fools image 1 early instead."""
+    from audit.sanity import noise_check
+    from audit.sweep import NEVER, Sweep
+
+    labels = np.zeros(2, np.int64)
+    sweep = Sweep(
+        epsilons=("0", "0.01", "0.02"), labels=labels, clean_class=labels, fooled_at=np.array([NEVER, 1]),
+        adversarial=np.zeros((2, 1, 1, 3), np.float32), adversarial_class=labels, attacked=(2, 2, 1), fooled=(0, 1, 0),
+        rejected=0, noise_fooled_at=np.array([1, NEVER]),
+    )
+    check = noise_check(sweep)
+    assert not check.passed and "uniform noise fooled 1 images at a smaller epsilon than the attack" in check.detail
+    same = Sweep(**{**sweep.__dict__, "noise_fooled_at": np.array([NEVER, 2])})
+    assert noise_check(same).passed
