@@ -1,9 +1,10 @@
 """`medrobust reproduce`: the paper's experiment as one resumable command.
 
 For each backbone, baseline and attention, each seed: train with the paper's recipe, export into
-`<out>/model-repo`, audit on one shared audit set over the paper's epsilon grid through the embedded
-backend; then draw the paper's figures, the results table and the manifest (see
-`reproduce_grid` and `reproduce_report`). Nothing heavy is imported until the command runs.
+`<out>/model-repo`, audit with each attack (L-inf PGD by default; e.g. also AutoAttack's ensemble) on
+one shared audit set over the paper's epsilon grid through the embedded backend; then draw the
+paper's figures, the results table and the manifest (see `reproduce_grid` and `reproduce_report`).
+Nothing heavy is imported until the command runs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from audit.config import ATTACKS, DEFAULT_STEPS, AttackConfig, parse_attacks
 from medrobust.env import env_str
 
 BACKBONES = ("resnet50", "inception_resnet_v2")
@@ -60,6 +62,16 @@ def _variants(text: str) -> tuple[str, ...]:
     return names
 
 
+def _attacks(text: str) -> tuple[str, ...]:
+    try:
+        names = parse_attacks(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if "l2_pgd" in names:  # the grid's epsilons are L-inf radii
+        raise argparse.ArgumentTypeError(f"expected L-inf attacks (the epsilon grid is L-inf), got l2_pgd in {text!r}")
+    return names
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "reproduce",
@@ -88,7 +100,18 @@ def register(subparsers) -> None:
     p.add_argument("--seeds", type=_int_list, default=(0, 1, 2), help="training seeds (default: 0,1,2)")
     p.add_argument("--samples", type=_positive_int, default=256, help="audit images, the same for every model (default: 256)")
     p.add_argument("--epsilons", help="comma-separated L-inf epsilons on [0,1] pixels (default: the paper's grid; 0 is always added)")
+    p.add_argument(
+        "--attacks", type=_attacks, default=("linf_pgd",),
+        help=f"comma-separated, each cell audited with each: {', '.join(a for a in ATTACKS if a != 'l2_pgd')} "
+             "(default: linf_pgd, the paper's; ensemble = AutoAttack's apgd_ce, apgd_t, then square on the images "
+             "still standing). Adding an attack to a finished run audits its models again, training nothing",
+    )
     p.add_argument("--steps", type=_positive_int, default=20, help="PGD steps (default: 20)")
+    p.add_argument("--apgd-steps", type=_positive_int, help=f"APGD iterations, alone and in the ensemble (default: {DEFAULT_STEPS['apgd_ce']})")
+    p.add_argument(
+        "--queries", type=_positive_int,
+        help=f"Square Attack's queries per image and epsilon, alone and in the ensemble (default: {AttackConfig.queries})",
+    )
     p.add_argument("--out", type=Path, default=Path(env_str("REPRODUCE_OUT", "reproduce")), help="state, model repository and checkpoints (default: MEDROBUST_REPRODUCE_OUT or ./reproduce)")
     p.add_argument("--report-dir", type=Path, help="where the figures, tables and manifest go (default: --out)")
     p.add_argument(
@@ -119,6 +142,7 @@ def _config(args: argparse.Namespace, dataset_task: str):
             task=args.task or dataset_task, dataset=args.dataset, backbones=tuple(args.backbones), image_sizes=tuple(sizes),
             epochs=args.epochs, limit=args.limit, seeds=tuple(args.seeds), samples=args.samples, epsilons=epsilons,
             steps=args.steps, epoch_fraction=args.epoch_fraction, batch_size=args.batch_size, learning_rate=args.learning_rate, variants=tuple(args.variants), weights=args.weights,
+            attacks=tuple(args.attacks), apgd_steps=args.apgd_steps, queries=args.queries,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -134,7 +158,7 @@ def _jsonable(value):
 
 def _reproduce(args: argparse.Namespace) -> int:
     from medrobust.cli import UsageError
-    from medrobust.reproduce_grid import GridState, StateMismatch, merged, run_grid
+    from medrobust.reproduce_grid import GridState, StateMismatch, cell_audits, merged, run_grid
     from medrobust.reproduce_report import environment, write_report
     from training.datasets import DatasetError, load_dataset
 
@@ -185,7 +209,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         state.save()
         report_dir = args.report_dir or out
         doc = merged(state, others)
-        if any("audit" in c for c in doc["cells"].values()):
+        if any(cell_audits(c) for c in doc["cells"].values()):
             written = write_report(doc, report_dir, class_names=dataset.class_names)
             logging.getLogger(__name__).info("wrote %s", ", ".join(str(p) for p in written))
     return 0

@@ -1,7 +1,11 @@
 """The grid behind `medrobust reproduce`: train, export and audit each (backbone, variant, seed) cell.
 
-Each finished step of a cell (trained, then audited) is recorded in a JSON state file written
-atomically, so a rerun skips what is done and an interrupted training resumes from its checkpoint.
+Each finished step of a cell (trained, then audited once per attack) is recorded in a JSON state
+file written atomically, so a rerun skips what is done and an interrupted training resumes from its
+checkpoint. A cell's audits sit beside its "train" step, one key per attack: "audit" for L-inf PGD
+(the key every state file had before there were other attacks, so old files read unchanged) and
+"audit:<attack>" for any other, e.g. "audit:ensemble". Each audit records its attack's budget;
+rerunning with an added attack audits the finished cells with it and trains nothing.
 """
 
 from __future__ import annotations
@@ -15,10 +19,38 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from audit.config import DEFAULT_STEPS, AttackConfig
 from training.workflow import Variant, train_and_export
 
 STATE_FILE = "state.json"
-STATE_FORMAT = 1
+STATE_FORMAT = 1  # attacks added keys beside "audit", not a new layout
+DEFAULT_ATTACK = "linf_pgd"  # the paper's, and the attack of the "audit" key
+QUERY_ATTACKS = ("square", "ensemble")  # spend Square's query budget, alone or as the ensemble's last stage
+
+
+def audit_step(attack: str) -> str:
+    """The key of a cell's audit with `attack` in the state file."""
+    return "audit" if attack == DEFAULT_ATTACK else f"audit:{attack}"
+
+
+def cell_audits(cell: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A cell's finished audits by attack name (an old state file's "audit" is linf_pgd's)."""
+    found = {}
+    for key, value in cell.items():
+        if key == "audit":
+            found[DEFAULT_ATTACK] = value
+        elif key.startswith("audit:"):
+            found[key.removeprefix("audit:")] = value
+    return found
+
+
+def stored_budget(record: dict[str, Any], attack: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The budget an audit record was made with; PGD audits stored before budgets were recorded had the grid's steps."""
+    if "budget" in record:
+        return record["budget"]
+    if attack == DEFAULT_ATTACK:
+        return {"restarts": 1, "steps": settings["steps"]}
+    return {}
 
 
 @dataclass(frozen=True)
@@ -59,6 +91,11 @@ class GridConfig:
     learning_rate: float = 0.01  # the paper's; from random initialisation a smaller one may be needed
     variants: tuple[str, ...] = ("baseline", "attention")
     weights: str | None = None  # backbone initialisation: None (random), "imagenet" or a weights file
+    # Attacks and their budgets are not the grid's identity: an added attack audits the same models.
+    # Each audit records its budget instead (see `budget`), and a rerun must not change it.
+    attacks: tuple[str, ...] = (DEFAULT_ATTACK,)
+    apgd_steps: int | None = None  # APGD's iterations, alone and in the ensemble; None: its default (100)
+    queries: int | None = None  # Square's queries per image and epsilon, alone and in the ensemble; None: its default
 
     def image_size(self, backbone: str) -> int:
         return self.image_sizes[self.backbones.index(backbone)]
@@ -75,8 +112,27 @@ class GridConfig:
         doc.pop("variants")
         doc.pop("backbones")
         doc.pop("image_sizes")
+        for name in ("attacks", "apgd_steps", "queries"):
+            doc.pop(name)
         doc["image_size_by_backbone"] = dict(zip(self.backbones, self.image_sizes))
         return json.loads(json.dumps(doc))  # as the state file holds it (tuples become lists)
+
+    def attack_config(self, attack: str) -> AttackConfig:
+        """The protocol of one attack on this grid: --steps for PGD, --apgd-steps for APGD (alone or in the
+        ensemble), --queries for Square (likewise)."""
+        steps = self.steps if attack == DEFAULT_ATTACK else self.apgd_steps if attack in DEFAULT_STEPS else None
+        queries = {} if self.queries is None else {"queries": self.queries}
+        return AttackConfig(attack=attack, epsilons=self.epsilons, steps=steps, seed=self.audit_seed, **queries)
+
+    def budget(self, attack: str) -> dict[str, Any]:
+        """What an attack spends per image and epsilon: iterations, queries, restarts (recorded with its audits)."""
+        config = self.attack_config(attack)
+        doc: dict[str, Any] = {"restarts": config.restarts}
+        if attack in DEFAULT_STEPS:
+            doc["steps"] = config.iterations
+        if attack in QUERY_ATTACKS:
+            doc["queries"] = config.queries
+        return doc
 
 
 class StateMismatch(ValueError):
@@ -115,7 +171,9 @@ class GridState:
             doc["config"]["image_size_by_backbone"] = {
                 **stored.get("image_size_by_backbone", {}), **mine["image_size_by_backbone"]
             }
-            return cls(path, doc)
+            state = cls(path, doc)
+            state.check_budgets(config)
+            return state
         out.mkdir(parents=True, exist_ok=True)
         state = cls(path, {"format": STATE_FORMAT, "config": config.identity(), "cells": {}, "invocations": []})
         state.save()
@@ -126,6 +184,24 @@ class GridState:
         tmp.write_text(json.dumps(self.doc, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, self.path)
 
+    def check_budgets(self, config: GridConfig) -> None:
+        """Raise StateMismatch if a cell was audited with one of `config.attacks` at another budget.
+
+        A mean over seeds audited at two budgets would mean neither; a stronger budget needs another --out.
+        """
+        for attack in config.attacks:
+            given = config.budget(attack)
+            for key, cell in sorted(self.doc["cells"].items()):
+                record = cell.get(audit_step(attack))
+                if record is None:
+                    continue
+                stored = stored_budget(record, attack, self.doc["config"])
+                if stored != given:
+                    raise StateMismatch(
+                        f"{self.path}: {key} was audited with {attack} at {_budget_text(stored)}, given "
+                        f"{_budget_text(given)}; give the same --steps, --apgd-steps and --queries, or use another --out"
+                    )
+
     def cell(self, cell: Cell) -> dict[str, Any]:
         return self.doc["cells"].get(cell.key, {})
 
@@ -134,13 +210,22 @@ class GridState:
         entry[step] = value
         self.save()
 
-    def done(self, cell: Cell) -> bool:
-        return "audit" in self.cell(cell)
+    def audited(self, cell: Cell, attack: str) -> bool:
+        return audit_step(attack) in self.cell(cell)
+
+    def done(self, cell: Cell, attacks: tuple[str, ...] = (DEFAULT_ATTACK,)) -> bool:
+        """Trained and audited with every one of `attacks`."""
+        return all(self.audited(cell, a) for a in attacks)
+
+
+def _budget_text(budget: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(budget.items())) or "no recorded budget"
 
 
 def merged(state: GridState, others: list[GridState]) -> dict[str, Any]:
     """`state`'s document plus the finished cells of `others` (same settings) that it lacks.
 
+    A cell is finished with any audit, and is taken whole (every attack's audit is of one model).
     Cells keep the model repository they were exported to, so versions stay traceable.
     """
     doc = json.loads(json.dumps(state.doc))
@@ -148,7 +233,7 @@ def merged(state: GridState, others: list[GridState]) -> dict[str, Any]:
         sizes = other.doc["config"]["image_size_by_backbone"]
         doc["config"]["image_size_by_backbone"] = {**sizes, **doc["config"]["image_size_by_backbone"]}
         for key, cell in other.doc["cells"].items():
-            if "audit" in cell and "audit" not in doc["cells"].get(key, {}):
+            if cell_audits(cell) and not cell_audits(doc["cells"].get(key, {})):
                 doc["cells"][key] = {**cell, "out": str(other.path.parent)}
         doc["invocations"] = doc.get("invocations", []) + [
             {**i, "out": str(other.path.parent)} for i in other.doc.get("invocations", [])
@@ -161,25 +246,23 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m{seconds % 60:02d}s" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def _audit_record(audit) -> dict[str, Any]:
+def _audit_record(audit, budget: dict[str, Any]) -> dict[str, Any]:
     result = audit.result
     return {
         "model": result.model,
         "version": result.version,
+        "attack": result.attack,
+        "budget": budget,
+        "seed": result.seed,
         "clean_accuracy": result.clean_accuracy,
         "balanced_clean_accuracy": result.balanced_clean_accuracy,
-        "points": [
-            {
-                "epsilon": p.epsilon,
-                "robust_accuracy": p.robust_accuracy,
-                "balanced_robust_accuracy": p.balanced_robust_accuracy,
-                "noise_robust_accuracy": p.noise_robust_accuracy,
-                "attacked": p.attacked,
-                "fooled": p.fooled,
-            }
-            for p in result.points
-        ],
+        # Per point: robust, balanced and worst-class robust accuracy, the Wilson 95% interval, per-class recall.
+        "points": [p.to_json() for p in result.points],
         "robustness_score": result.robustness_score,
+        "predicted_class_max_share": result.predicted_class_max_share,
+        "degenerate": result.degenerate,
+        # Which of the ensemble's stages fooled each image first (the sweep's count until the result carries it).
+        "fooled_by": dict(result.fooled_by) or audit.sweep.fooled_by_counts(),
         "audit_set": result.audit_set.fingerprint,
         "audit_set_size": len(result.audit_set),
         "sanity": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in result.sanity],
@@ -197,26 +280,35 @@ def run_grid(
     progress: bool = False,
     log: Callable[[str], None] = print,
 ) -> list[Cell]:
-    """Train, export and audit every unfinished cell; returns the cells this call worked on."""
-    from audit.config import AttackConfig, AuditConfig
+    """Train, export and audit (with each of `config.attacks`) every unfinished cell; returns the cells
+    this call worked on. A trained cell is only audited with the attacks it lacks."""
+    from audit.config import AuditConfig
     from audit.runner import audit_model
     from service.embedded import EmbeddedPredictor
     from training.recipe import Recipe
 
     repo = out / "model-repo"
     cells = config.cells()
-    todo = [c for c in cells if not state.done(c)]
-    log(f"reproduce {config.task}: {len(cells)} cells, {len(cells) - len(todo)} already finished, {len(todo)} to run")
-    audit_config = AuditConfig(
-        dataset=config.dataset, model_repo=repo, attack=AttackConfig(epsilons=config.epsilons, steps=config.steps),
-        samples=config.samples, seed=config.audit_seed, progress=progress,
+    attacks = config.attacks
+    todo = [c for c in cells if not state.done(c, attacks)]
+    untrained = sum(1 for c in todo if "train" not in state.cell(c))
+    log(
+        f"reproduce {config.task}: {len(cells)} cells, attacks {', '.join(attacks)}; {len(cells) - len(todo)} already "
+        f"finished, {len(todo)} to run ({untrained} to train)"
     )
+    audit_configs = {
+        attack: AuditConfig(
+            dataset=config.dataset, model_repo=repo, attack=config.attack_config(attack), samples=config.samples,
+            seed=config.audit_seed, progress=progress,
+        )
+        for attack in attacks
+    }
     predictor = EmbeddedPredictor(repo, max_loaded=2, poll_seconds=0.0)
     started = time.perf_counter()
     worked: list[Cell] = []
     try:
         for cell in cells:
-            if state.done(cell):
+            if state.done(cell, attacks):
                 continue
             number = cells.index(cell) + 1
             prefix = f"[cell {number}/{len(cells)}] {cell.key}"
@@ -247,12 +339,17 @@ def run_grid(
                 shutil.rmtree(workdir, ignore_errors=True)  # the exported version is what counts now
                 record = state.cell(cell)
             train = record["train"]
-            log(f"{prefix}: auditing {train['model']} version {train['version']} (elapsed {_clock(time.perf_counter() - started)})")
             predictor.refresh()
-            audit = audit_model(predictor, train["model"], dataset, audit_config, version=int(train["version"]))
-            state.record(cell, "audit", _audit_record(audit))
-            points = " ".join(f"{p.epsilon}:{p.robust_accuracy:.2f}" for p in audit.result.points)
-            log(f"{prefix}: clean {audit.result.clean_accuracy:.3f}, robust {points} (elapsed {_clock(time.perf_counter() - started)})")
+            for attack in attacks:
+                if state.audited(cell, attack):
+                    continue
+                log(f"{prefix}: auditing {train['model']} version {train['version']} with {attack} "
+                    f"(elapsed {_clock(time.perf_counter() - started)})")
+                audit = audit_model(predictor, train["model"], dataset, audit_configs[attack], version=int(train["version"]))
+                state.record(cell, audit_step(attack), _audit_record(audit, config.budget(attack)))
+                points = " ".join(f"{p.epsilon}:{p.robust_accuracy:.2f}" for p in audit.result.points)
+                log(f"{prefix}: {attack}: clean {audit.result.clean_accuracy:.3f}, robust {points} "
+                    f"(elapsed {_clock(time.perf_counter() - started)})")
     finally:
         predictor.close()
     return worked

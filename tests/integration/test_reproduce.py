@@ -1,8 +1,13 @@
-"""`medrobust reproduce` end to end in its quick mode: the whole grid, every output, and resumption."""
+"""`medrobust reproduce` end to end in its quick mode: the whole grid, every output, resumption, and
+re-auditing the finished grid with a second attack."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -75,11 +80,15 @@ def test_every_cell_is_audited_on_the_same_images_over_the_grid(resumed):
     out, *_ = resumed
     state = json.loads((out / grid.STATE_FILE).read_text())
     assert sorted(state["cells"]) == sorted(CELLS)
+    assert all(grid.cell_audits(cell).keys() == {"linf_pgd"} for cell in state["cells"].values())
     audits = [cell["audit"] for cell in state["cells"].values()]
     assert len({a["audit_set"] for a in audits}) == 1 and {a["audit_set_size"] for a in audits} == {8}
     for a in audits:
+        assert a["attack"] == "linf_pgd" and a["budget"] == {"restarts": 1, "steps": 2}
         assert [p["epsilon"] for p in a["points"]] == ["0", *EPSILONS]
         assert a["points"][0]["robust_accuracy"] == a["clean_accuracy"]
+        assert all(p["robust_accuracy_lower"] <= p["robust_accuracy"] <= p["robust_accuracy_upper"] for p in a["points"])
+        assert isinstance(a["degenerate"], bool) and 0 < a["predicted_class_max_share"] <= 1
     # Seeds are versions of the same two models in the grid's own repository.
     versions = sorted((c["train"]["model"], c["train"]["version"]) for c in state["cells"].values())
     assert versions == [("demo-resnet50-attention", 1), ("demo-resnet50-attention", 2),
@@ -92,7 +101,8 @@ def test_writes_the_figure_the_tables_and_the_manifest(resumed):
     figure = out / figure_name("demo", "resnet50")
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 10_000
     results = json.loads((out / RESULTS_JSON).read_text())
-    entry = results["backbones"]["resnet50"]
+    assert [r["attack"] for r in results["results"]] == ["linf_pgd"]
+    entry = results["results"][0]["backbones"]["resnet50"]
     for variant in ("baseline", "attention"):
         stats = entry["variants"][variant]
         assert stats["seeds"] == [0, 1] and stats["clean_accuracy"]["n"] == 2
@@ -102,7 +112,9 @@ def test_writes_the_figure_the_tables_and_the_manifest(resumed):
                                       entry["variants"]["baseline"]["robust_accuracy"]["0.04"]["values"])]
     assert gain["values"] == pytest.approx(expected)
     table = (out / RESULTS_MD).read_text()
-    assert "| attention gain |" in table and all(f"ε={e}" in table for e in EPSILONS)
+    assert "| attention gain |" in table and all(f"ε={e} |" in table for e in EPSILONS)
+    assert "- **PGD** (`linf_pgd`; the paper's attack): 2 steps, 1 restart; 4 models." in table
+    assert "Worst-class robust accuracy" in table
     assert figure.name in table
     manifest = json.loads((out / MANIFEST).read_text())
     statuses = [i["status"] for i in manifest["invocations"]]
@@ -182,7 +194,7 @@ def test_report_only_merges_seeds_run_in_other_out_directories(tmp_path):
         _finished(state_b, Cell("resnet50", attention, 1), 0.7 + 0.2 * attention)
     assert run(tmp_path / "a", "--merge", str(tmp_path / "b")) == 0
     results = json.loads((tmp_path / "report" / RESULTS_JSON).read_text())
-    entry = results["backbones"]["resnet50"]
+    entry = results["results"][0]["backbones"]["resnet50"]
     assert entry["variants"]["attention"]["seeds"] == [0, 1]
     assert entry["variants"]["baseline"]["clean_accuracy"]["mean"] == pytest.approx(0.6)
     assert entry["attention_gain"]["clean_accuracy"]["values"] == pytest.approx([0.2, 0.2])
@@ -224,3 +236,139 @@ def test_a_learning_rate_must_be_positive(tmp_path, capsys):
         main(["reproduce", "--dataset", "synthetic:90", "--out", str(tmp_path / "out"), "--learning-rate", "0"])
     assert exited.value.code == 2
     assert "expected a number > 0, got 0" in capsys.readouterr().err
+
+
+def test_attacks_must_be_known_and_l_inf(tmp_path, capsys):
+    for attacks, message in (("linf_pgd,bogus", "expected attacks among"), ("l2_pgd", "expected L-inf attacks")):
+        with pytest.raises(SystemExit) as exited:
+            main(["reproduce", "--dataset", "synthetic:90", "--out", str(tmp_path / "out"), "--attacks", attacks])
+        assert exited.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def _config(**changes) -> grid.GridConfig:
+    return replace(grid.GridConfig(
+        task="demo", dataset="synthetic:90", backbones=("resnet50",), image_sizes=(32,), epochs=1, limit=40,
+        seeds=(0, 1), samples=8, epsilons=("0", "0.01"), steps=2,
+    ), **changes)
+
+
+def test_a_state_stored_before_attacks_reads_its_audit_as_pgd(tmp_path):
+    cell = grid.Cell("resnet50", False, 0)
+    state = grid.GridState.open(tmp_path, _config())
+    state.record(cell, "train", {"model": "demo-resnet50-baseline", "version": 1})
+    state.record(cell, "audit", {"clean_accuracy": 0.5})  # no attack, no budget: as every audit was stored
+    with_ensemble = _config(attacks=("linf_pgd", "ensemble"), apgd_steps=2, queries=20)
+    reopened = grid.GridState.open(tmp_path, with_ensemble)
+    assert reopened.doc["config"] == state.doc["config"], "adding an attack keeps the grid's identity"
+    assert grid.cell_audits(reopened.cell(cell)) == {"linf_pgd": {"clean_accuracy": 0.5}}
+    assert reopened.done(cell) and not reopened.done(cell, with_ensemble.attacks)
+    with pytest.raises(grid.StateMismatch, match=r"steps: stored 2, given 3"):
+        grid.GridState.open(tmp_path, _config(steps=3))
+
+
+def test_merge_takes_a_cell_whole_with_every_attacks_audit(tmp_path):
+    config = _config(attacks=("linf_pgd", "ensemble"))
+    mine, other = grid.GridState.open(tmp_path / "a", config), grid.GridState.open(tmp_path / "b", config)
+    mine.record(grid.Cell("resnet50", False, 0), "audit", {"clean_accuracy": 0.5})
+    other.record(grid.Cell("resnet50", False, 0), "audit:ensemble", {"clean_accuracy": 0.9})  # another model
+    other.record(grid.Cell("resnet50", False, 1), "audit:ensemble", {"clean_accuracy": 0.7})
+    doc = grid.merged(mine, [other])
+    assert grid.cell_audits(doc["cells"]["resnet50/baseline/seed-0"]) == {"linf_pgd": {"clean_accuracy": 0.5}}
+    assert grid.cell_audits(doc["cells"]["resnet50/baseline/seed-1"]) == {"ensemble": {"clean_accuracy": 0.7}}
+
+
+# The second attack at tiny budgets, on seed 0's two finished cells only: two audits, no training.
+ENSEMBLE = ("--seeds", "0", "--attacks", "linf_pgd,ensemble", "--apgd-steps", "2", "--queries", "20")
+ENSEMBLE_BUDGET = {"restarts": 1, "steps": 2, "queries": 20}
+OLD_AUDIT = ("model", "version", "clean_accuracy", "balanced_clean_accuracy", "points", "robustness_score", "audit_set",
+             "audit_set_size", "sanity", "seconds")
+OLD_POINT = ("epsilon", "robust_accuracy", "balanced_robust_accuracy", "noise_robust_accuracy", "attacked", "fooled")
+
+
+def _as_stored_before_attacks(state: dict) -> dict:
+    """The state as `reproduce` wrote it before attacks: PGD's "audit" with no attack, budget or worst class."""
+    for cell in state["cells"].values():
+        audit = cell["audit"]
+        cell["audit"] = {k: audit[k] for k in OLD_AUDIT}
+        cell["audit"]["points"] = [{k: p[k] for k in OLD_POINT} for p in audit["points"]]
+    return state
+
+
+@pytest.fixture(scope="module")
+def reaudited(resumed, tmp_path_factory):
+    """A copy of the finished grid with its state rewritten as before attacks, rerun with the ensemble added."""
+    source, *_ = resumed
+    out = tmp_path_factory.mktemp("reaudit") / "out"
+
+    def copy(src, dst):  # the exported models are only read: linked, not copied; the rest is rewritten here
+        return os.link(src, dst) if "model-repo" in Path(src).parts else shutil.copy2(src, dst)
+
+    shutil.copytree(source, out, copy_function=copy)
+    before = _as_stored_before_attacks(json.loads((out / grid.STATE_FILE).read_text()))
+    (out / grid.STATE_FILE).write_text(json.dumps(before))
+    trained = []
+
+    def no_training(dataset, variant, **kwargs):
+        trained.append(variant)
+        raise SimulatedCrash("a trained cell was trained again")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(grid, "train_and_export", no_training)
+        assert _reproduce(out, *ENSEMBLE) == 0
+    return out, before, json.loads((out / grid.STATE_FILE).read_text()), trained
+
+
+def test_adding_an_attack_audits_the_finished_cells_with_it_and_trains_nothing(reaudited):
+    _, before, after, trained = reaudited
+    assert trained == []
+    assert after["config"] == before["config"], "an added attack is the same experiment"
+    for key in CELLS:
+        assert after["cells"][key]["train"] == before["cells"][key]["train"]
+        assert after["cells"][key]["audit"] == before["cells"][key]["audit"], "PGD's audit is kept, not rerun"
+    assert {key for key, c in after["cells"].items() if "audit:ensemble" in c} == set(CELLS[:2])
+    for key in CELLS[:2]:
+        pgd, ensemble = after["cells"][key]["audit"], after["cells"][key]["audit:ensemble"]
+        assert ensemble["attack"] == "ensemble" and ensemble["budget"] == ENSEMBLE_BUDGET
+        assert ensemble["audit_set"] == pgd["audit_set"] and ensemble["clean_accuracy"] == pgd["clean_accuracy"]
+        assert [p["epsilon"] for p in ensemble["points"]] == ["0", *EPSILONS]
+        assert all(p["worst_class_robust_accuracy"] <= p["balanced_robust_accuracy"] + 1e-9 for p in ensemble["points"])
+        assert set(ensemble["fooled_by"]) <= {"apgd_ce", "apgd_t", "square"}
+        assert {c["name"] for c in ensemble["sanity"]} >= {"black_box_not_stronger", "perturbations_bounded"}
+
+
+def test_the_report_shows_pgd_and_the_ensemble_side_by_side(reaudited):
+    out, *_ = reaudited
+    results = json.loads((out / RESULTS_JSON).read_text())
+    assert results["attacks"] == ["linf_pgd", "ensemble"]
+    pgd, ensemble = results["results"]
+    assert (pgd["attack"], pgd["budget"]) == ("linf_pgd", {"restarts": 1, "steps": 2}), "an old audit is PGD's"
+    assert (ensemble["attack"], ensemble["budget"]) == ("ensemble", ENSEMBLE_BUDGET)
+    assert pgd["backbones"]["resnet50"]["variants"]["baseline"]["seeds"] == [0, 1]
+    assert ensemble["backbones"]["resnet50"]["variants"]["baseline"]["seeds"] == [0]
+    assert "attention_gain" in ensemble["backbones"]["resnet50"]
+    table = (out / RESULTS_MD).read_text()
+    assert table.startswith("# demo: attention against baseline under L-inf PGD and AutoAttack's ensemble\n")
+    assert "| model | clean | ε=0.01 PGD | ε=0.01 ensemble | ε=0.04 PGD | ε=0.04 ensemble | ε=0.16 PGD |" in table
+    assert "- **PGD** (`linf_pgd`; the paper's attack): 2 steps, 1 restart; 4 models." in table
+    assert "2 APGD iterations, 20 Square queries, 1 restart; 2 models." in table
+    assert "Not every attack has audited every seed yet (PGD: seeds 0, 1; ensemble: seeds 0)" in table
+    assert "n/a: PGD audits stored before audits recorded the worst class." in table
+    assert (out / figure_name("demo", "resnet50")).stat().st_size > 10_000
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert list(manifest["cells"][CELLS[0]]["audits"]) == ["linf_pgd", "ensemble"]
+    assert manifest["invocations"][-1]["arguments"]["attacks"] == ["linf_pgd", "ensemble"]
+
+
+def test_report_only_redraws_every_attack_it_finds(reaudited, tmp_path):
+    out, *_ = reaudited
+    assert _reproduce(out, "--report-only", "--report-dir", str(tmp_path)) == 0  # --attacks left at linf_pgd
+    results = json.loads((tmp_path / RESULTS_JSON).read_text())
+    assert [r["attack"] for r in results["results"]] == ["linf_pgd", "ensemble"]
+
+
+def test_an_attack_is_not_resumed_at_another_budget(reaudited, capsys):
+    out, *_ = reaudited
+    assert _reproduce(out, *ENSEMBLE[:-1], "30") == 2
+    assert ("resnet50/attention/seed-0 was audited with ensemble at queries 20, restarts 1, steps 2, given queries 30, "
+            "restarts 1, steps 2") in capsys.readouterr().err
