@@ -14,7 +14,9 @@ _MODEL_PARAM = {
 }
 _VERSION_PARAM = {
     "name": "version", "in": "query", "required": False,
-    "schema": {"type": "string"}, "description": "A version number or TF Serving version label; the newest by default.",
+    # The same rule as service.api.parse_version: anything else is answered 400 invalid_version.
+    "schema": {"type": "string", "pattern": "^([0-9]{1,18}|[A-Za-z][A-Za-z0-9_.-]{0,63})$"},
+    "description": "A version number (at most 18 digits) or TF Serving version label; the newest by default.",
 }
 _EXPLAIN_PARAM = {
     "name": "explain", "in": "query", "required": False,
