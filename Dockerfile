@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # One image for every medrobust process: `serve` (the default), `audit worker`, `audit run`, `train`.
 #   docker build -t medrobust .
-#   docker run -p 8000:8000 -v "$PWD/model-repo:/models" medrobust
+#   docker run -p 8000:8000 -e MEDROBUST_API_TOKEN -v "$PWD/model-repo:/models" medrobust
+#   (serving on 0.0.0.0, it refuses to start without MEDROBUST_API_TOKEN unless --allow-anonymous)
 #   docker run medrobust audit worker
 # The compose stack (deploy/compose.yaml) and the Kubernetes base (deploy/k8s/) use this image.
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from audit.apgd import apgd, apgd_targeted
-from audit.config import AttackConfig
+from training.contract.config import AttackConfig
 from audit.foolbox_model import IterateRecorder, ServedModel, foolbox_model
 from audit.square import square_linf
 

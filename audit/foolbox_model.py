@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.predictor import Predictor, PredictorError, SignatureMissing
+from service.predictor import Predictor
+from training.contract.errors import PredictorError, SignatureMissing
 
 
 class AuditError(Exception):

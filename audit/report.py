@@ -10,7 +10,9 @@ and one HTML page beside them.
 
 from __future__ import annotations
 
+import contextlib
 import html
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -111,8 +113,21 @@ def draw_accuracy(runs: list[RunRecord]):
 
 def accuracy_figure(runs: list[RunRecord], path: Path) -> Path:
     """`draw_accuracy(runs)` saved as a PNG."""
-    draw_accuracy(runs).savefig(path)
+    with _atomic(path) as tmp:
+        draw_accuracy(runs).savefig(tmp, format="png")
     return path
+
+
+@contextlib.contextmanager
+def _atomic(path: Path):
+    """Write to a file beside `path`, then rename it into place: a reader (the front end serving
+    the picture) sees the old file or the whole new one, never a half-written PNG."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def perturbation_image(clean: np.ndarray, adversarial: np.ndarray) -> np.ndarray:
@@ -132,7 +147,7 @@ def examples_figure(examples: dict, class_names: list[str], path: Path) -> Path 
     from matplotlib.figure import Figure
 
     cols = 5 if "clean_heatmap" in examples else 3
-    fig = Figure(figsize=(2.2 * cols, 2.3 * n), dpi=100)
+    fig = Figure(figsize=(2.2 * cols, 2.3 * n), dpi=100, layout="constrained")
     axes = fig.subplots(n, cols, squeeze=False)
 
     def name(c) -> str:
@@ -156,8 +171,8 @@ def examples_figure(examples: dict, class_names: list[str], path: Path) -> Path 
                 axes[row, col].set_title(f"Grad-CAM {'clean' if key.startswith('clean') else 'adversarial'}", fontsize=7)
         for ax in axes[row]:
             ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path)
+    with _atomic(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path
 
 
@@ -233,7 +248,8 @@ def write_report(store: AuditStore, run_id: int, *, artefacts_root: Path, out_di
     class_names = list(store.audit_set(run.audit_set).class_names) if run.audit_set else []
     examples = examples_figure(load_examples(run), class_names, out / EXAMPLES)
     page = out / PAGE
-    page.write_text(render_page(run, partner, has_examples=examples is not None, dominant=dominant_class(store, run)))
+    with _atomic(page) as tmp:
+        tmp.write_text(render_page(run, partner, has_examples=examples is not None, dominant=dominant_class(store, run)))
     return page
 
 

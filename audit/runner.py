@@ -13,19 +13,20 @@ from pathlib import Path
 import numpy as np
 
 from audit.auditset import draw_audit_set
-from audit.config import AuditConfig
+from training.contract.config import AuditConfig
 from audit.foolbox_model import AuditError, ServedModel
 from audit.results import AuditResult, EpsilonPoint, SampleOutcome
 from audit.attacks import Attacker
 from audit.sanity import run_checks
 from audit.sweep import NEVER, Sweep, run_sweep
 from service.predictor import Predictor
+from training.contract.errors import HttpError
 
 log = logging.getLogger(__name__)
 EXAMPLES = 4
 
 
-class AuditInProgress(Exception):
+class AuditInProgress(HttpError):
     """A run of this model is already under way (the API answers 409)."""
 
     code = "audit_in_progress"
@@ -213,7 +214,16 @@ class AuditRunner:
 
         `release=False` keeps the model reserved for the next of several runs started together.
         """
-        record = self.store.get_run(run_id)
+        try:
+            record = self.store.get_run(run_id)
+        except BaseException:
+            # A store error before the run's own try must not leave its model reserved (answering
+            # 409 until the process restarts).
+            if release:
+                with self._lock:
+                    for model in [m for m, active in self._active.items() if active == run_id]:
+                        self._active.pop(model)
+            raise
         started = time.perf_counter()
         log.info("audit run %s: %s version %s, %s (%s)", run_id, record.model, record.version, record.attack, record.trigger)
         with self._lock:
@@ -250,7 +260,17 @@ class AuditRunner:
         if self.metrics is not None:
             self.metrics.count(record.model, "succeeded")
             self.metrics.publish(self.store.get_run(run_id))
+        self._draw_report(run_id)
         return audit
+
+    def _draw_report(self, run_id: int) -> None:
+        """The run's report, drawn once, here, when it ends (never on a page request)."""
+        from audit.report import write_report
+
+        try:
+            write_report(self.store, run_id, artefacts_root=self.config.artefacts_dir)
+        except Exception as exc:  # the figures are stored; a picture that cannot be drawn is not a failed run
+            log.warning("run %s: report not drawn: %s: %s", run_id, type(exc).__name__, exc)
 
     def run(
         self, model: str, *, trigger: str = "manual", version: int | None = None, attack: str | None = None

@@ -25,7 +25,7 @@ from dataclasses import replace
 import numpy as np
 
 from audit.attacks import GRADIENT_FREE, Attacker, stages
-from audit.config import AttackConfig
+from training.contract.config import AttackConfig
 from audit.foolbox_model import ServedModel
 from audit.results import DEGENERATE_SHARE, SanityCheck
 from audit.sweep import NEVER, Sweep, attack_level

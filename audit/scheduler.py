@@ -13,17 +13,49 @@ import threading
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from socketserver import ThreadingMixIn
 
-from audit.config import AuditConfig
+from training.contract.config import AuditConfig
 from audit.runner import AuditInProgress, AuditRunner
 
 log = logging.getLogger(__name__)
 
 
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+class BoundedWSGIServer(ThreadingMixIn, WSGIServer):
+    """A thread per connection, at most `max_threads` at once: a connection beyond them is closed
+    unanswered, so a flood of connections cannot create unbounded threads (a scrape retries)."""
+
     daemon_threads = True
+    block_on_close = False  # stop() must not wait for a client that never sends its request
+    max_threads = 8
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(self.max_threads)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            log.debug("metrics server: %d connections open, closing the one from %s", self.max_threads, client_address)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        # A client that went quiet past the handler's timeout is routine, not a traceback on stderr.
+        log.debug("metrics server: connection from %s failed", client_address, exc_info=True)
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = 5  # seconds a connection may hold its thread while sending nothing (a scrape sends at once)
+
     def log_message(self, format, *args):  # scrapes every few seconds would flood the log
         log.debug("metrics server: " + format, *args)
 
@@ -135,7 +167,7 @@ class AuditWorker:
         if self.serve_metrics:
             self.server = make_server(
                 self.config.metrics_host, self.config.metrics_port, metrics_app(self.registry, self.healthy),
-                server_class=_ThreadingWSGIServer, handler_class=_QuietHandler,
+                server_class=BoundedWSGIServer, handler_class=_QuietHandler,
             )
             self._server_thread = threading.Thread(target=self.server.serve_forever, name="audit-metrics", daemon=True)
             self._server_thread.start()

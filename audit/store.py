@@ -12,9 +12,11 @@ and per-image outcomes); a run an older process finishes later is filled on read
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,23 +174,42 @@ def comparable(a: RunRecord, b: RunRecord) -> bool:
     )
 
 
+@functools.cache
+def _process_start() -> str:
+    """A token drawn once per process start. A restarted container is PID 1 again, so a PID alone
+    cannot tell this process from the one whose runs it finds `running` in the store."""
+    return "s" + uuid.uuid4().hex[:12]  # never all digits: an older owner is `host:pid`
+
+
 def owner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """`host:pid:start-token`: who is running a run, unique per process start."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_process_start()}"
 
 
 def _owner_dead(owner: str, started_at: float, now: float) -> bool:
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
+    host, pid, token = _parse_owner(owner)
+    if host != socket.gethostname() or pid is None:
         return now - started_at > STALE_FOREIGN_SECONDS
-    if int(pid) == os.getpid():
-        return False
+    if pid == os.getpid():
+        # Our PID: ours only if it carries this process start's token (an older owner without a
+        # token, or with another token, is an earlier process that had the same PID).
+        return token != _process_start()
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:
         return False
     return False
+
+
+def _parse_owner(owner: str) -> tuple[str, int | None, str | None]:
+    """(host, pid, token) of `host:pid:token`, or of the older `host:pid` (token None)."""
+    head, _, last = owner.rpartition(":")
+    if last.isdigit():  # host:pid
+        return head, int(last), None
+    host, _, pid = head.rpartition(":")
+    return (host, int(pid), last) if pid.isdigit() else (owner, None, None)
 
 
 def make_engine(url: str) -> sa.Engine:
@@ -411,6 +432,21 @@ class AuditStore:
                 .where(audit_runs.c.id == run_id, audit_runs.c.status == "running")
                 .values(status="failed", finished_at=time.time(), duration_seconds=duration_seconds, error=error[:4000])
             )
+
+    def fail_owned(self, error: str) -> tuple[int, ...]:
+        """Mark failed every run this process still has running (it is stopping); returns their ids."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            ids = tuple(conn.execute(
+                sa.select(audit_runs.c.id).where(audit_runs.c.owner == self.owner, audit_runs.c.status.in_(ACTIVE))
+            ).scalars())
+            if ids:
+                conn.execute(
+                    audit_runs.update()
+                    .where(audit_runs.c.id.in_(ids), audit_runs.c.status.in_(ACTIVE))
+                    .values(status="failed", finished_at=now, error=error[:4000])
+                )
+        return ids
 
     def fail_interrupted(self) -> tuple[int, ...]:
         """Mark failed every 'running' run whose process is gone; returns their ids."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from audit.attacks import Attacker, distance, is_random, stages
-from audit.config import AttackConfig
+from training.contract.config import AttackConfig
 from audit.foolbox_model import ServedModel
 
 BALL_TOLERANCE = 1e-6
@@ -147,7 +147,10 @@ def nested_sweep(
     attacked, fooled, margins = [], [], []
     rejected = 0
     bar = tqdm(
-        list(enumerate(config.epsilon_values)), desc=description or name, unit="eps", disable=not progress, leave=False,
+        list(enumerate(config.epsilon_values)), desc=description or name, unit="eps",
+        # None: tqdm's own test, a bar only on a terminal. In a log file (a container, `up` in the
+        # background) carriage-return updates of concurrent audits would interleave into noise.
+        disable=None if progress else True, leave=False,
     )
     for index, epsilon in bar:
         idx = np.flatnonzero(correct & (fooled_at == NEVER))

@@ -40,8 +40,8 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter hides the tables
 
-# audit.config is light (no TensorFlow, no NumPy): --help and bad flags answer at once.
-from audit.config import DEFAULT_STEPS, PAPER_EPSILONS, AttackConfig
+# training.contract.config is light (no TensorFlow, no NumPy): --help and bad flags answer at once.
+from training.contract.config import DEFAULT_STEPS, PAPER_EPSILONS, AttackConfig
 
 APGD_GOAL = 1.3  # the bar: medrobust's apgd_ce may cost at most 1.3x the compiled loop per image-iteration
 AUDIT_QUERIES = AttackConfig().queries  # Square's budget per image in an audit
@@ -373,7 +373,7 @@ class _Bench:
         import numpy as np
 
         from audit.auditset import draw_audit_set
-        from audit.config import AttackConfig
+        from training.contract.config import AttackConfig
         from service.embedded import EmbeddedPredictor
 
         self.s, self.keras_model, self.model = s, keras_model, model

@@ -32,7 +32,7 @@ def _cases() -> list[tuple[str, np.ndarray]]:
     """(name, uint8 RGB upload) pairs: real images where available, synthetic stand-ins otherwise."""
     from PIL import Image
 
-    from training.imaging import decode_image_file
+    from training.contract.imaging import decode_image_file
 
     rng = np.random.default_rng(0)
     cases = [("random pixels 64x64", rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))]

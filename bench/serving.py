@@ -197,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--image-size: expected at least {minimum} (ResNet-50's minimum), got {args.image_size}")
 
     from service.embedded import EmbeddedPredictor
-    from training import repository
-    from training.imaging import decode_image, resize_for_model
+    from training.contract import repository
+    from training.contract.imaging import decode_image, resize_for_model
 
     upload = None
     if args.image is not None:  # checked before the tiny repository is trained, not after

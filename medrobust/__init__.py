@@ -1,3 +1,5 @@
-"""medrobust: train, serve, explain and audit the adversarial robustness of medical image classifiers."""
+"""medrobust: train, serve, explain and audit the adversarial robustness of medical image classifiers.
 
-__version__ = "0.1.0"
+This is the command package: the `medrobust` command (`cli`, `commands`), the one composition root
+(`compose`) and the reproduction. Nothing in training/, service/ or audit/ imports it.
+"""

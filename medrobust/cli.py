@@ -1,8 +1,8 @@
 """The `medrobust` console command: one parser, one subcommand per capability.
 
-Each package contributes its subcommands through a `register(subparsers)` function in its own
-`cli` module. Those modules import nothing heavy at import time, so `medrobust --help` is instant;
-the work (and TensorFlow) is imported inside each command's handler.
+Each subcommand is a module of `medrobust.commands` with a `register(subparsers)` function. Those
+modules import nothing heavy at import time, so `medrobust --help` is instant; the work (and
+TensorFlow) is imported inside each command's handler.
 """
 
 from __future__ import annotations
@@ -10,16 +10,17 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+from pathlib import Path
 
-from medrobust import __version__
+from medrobust.commands import UsageError
+from training.contract.card import package_version
 
 # Order here is the order `medrobust --help` lists the commands in.
-_COMMAND_MODULES = ("training.cli", "service.cli", "audit.cli", "medrobust.up", "medrobust.reproduce")
-
-
-class UsageError(Exception):
-    """A command was given arguments it cannot work with; printed without a traceback."""
+_COMMAND_MODULES = tuple(
+    f"medrobust.commands.{name}" for name in ("train", "serve", "audit", "up", "reproduce")
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,18 +28,24 @@ def build_parser() -> argparse.ArgumentParser:
         prog="medrobust",
         description="Train, serve, explain and audit the adversarial robustness of medical image classifiers.",
     )
-    parser.add_argument("--version", action="version", version=f"medrobust {__version__}")
+    parser.add_argument("--version", action="version", version=f"medrobust {package_version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # a package not built yet must not break the others
-            if exc.name != name:
-                raise
-            continue
-        module.register(subparsers)
+        importlib.import_module(name).register(subparsers)
     return parser
+
+
+def quiet_tensorflow() -> None:
+    """Keep TensorFlow's start-up chatter (oneDNN, CPU features, cuInit, absl's pre-init notice,
+    SavedModel loading warnings) out of a newcomer's terminal; `--verbose` keeps it. Set before
+    TensorFlow is imported, which every command does lazily, after this."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # errors still show
+    if not any(Path("/dev").glob("nvidia[0-9]*")):
+        # No GPU device: skip CUDA's probe, whose failure (cuInit) is logged as an error.
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    for name in ("tensorflow", "absl", "h5py"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        quiet_tensorflow()
     try:
         return int(args.handler(args) or 0)
     except UsageError as exc:

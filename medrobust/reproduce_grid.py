@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from audit.config import DEFAULT_STEPS, AttackConfig
+from training.contract.config import DEFAULT_STEPS, AttackConfig
 from training.workflow import Variant, train_and_export
 
 STATE_FILE = "state.json"
@@ -282,9 +282,10 @@ def run_grid(
 ) -> list[Cell]:
     """Train, export and audit (with each of `config.attacks`) every unfinished cell; returns the cells
     this call worked on. A trained cell is only audited with the attacks it lacks."""
-    from audit.config import AuditConfig
+    from training.contract.config import AuditConfig
     from audit.runner import audit_model
-    from service.embedded import EmbeddedPredictor
+    from medrobust.compose import build_predictor
+    from training.contract.config import ServiceConfig
     from training.recipe import Recipe
 
     repo = out / "model-repo"
@@ -303,7 +304,8 @@ def run_grid(
         )
         for attack in attacks
     }
-    predictor = EmbeddedPredictor(repo, max_loaded=2, poll_seconds=0.0)
+    # Polling off: this loop refreshes the repository itself after each export.
+    predictor = build_predictor(ServiceConfig(model_repo=repo, max_loaded=2), start_polling=False)
     started = time.perf_counter()
     worked: list[Cell] = []
     try:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from audit.config import ATTACKS
+from training.contract.config import ATTACKS
 from medrobust.reproduce_grid import DEFAULT_ATTACK, cell_audits, stored_budget
 
 RESULTS_JSON = "results.json"
@@ -226,7 +226,7 @@ def _short_budget(attack: str, budget: dict[str, Any] | None) -> str:
     return f"{label(attack)} ({', '.join(detail)})" if detail else label(attack)
 
 
-def accuracy_figure(summary: dict[str, Any], backbone: str, path: Path) -> Path:
+def reproduction_figure(summary: dict[str, Any], backbone: str, path: Path) -> Path:
     """The paper's figure: robust accuracy against a log epsilon axis, one line style per attack (PGD
     solid, the ensemble dashed), clean accuracy dotted.
 
@@ -462,7 +462,7 @@ def write_report(state_doc: dict[str, Any], report_dir: Path, *, class_names: tu
     summary = summarise(state_doc, class_names)
     written = []
     for backbone in sorted({b for r in summary["results"] for b in r["backbones"]}):
-        written.append(accuracy_figure(summary, backbone, report_dir / figure_name(summary["task"], backbone)))
+        written.append(reproduction_figure(summary, backbone, report_dir / figure_name(summary["task"], backbone)))
     _atomic_write(report_dir / RESULTS_JSON, json.dumps(summary, indent=2) + "\n")
     _atomic_write(report_dir / RESULTS_MD, markdown_table(summary))
     _atomic_write(report_dir / MANIFEST, json.dumps(manifest(state_doc), indent=2) + "\n")

@@ -21,7 +21,7 @@ EXPLAIN_CHOICES = ("gradcam", "none")
 
 
 def _state():
-    from service.app import state
+    from service.state import state
 
     return state()
 

@@ -1,26 +1,28 @@
 """`create_app(config)`: the Flask front end (blueprints `ui`, `api`, `health`), flaskr style.
 
 Collaborators (the predictor, the metrics) are attached at creation; `extensions` are callables
-`ext(app)` that add more (the audit's blueprint plugs in here, reusing `api_error`,
-`require_admin`, `require_token`, `add_nav_link` and `add_openapi_paths`).
+`ext(app)` that add more (the Audits blueprint plugs in here, reusing `api_error`,
+`require_admin`, `require_token`, and `service.state`'s `add_nav_link` and `add_openapi_paths`).
+The blueprints reach the app's collaborators through `service.state`, never through this module.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from flask import Flask, current_app, g, request
+from flask import Flask, g, request
 from prometheus_client import CollectorRegistry
 
-from service.config import ServiceConfig
+from training.contract.config import ServiceConfig
 from service.errors import register_error_handlers
 from service.instrumented import InstrumentedPredictor
 from service.json_provider import OrjsonProvider
 from service.metrics import ServiceMetrics
 from service.predictor import Predictor
+from service.readiness import ReadinessProbe
+from service.state import ServiceState, add_nav_link
 from service.uploads import InMemoryRequest
 
 # No CDN, no inline script or style: everything the page runs comes from /static.
@@ -35,50 +37,21 @@ CONTENT_SECURITY_POLICY = (
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
 
 
-@dataclass
-class ServiceState:
-    """What the views need, reachable as `current_app.extensions["medrobust"]`."""
-
-    config: ServiceConfig
-    predictor: InstrumentedPredictor
-    metrics: ServiceMetrics
-    nav_links: list[tuple[str, str]] = field(default_factory=list)  # (label, url)
-    openapi_paths: dict[str, Any] = field(default_factory=dict)
-
-
-def state() -> ServiceState:
-    """The running app's ServiceState."""
-    return current_app.extensions["medrobust"]
-
-
-def add_nav_link(app: Flask, label: str, url: str) -> None:
-    """A link in the page's navigation bar (the audit adds "Audits")."""
-    app.extensions["medrobust"].nav_links.append((label, url))
-
-
-def add_openapi_paths(app: Flask, paths: Mapping[str, Any]) -> None:
-    """Extra OpenAPI path items served in `/api/v1/openapi.json`."""
-    app.extensions["medrobust"].openapi_paths.update(paths)
-
-
 def create_app(
     config: ServiceConfig,
     *,
-    predictor: Predictor | None = None,
+    predictor: Predictor,
     extensions: Sequence[Callable[[Flask], None]] = (),
     registry: CollectorRegistry | None = None,
 ) -> Flask:
-    """Build the app; `predictor` defaults to the backend `config` names (see service.backends)."""
+    """Build the app around `predictor` (`medrobust.compose.build_app` picks the backend `config` names)."""
     app = Flask(__name__)
     app.request_class = InMemoryRequest
     app.json = OrjsonProvider(app)
     app.config.update(MAX_CONTENT_LENGTH=config.max_upload_bytes)
-    if predictor is None:
-        from service.backends import make_predictor
-
-        predictor = make_predictor(config)
     metrics = ServiceMetrics(registry if registry is not None else CollectorRegistry())
-    app.extensions["medrobust"] = ServiceState(config, InstrumentedPredictor(predictor, metrics), metrics)
+    instrumented = InstrumentedPredictor(predictor, metrics)
+    app.extensions["medrobust"] = ServiceState(config, instrumented, metrics, ReadinessProbe(instrumented))
 
     register_error_handlers(app)
     _instrument(app, metrics)

@@ -23,18 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from service.predictor import (
-    GradcamResult,
-    InvalidInput,
-    ModelInfo,
-    ModelNotFound,
-    Prediction,
-    SignatureMissing,
-    VjpResult,
-    check_batch,
-    signature_keys,
-)
-from training import repository
+from service.predictor import GradcamResult, ModelInfo, Prediction, VjpResult
+from training.contract.errors import ModelNotFound, SignatureMissing
+from training.contract.signatures import check_batch, check_cotangent, signature_keys
+from training.contract import repository
 
 
 @dataclass(frozen=True)
@@ -45,6 +37,11 @@ class _Loaded:
     # The loaded module owns the variables the signatures read: without a reference to it they
     # are freed, and a call under a live GradientTape fails ("variables which have been deleted").
     module: Any = None
+
+
+# An unknown model name rescans the repository at most this often: a client naming models that do
+# not exist must not turn every request into a directory walk.
+RESCAN_SECONDS = 5.0
 
 
 class EmbeddedPredictor:
@@ -64,6 +61,7 @@ class EmbeddedPredictor:
         self._index: dict[str, repository.RepoModel] = {}
         self._labels: dict[str, dict[str, int]] = {}
         self._scanned_at = -float("inf")
+        self._discovered_at = -float("inf")
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
 
@@ -146,12 +144,27 @@ class EmbeddedPredictor:
         # Names are looked up in the index read from the repository, never joined into a path.
         entry = self._models().get(model)
         if entry is None:
-            self.refresh()
-            entry = self._index.get(model)
+            entry = self._discover(model)
         if entry is None:
             known = ", ".join(sorted(self._index)) or "none"
             raise ModelNotFound(f"no model named {model!r}; served models: {known}")
         return entry
+
+    def _discover(self, model: str) -> repository.RepoModel | None:
+        """Look for a model added to the repository since the last scan, at most once per
+        RESCAN_SECONDS however many requests name unknown models. Only new models are added: a
+        known model keeps the version it serves until the poller has loaded its newer one."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self._discovered_at < RESCAN_SECONDS:
+                return None
+            self._discovered_at = now
+        fresh = {m.name: m for m in repository.list_models(self.repo)}
+        with self._lock:
+            added = {name: entry for name, entry in fresh.items() if name not in self._index}
+            if added:
+                self._index = {**self._index, **added}
+            return self._index.get(model)
 
     def _version(self, entry: repository.RepoModel, version: int | str | None) -> int:
         if version is None or version == "" or version == "latest":
@@ -239,21 +252,24 @@ class EmbeddedPredictor:
     ) -> VjpResult:
         name, loaded = self._load(model, version)
         batch = check_batch(images, loaded.card)
-        cot = np.asarray(cotangent, dtype=np.float32)
-        k = int(loaded.card["num_classes"])
-        if cot.shape != (batch.shape[0], k):
-            raise InvalidInput(f"expected a cotangent of shape [{batch.shape[0]}, {k}], got {list(cot.shape)}")
+        cot = check_cotangent(cotangent, batch, loaded.card)
         out = self._call(loaded, "vjp", batch, cot)
         return VjpResult(name, loaded.version, out["logits"], out["gradient"])
 
+    def model_states(self) -> dict[str, str]:
+        """Each model in the repository: "AVAILABLE" when a version of it is loaded, else "START" (in
+        TF Serving's terms: known, not loaded yet; it loads on first use). When none is loaded, the
+        first is loaded here, so an AVAILABLE model means one that answers without waiting."""
+        models = self._models()
+        if models and self.loaded_count() == 0:
+            self._load(next(iter(models)), None)
+        with self._lock:
+            loaded = {name for name, _ in self._loaded}
+        return {name: "AVAILABLE" if name in loaded else "START" for name in models}
+
     def ready(self) -> bool:
         """The repository holds a model and at least one is loaded (the first is loaded if none is)."""
-        models = self._models()
-        if not models:
-            return False
-        if self.loaded_count() == 0:
-            self._load(next(iter(models)), None)
-        return True
+        return "AVAILABLE" in self.model_states().values()
 
     def close(self) -> None:
         self._stop.set()

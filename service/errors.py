@@ -10,8 +10,7 @@ import logging
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from service.predictor import PredictorError
-from training.imaging import ImageError
+from training.contract.errors import HttpError
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +28,12 @@ _HTTP_CODES = {
 }
 
 
-class ApiError(Exception):
-    """Raise from a view to answer `{"error": {"code", "message"}}` with `status`."""
+class ApiError(HttpError):
+    """Raise from a view to answer `{"error": {"code", "message"}}` with `status`: the family's
+    shorthand for errors the API itself finds, code first as the answer reads."""
 
     def __init__(self, code: str, message: str, status: int = 400, *, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
-        self.headers = dict(headers or {})
+        super().__init__(message, code=code, http_status=status, headers=headers)
 
 
 def api_error(code: str, message: str, status: int = 400, *, headers: dict[str, str] | None = None) -> Response:
@@ -51,19 +47,12 @@ def api_error(code: str, message: str, status: int = 400, *, headers: dict[str, 
 def register_error_handlers(app: Flask) -> None:
     """Answer every error as JSON; a bug answers a JSON 500, logged without the request body."""
 
-    @app.errorhandler(ApiError)
-    def _api(exc: ApiError):
-        return api_error(exc.code, exc.message, exc.status, headers=exc.headers)
-
-    @app.errorhandler(ImageError)
-    def _image(exc: ImageError):
-        return api_error(exc.code, str(exc), exc.http_status)
-
-    @app.errorhandler(PredictorError)
-    def _predictor(exc: PredictorError):
+    @app.errorhandler(HttpError)
+    def _known(exc: HttpError):
+        # Bad images, bad requests, backend failures and audit conflicts: one family, one answer.
         if exc.http_status >= 500:
-            log.warning("backend error on %s %s: %s", request.method, request.path, exc.message)
-        return api_error(exc.code, exc.message, exc.http_status)
+            log.warning("%s on %s %s: %s", exc.code, request.method, request.path, exc.message)
+        return api_error(exc.code, exc.message, exc.http_status, headers=exc.headers)
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):

@@ -13,7 +13,7 @@ import numpy as np
 
 from service.overlay import ATTENTION_COLORMAP, HEATMAP_COLORMAP, overlay_png
 from service.predictor import Predictor
-from training.imaging import decode_image, resize_for_model
+from training.contract.imaging import decode_image, resize_for_model
 
 
 # An attentive model answers two overlays. From about 128x128 up they are encoded at once, one in

@@ -5,14 +5,13 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.errors import api_error
-from service.predictor import PredictorError
+from training.contract.errors import PredictorError
 
 bp = Blueprint("health", __name__)
 
 
 def _state():
-    from service.app import state
+    from service.state import state
 
     return state()
 
@@ -25,17 +24,30 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    """The backend answers and at least one model is loaded."""
+    """The backend answers and at least one model is AVAILABLE; every model's state is listed.
+
+    The outcome is cached for a few seconds (`service.readiness`); a model still loading during a
+    rollout does not make the pod unready while another one answers.
+    """
     s = _state()
+    backend = s.predictor.backend_name
+    outcome = s.readiness.check()
     try:
-        ready = s.predictor.ready()
-        loaded = s.predictor.loaded_count()
-    except PredictorError as exc:
-        return api_error("not_ready", f"the {s.predictor.backend_name} backend is not ready: {exc.message}", 503)
-    s.metrics.models_loaded.set(loaded)
-    if not ready:
-        return api_error("not_ready", f"the {s.predictor.backend_name} backend holds no loaded model yet", 503)
-    return jsonify(status="ready", backend=s.predictor.backend_name, models_loaded=loaded)
+        s.metrics.models_loaded.set(s.predictor.loaded_count())
+    except PredictorError:
+        pass  # the states below are the answer; the gauge waits for the next probe
+    body = {"ready": outcome.ready, "backend": backend, "models": dict(outcome.models)}
+    if outcome.ready:
+        return jsonify(status="ready", **body)
+    if outcome.error is not None:
+        reason = f"the {backend} backend is not ready: {outcome.error}"
+    else:
+        states = ", ".join(f"{name} {state}" for name, state in outcome.models.items()) or "no models"
+        reason = f"the {backend} backend holds no AVAILABLE model yet ({states})"
+    # The error shape every failure has, with the same fields a ready answer lists.
+    response = jsonify(error={"code": "not_ready", "message": reason}, **body)
+    response.status_code = 503
+    return response
 
 
 @bp.get("/metrics")

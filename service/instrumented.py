@@ -46,6 +46,10 @@ class InstrumentedPredictor:
         with self.metrics.backend_call(self.backend_name, "vjp"):
             return self.inner.vjp(model, images, cotangent, version=version)
 
+    def model_states(self) -> Mapping[str, str]:
+        with self.metrics.backend_call(self.backend_name, "model_states"):
+            return self.inner.model_states()
+
     def ready(self) -> bool:
         return self.inner.ready()
 

@@ -14,7 +14,14 @@ from contextlib import contextmanager
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
 
-from service.predictor import BackendTimeout, BackendUnavailable, InvalidInput, ModelNotFound, PredictorError, SignatureMissing
+from training.contract.errors import (
+    BackendTimeout,
+    BackendUnavailable,
+    InvalidInput,
+    ModelNotFound,
+    PredictorError,
+    SignatureMissing,
+)
 
 # Latencies from a few ms (health checks) to tens of seconds (Grad-CAM on a big backbone on CPU).
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

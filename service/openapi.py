@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import medrobust
+from training.contract.card import package_version
 
 _ERROR = {"$ref": "#/components/responses/Error"}
 _MODEL_PARAM = {
@@ -34,10 +34,12 @@ def openapi_document(extra_paths: Mapping[str, Any] | None = None) -> dict[str, 
             "responses": {"200": {"description": "up", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}}}},
         }},
         "/readyz": {"get": {
-            "summary": "The backend answers and at least one model is loaded", "operationId": "readyz", "security": [],
+            "summary": "The backend answers and at least one model is AVAILABLE", "operationId": "readyz", "security": [],
             "responses": {
-                "200": {"description": "ready", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}}},
-                "503": _ERROR,
+                "200": {"description": "ready", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Readiness"}}}},
+                "503": {"description": "not ready: the error, and the same fields", "content": {"application/json": {"schema": {
+                    "allOf": [{"$ref": "#/components/schemas/Error"}, {"$ref": "#/components/schemas/Readiness"}],
+                }}}},
             },
         }},
         "/api/v1/models": {"get": {
@@ -90,7 +92,7 @@ def openapi_document(extra_paths: Mapping[str, Any] | None = None) -> dict[str, 
         "openapi": "3.0.3",
         "info": {
             "title": "medrobust",
-            "version": medrobust.__version__,
+            "version": package_version(),
             "description": "Medical image classification with Grad-CAM explanations, served from the SavedModel contract.",
         },
         "servers": [{"url": "/"}],
@@ -108,6 +110,16 @@ def openapi_document(extra_paths: Mapping[str, Any] | None = None) -> dict[str, 
                     }},
                 },
                 "Status": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
+                "Readiness": {
+                    "type": "object", "required": ["ready", "backend", "models"],
+                    "properties": {
+                        "status": {"type": "string"},
+                        "ready": {"type": "boolean"},
+                        "backend": {"type": "string"},
+                        # TF Serving's ModelVersionStatus.State name (AVAILABLE, LOADING, ...) or the gRPC status the check got
+                        "models": {"type": "object", "additionalProperties": {"type": "string"}},
+                    },
+                },
                 "Model": {
                     "type": "object",
                     "required": ["name", "versions", "latest", "state", "card", "class_names", "input_size"],

@@ -13,7 +13,6 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-SIGNATURES = ("serving_default", "gradcam", "vjp")
 
 
 @dataclass(frozen=True)
@@ -60,45 +59,6 @@ class VjpResult:
     gradient: np.ndarray  # float32 [N, H, W, 3]
 
 
-class PredictorError(Exception):
-    """Base of the errors a backend raises; `code` and `http_status` are what the API answers."""
-
-    code = "backend_error"
-    http_status = 502
-
-    def __init__(self, message: str, *, details: Mapping[str, Any] | None = None):
-        super().__init__(message)
-        self.message = message
-        self.details = dict(details or {})
-
-
-class ModelNotFound(PredictorError):
-    code = "model_not_found"
-    http_status = 404
-
-
-class InvalidInput(PredictorError):
-    code = "invalid_input"
-    http_status = 400
-
-
-class BackendUnavailable(PredictorError):
-    code = "backend_unavailable"
-    http_status = 503
-
-
-class BackendTimeout(PredictorError):
-    code = "backend_timeout"
-    http_status = 504
-
-
-class SignatureMissing(PredictorError):
-    """The model does not export a signature the caller needs (for example `vjp` for the audit)."""
-
-    code = "signature_missing"
-    http_status = 422
-
-
 @runtime_checkable
 class Predictor(Protocol):
     """What the front end and the audit need from a model server.
@@ -124,28 +84,10 @@ class Predictor(Protocol):
         self, model: str, images: np.ndarray, cotangent: np.ndarray, *, version: int | str | None = None
     ) -> VjpResult: ...
 
+    def model_states(self) -> Mapping[str, str]:
+        """Served model name -> TF Serving's ModelVersionStatus.State name ("AVAILABLE" when it can answer)."""
+        ...
+
     def ready(self) -> bool: ...
 
     def close(self) -> None: ...
-
-
-def check_batch(images: np.ndarray, card: Mapping[str, Any]) -> np.ndarray:
-    """Return `images` as float32 [N, H, W, 3], or raise InvalidInput saying what was expected."""
-    arr = np.asarray(images)
-    h, w = (int(s) for s in card["input_size"])
-    if arr.ndim != 4 or arr.shape[1:] != (h, w, 3):
-        raise InvalidInput(f"expected a batch of shape [N, {h}, {w}, 3], got {list(arr.shape)}")
-    if arr.shape[0] == 0:
-        raise InvalidInput("expected at least one image in the batch, got 0")
-    return arr.astype(np.float32, copy=False)
-
-
-def signature_keys(card: Mapping[str, Any], signature: str) -> tuple[list[str], list[str]]:
-    """(input keys, output keys) of a signature, as the model card lists them (never literals)."""
-    entry = card.get("signatures", {}).get(signature)
-    if entry is None:
-        raise SignatureMissing(
-            f"model {card.get('name', '?')!r}: expected a {signature!r} signature in the model card, "
-            f"got {sorted(card.get('signatures', {}))}"
-        )
-    return list(entry["inputs"]), list(entry["outputs"])

@@ -7,7 +7,8 @@ reports; without a repository they are derived from `GetModelMetadata` (input si
 tensor keys; classes are then named by index). Versions and their state come from GetModelStatus.
 
 One channel per predictor, and the app builds one predictor per process (after gunicorn forks).
-Every call carries a deadline; UNAVAILABLE is retried with exponential backoff.
+Every call carries a deadline; UNAVAILABLE is retried with exponential backoff. Batches larger than
+TF Serving's `max_batch_size` (batching.config) are sent in chunks, all answered by one version.
 """
 
 from __future__ import annotations
@@ -22,23 +23,24 @@ from typing import Any
 import grpc
 import numpy as np
 
-from service.predictor import (
+from service.predictor import GradcamResult, ModelInfo, Prediction, VjpResult
+from training.contract.errors import (
     BackendTimeout,
     BackendUnavailable,
-    GradcamResult,
     InvalidInput,
-    ModelInfo,
     ModelNotFound,
-    Prediction,
     PredictorError,
     SignatureMissing,
-    VjpResult,
-    check_batch,
-    signature_keys,
 )
-from training import repository
+from training.contract.config import TF_SERVING_MAX_BATCH
+from training.contract.signatures import check_batch, check_cotangent, signature_keys
+from training.contract import repository
+from training.contract.card import CARD_PATH
 
 _MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # a batch of 299x299 gradients is tens of MB
+# Readiness asks every model's status at once with this deadline and no retry: a probe must answer
+# within its own timeout, and the next probe is the retry.
+PROBE_DEADLINE_SECONDS = 2.0
 
 
 def map_rpc_error(exc: grpc.RpcError, what: str) -> PredictorError:
@@ -80,10 +82,17 @@ class TFServingPredictor:
         retries: int = 3,
         backoff_seconds: float = 0.1,
         status_ttl_seconds: float = 2.0,
+        max_batch_size: int | None = TF_SERVING_MAX_BATCH,
+        probe_deadline_seconds: float = PROBE_DEADLINE_SECONDS,
         sleep: Callable[[float], None] = time.sleep,
     ):
+        """`max_batch_size`: TF Serving's batching.config `max_batch_size` (None: batching is off, no limit)."""
         if deadline_seconds <= 0:
             raise ValueError(f"expected deadline_seconds > 0, got {deadline_seconds}")
+        if probe_deadline_seconds <= 0:
+            raise ValueError(f"expected probe_deadline_seconds > 0, got {probe_deadline_seconds}")
+        if max_batch_size is not None and max_batch_size < 1:
+            raise ValueError(f"expected max_batch_size >= 1 or None, got {max_batch_size}")
         if retries < 0:
             raise ValueError(f"expected retries >= 0, got {retries}")
         if model_repo is None and not models:
@@ -97,6 +106,8 @@ class TFServingPredictor:
         self.retries = retries
         self.backoff_seconds = backoff_seconds
         self.status_ttl_seconds = status_ttl_seconds
+        self.max_batch_size = max_batch_size
+        self.probe_deadline_seconds = probe_deadline_seconds
         self._sleep = sleep
         self._channel = grpc.insecure_channel(
             address,
@@ -171,11 +182,11 @@ class TFServingPredictor:
 
         request = get_model_status_pb2.GetModelStatusRequest(model_spec=model_pb2.ModelSpec(name=model))
         response = self._rpc(self._models.GetModelStatus, request, f"GetModelStatus({model})")
-        states = {int(s.version): get_model_status_pb2.ModelVersionStatus.State.Name(s.state) for s in response.model_version_status}
+        states = _version_states(response)
         available = tuple(sorted(v for v, state in states.items() if state == "AVAILABLE"))
         if not states:
             raise ModelNotFound(f"TF Serving holds no version of model {model!r}")
-        latest = available[-1] if available else max(states)
+        latest = _newest(states)
         return ModelInfo(model, available, latest, self._card(model, latest), states[latest])
 
     def _info(self, model: str, *, fresh: bool = False) -> ModelInfo:
@@ -208,7 +219,7 @@ class TFServingPredictor:
     def _read_card(self, model: str, version: int) -> Mapping[str, Any]:
         if self.repo is not None:
             path = self.repo / model / str(version)
-            if (path / repository.CARD_PATH).is_file():
+            if (path / CARD_PATH).is_file():
                 return repository.read_card(path)
         return self._card_from_metadata(model, version)
 
@@ -307,14 +318,34 @@ class TFServingPredictor:
         answered = int(response.model_spec.version.value) if response.model_spec.HasField("version") else info.latest
         return answered, outputs
 
+    def _call_in_chunks(
+        self, model: str, signature: str, prepared: tuple[ModelInfo, int | str | None, Mapping[str, Any]],
+        inputs: Sequence[np.ndarray],
+    ) -> tuple[int, dict[str, np.ndarray]]:
+        """`_call` in chunks of at most `max_batch_size` images, outputs concatenated in order.
+
+        The version that answers the first chunk is pinned for the rest: a version TF Serving picks
+        up (or a label moved) meanwhile must not answer part of one batch.
+        """
+        size, total = self.max_batch_size, len(inputs[0])
+        if size is None or total <= size:
+            return self._call(model, signature, prepared, inputs)
+        version, first = self._call(model, signature, prepared, [x[:size] for x in inputs])
+        pinned = (prepared[0], version, prepared[2])
+        parts = [first] + [
+            self._call(model, signature, pinned, [x[start : start + size] for x in inputs])[1]
+            for start in range(size, total, size)
+        ]
+        return version, {key: np.concatenate([part[key] for part in parts]) for key in first}
+
     def predict(self, model: str, images: np.ndarray, *, version: int | str | None = None) -> Prediction:
         prepared = self._prepare(model, version)
-        v, out = self._call(model, "serving_default", prepared, [check_batch(images, prepared[2])])
+        v, out = self._call_in_chunks(model, "serving_default", prepared, [check_batch(images, prepared[2])])
         return Prediction(model, v, out["logits"], out["probabilities"], out["class_id"])
 
     def gradcam(self, model: str, images: np.ndarray, *, version: int | str | None = None) -> GradcamResult:
         prepared = self._prepare(model, version)
-        v, out = self._call(model, "gradcam", prepared, [check_batch(images, prepared[2])])
+        v, out = self._call_in_chunks(model, "gradcam", prepared, [check_batch(images, prepared[2])])
         return GradcamResult(model, v, out["probabilities"], out["class_id"], out["heatmap"], out.get("attention_map"))
 
     def vjp(
@@ -323,17 +354,40 @@ class TFServingPredictor:
         prepared = self._prepare(model, version)
         card = prepared[2]
         batch = check_batch(images, card)
-        cot = np.asarray(cotangent, dtype=np.float32)
-        k = int(card["num_classes"])
-        if cot.shape != (batch.shape[0], k):
-            raise InvalidInput(f"expected a cotangent of shape [{batch.shape[0]}, {k}], got {list(cot.shape)}")
-        v, out = self._call(model, "vjp", prepared, [batch, cot])
+        cot = check_cotangent(cotangent, batch, card)
+        v, out = self._call_in_chunks(model, "vjp", prepared, [batch, cot])
         return VjpResult(model, v, out["logits"], out["gradient"])
+
+    def model_states(self) -> dict[str, str]:
+        """Each served model's state: "AVAILABLE" when a version can answer, else its newest version's
+        (`LOADING` while TF Serving picks it up), or the gRPC status its GetModelStatus got.
+
+        All models are asked at once with `probe_deadline_seconds` and no retry, so the answer
+        takes at most one short deadline however many models are served.
+        """
+        from tensorflow_serving.apis import get_model_status_pb2, model_pb2
+
+        calls = {
+            name: self._models.GetModelStatus.future(
+                get_model_status_pb2.GetModelStatusRequest(model_spec=model_pb2.ModelSpec(name=name)),
+                timeout=self.probe_deadline_seconds,
+            )
+            for name in self.model_names()
+        }
+        states = {}
+        for name, call in calls.items():
+            try:
+                versions = _version_states(call.result())
+            except grpc.RpcError as exc:
+                states[name] = exc.code().name
+                continue
+            states[name] = versions[_newest(versions)] if versions else grpc.StatusCode.NOT_FOUND.name
+        return states
 
     def ready(self) -> bool:
         """TF Serving answers and holds at least one AVAILABLE model version."""
         try:
-            return any(m.state == "AVAILABLE" for m in self.list_models())
+            return "AVAILABLE" in self.model_states().values()
         except PredictorError:
             return False
 
@@ -344,3 +398,16 @@ class TFServingPredictor:
 
     def close(self) -> None:
         self._channel.close()
+
+
+def _version_states(response) -> dict[int, str]:
+    """A GetModelStatusResponse as version -> ModelVersionStatus.State name."""
+    from tensorflow_serving.apis import get_model_status_pb2
+
+    return {int(s.version): get_model_status_pb2.ModelVersionStatus.State.Name(s.state) for s in response.model_version_status}
+
+
+def _newest(states: Mapping[int, str]) -> int:
+    """The version that answers unpinned requests: the newest AVAILABLE one, else the newest at all."""
+    available = [v for v, state in states.items() if state == "AVAILABLE"]
+    return max(available or states)

@@ -7,7 +7,7 @@ from collections import defaultdict
 
 from flask import Blueprint, render_template
 
-from service.predictor import PredictorError
+from training.contract.errors import PredictorError
 
 bp = Blueprint("ui", __name__)  # templates and static files are the app's (service/templates, service/static)
 log = logging.getLogger(__name__)
@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 @bp.get("/")
 def index():
-    from service.app import state
+    from service.state import state
 
     s = state()
     by_task: dict[str, list] = defaultdict(list)

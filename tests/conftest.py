@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,10 +12,25 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import pytest  # noqa: E402
 
-PROJECT = Path(__file__).resolve().parents[1]
-SHARED_DATA = PROJECT.parent / "shared" / "data"
+from tests.project import PROJECT, QUICK_TIER, SHARED_DATA  # noqa: E402
+
 TINY_DATASET = "synthetic:240"
 TINY_SIZE = 64  # ResNet-50's last block is 2x2 here: the smallest size where attention is not trivial
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--all-tiers", action="store_true",
+        help="run every tier: unit, integration, system and slow (what .ci/run runs); "
+        "without it the quick tier runs (unit and fast integration)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The quick tier is pyproject's `-m 'not slow and not system'`; --all-tiers drops the filter
+    # (an explicit -m given after it still narrows the run).
+    if config.getoption("--all-tiers") and config.option.markexpr == QUICK_TIER:
+        config.option.markexpr = ""
 
 
 @pytest.fixture(scope="session")
@@ -42,17 +58,54 @@ class TinyRepo:
 
 
 @pytest.fixture(scope="session")
-def tiny_repo(tmp_path_factory) -> TinyRepo:
+def tiny_repo(request, tmp_path_factory) -> TinyRepo:
     """Real exported SavedModels (64x64, 3 synthetic classes), trained for two short epochs.
 
-    Session-scoped: exporting ResNet-50 with three signatures takes ~10 s a model. Tests must not
-    write into it; copy it (`copy_repo`) to add versions.
+    Built once per checkout state: the repository is kept in pytest's cache under a hash of the
+    code that makes it (training/ and this file), so a second session on unchanged code reuses it
+    and a changed exporter always gets fresh models. A fresh clone (CI) builds it once. Tests must
+    not write into it; copy it (`copy_repo`) to add versions.
     """
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider: built per session
+    if cache is None:
+        repo = tmp_path_factory.mktemp("tiny-repo")
+        _build_tiny_repo(repo)
+        return TinyRepo(repo, TINY_DATASET, "demo", TINY_SIZE, "demo-resnet50-baseline", "demo-resnet50-attention")
+    root = Path(cache.mkdir("medrobust-tiny-repo"))
+    repo = root / _tiny_repo_key()
+    if not (repo / "demo-resnet50-attention").is_dir():
+        # Built beside its final place (one filesystem), then renamed: atomic, so a concurrent
+        # session sees a whole repository or none, and pytest's clean-up of old temporary
+        # folders by another session can never remove it.
+        staged = root / f".building-{os.getpid()}"
+        shutil.rmtree(staged, ignore_errors=True)
+        _build_tiny_repo(staged)
+        from training.contract.repository import write_models_config
+
+        # models.config names each model's base_path: written for the final place, before the move.
+        write_models_config(staged, serving_root=str(repo))
+        try:
+            staged.rename(repo)
+        except OSError:  # another session finished first: use its repository
+            shutil.rmtree(staged, ignore_errors=True)
+    return TinyRepo(repo, TINY_DATASET, "demo", TINY_SIZE, "demo-resnet50-baseline", "demo-resnet50-attention")
+
+
+def _tiny_repo_key() -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted((PROJECT / "training").rglob("*.py")) + [Path(__file__)]:
+        digest.update(str(path.relative_to(PROJECT)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _build_tiny_repo(repo: Path) -> None:
     from training.datasets import load_dataset
     from training.recipe import Recipe
     from training.workflow import Variant, train_and_export
 
-    repo = tmp_path_factory.mktemp("tiny-repo")
     dataset = load_dataset(TINY_DATASET, seed=0)
     recipe = Recipe(epochs=2, batch_size=32, learning_rate=0.001, seed=0)
     for attention in (False, True):
@@ -60,7 +113,6 @@ def tiny_repo(tmp_path_factory) -> TinyRepo:
             dataset, Variant("resnet50", attention), task="demo", image_size=TINY_SIZE, model_repo=repo,
             recipe=recipe, limit=160, verbose=0, log=lambda _msg: None,
         )
-    return TinyRepo(repo, TINY_DATASET, "demo", TINY_SIZE, "demo-resnet50-baseline", "demo-resnet50-attention")
 
 
 @pytest.fixture

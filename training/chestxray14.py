@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from training.dataset_files import index_files, read_csv, resolve_images, unique_column
-from training.datasets import Dataset, DatasetError, Split, make_dataset, split_grouped
+from training.dataset_types import Dataset, DatasetError, Split, make_dataset, split_grouped
 
 DATA_ENTRY = "Data_Entry_2017.csv"
 TRAIN_VAL_LIST = "train_val_list.txt"

@@ -1,160 +1,50 @@
-"""Datasets as plain frozen values: ids, labels, groups and images (in memory or on disk).
+"""Loading datasets: ``load_dataset("KIND:PATH")`` and the image loaders over its splits.
 
-``load_dataset("KIND:PATH")`` picks a reader (one small module per format) and returns a
-:class:`Dataset` with train/val/test :class:`Split` s and a fingerprint that identifies the data
-independently of where it lives. Nothing here imports TensorFlow.
+``load_dataset`` picks a reader (one small module per format) from :data:`READERS` and returns a
+:class:`~training.dataset_types.Dataset` with train/val/test splits and a fingerprint that
+identifies the data independently of where it lives. The types live in
+:mod:`training.dataset_types`, which the readers import instead of this module, so there is no
+cycle. Nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import importlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
-from training import imaging
-from training.splits import grouped_stratified_split
-
-SPLIT_NAMES = ("train", "val", "test")
-KNOWN_KINDS = ("medmnist", "ham10000", "kaggle-dr", "chestxray14", "folder", "synthetic")
-
-
-class DatasetError(ValueError):
-    """Dataset input the system cannot use; the message names the file, expected and received."""
+from training.contract import imaging
+from training.dataset_types import Dataset, DatasetError, Split
 
 
 @dataclass(frozen=True)
-class Split:
-    """One of train/val/test: ids, int64 labels, groups, and images in memory or as file paths."""
+class Reader:
+    """How :func:`load_dataset` calls one kind's reader: ``function(spec, where, **options)``."""
 
-    ids: tuple[str, ...]
-    labels: np.ndarray
-    groups: tuple[str, ...]
-    images: np.ndarray | None = None
-    paths: tuple[str, ...] | None = None
+    target: str  # "module:function"
+    directory: bool  # the text after the colon must name a directory; the reader gets its path
+    options: tuple[str, ...]  # which of load_dataset's keyword options the reader takes
 
-    def __post_init__(self) -> None:
-        n = len(self.ids)
-        if self.labels.shape != (n,) or len(self.groups) != n:
-            raise ValueError(
-                f"expected {n} labels and groups, got labels {list(self.labels.shape)} and "
-                f"{len(self.groups)} groups"
-            )
-        if (self.images is None) == (self.paths is None):
-            raise ValueError("expected exactly one of images or paths")
-        if self.images is not None and (
-            self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[0] != n
-            or self.images.shape[3] != 3
-        ):
-            raise ValueError(
-                f"expected images uint8 [{n}, h, w, 3], got {self.images.dtype} {list(self.images.shape)}"
-            )
-        if self.paths is not None and len(self.paths) != n:
-            raise ValueError(f"expected {n} paths, got {len(self.paths)}")
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def subset(self, indices: Sequence[int] | np.ndarray) -> Split:
-        """The samples at ``indices``, in that order."""
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        return Split(
-            ids=tuple(self.ids[i] for i in idx),
-            labels=self.labels[idx],
-            groups=tuple(self.groups[i] for i in idx),
-            images=None if self.images is None else self.images[idx],
-            paths=None if self.paths is None else tuple(self.paths[i] for i in idx),
-        )
+    def resolve(self) -> Callable[..., Dataset]:
+        """The reader function, importing its module now."""
+        module, _, function = self.target.partition(":")
+        return getattr(importlib.import_module(module), function)
 
 
-@dataclass(frozen=True)
-class Dataset:
-    """A labelled dataset split into train/val/test, plus what the model card needs to know."""
-
-    kind: str
-    source: str
-    default_task: str
-    class_names: tuple[str, ...]
-    train: Split
-    val: Split
-    test: Split
-    fingerprint: str
-    synthetic: bool = False
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def split(self, name: str) -> Split:
-        """The split called ``name`` ("train", "val" or "test")."""
-        if name not in SPLIT_NAMES:
-            raise KeyError(f"expected a split name in {SPLIT_NAMES}, got {name!r}")
-        return getattr(self, name)
-
-
-def fingerprint(kind: str, class_names: Sequence[str], splits: Sequence[Split]) -> str:
-    """sha256 over kind, class names and each split's ids and labels (never absolute paths).
-
-    In-memory splits add their image shape, so a 28 px and a 64 px copy of the same MedMNIST
-    dataset differ.
-    """
-    digest = hashlib.sha256()
-    digest.update(json.dumps({"kind": kind, "class_names": list(class_names)}).encode())
-    for name, split in zip(SPLIT_NAMES, splits):
-        shape = None if split.images is None else list(split.images.shape[1:])
-        digest.update(json.dumps({"split": name, "n": len(split), "image_shape": shape}).encode())
-        digest.update("\n".join(split.ids).encode())
-        digest.update(np.ascontiguousarray(split.labels, dtype="<i8").tobytes())
-    return digest.hexdigest()
-
-
-def make_dataset(
-    *,
-    kind: str,
-    source: str,
-    default_task: str,
-    class_names: Sequence[str],
-    train: Split,
-    val: Split,
-    test: Split,
-    synthetic: bool = False,
-) -> Dataset:
-    """Build a :class:`Dataset`, checking labels against the classes and computing the fingerprint."""
-    names = tuple(class_names)
-    for split_name, split in zip(SPLIT_NAMES, (train, val, test)):
-        if len(split) and (split.labels.min() < 0 or split.labels.max() >= len(names)):
-            raise DatasetError(
-                f"{source}: expected {split_name} labels in 0..{len(names) - 1}, got "
-                f"{split.labels.min()}..{split.labels.max()}"
-            )
-    return Dataset(
-        kind=kind,
-        source=source,
-        default_task=default_task,
-        class_names=names,
-        train=train,
-        val=val,
-        test=test,
-        fingerprint=fingerprint(kind, names, (train, val, test)),
-        synthetic=synthetic,
-    )
-
-
-def split_grouped(
-    everything: Split, *, seed: int, described_as: str, fractions=(0.7, 0.15, 0.15)
-) -> tuple[Split, Split, Split]:
-    """Seeded grouped stratified train/val/test of ``everything``; errors name ``described_as``."""
-    try:
-        parts = grouped_stratified_split(
-            everything.labels, everything.groups, fractions=fractions, seed=seed
-        )
-    except ValueError as exc:
-        raise DatasetError(f"{described_as}: cannot split into train/val/test: {exc}") from None
-    return tuple(everything.subset(part) for part in parts)  # type: ignore[return-value]
+# The only place that knows the kinds. Readers are named, not imported, so that importing this
+# module stays cheap and a reader's module is loaded only when its kind is used.
+READERS: dict[str, Reader] = {
+    "medmnist": Reader("training.medmnist:load_medmnist", directory=False, options=("cache_dir",)),
+    "ham10000": Reader("training.ham10000:load_ham10000", directory=True, options=("seed",)),
+    "kaggle-dr": Reader("training.kaggle_dr:load_kaggle_dr", directory=True, options=("seed",)),
+    "chestxray14": Reader("training.chestxray14:load_chestxray14", directory=True, options=("seed",)),
+    "folder": Reader("training.folder:load_folder", directory=True, options=("seed",)),
+    "synthetic": Reader("training.synthetic:load_synthetic", directory=False, options=("seed",)),
+}
 
 
 def load_dataset(
@@ -162,34 +52,15 @@ def load_dataset(
 ) -> Dataset:
     """Read the dataset named by ``KIND:PATH`` (e.g. ``ham10000:/data/ham``, ``synthetic:600``)."""
     kind, _, argument = spec.partition(":")
-    # Readers are imported here so that importing this module stays cheap and free of cycles.
-    if kind == "medmnist":
-        from training.medmnist import load_medmnist
-
-        return load_medmnist(spec, argument, cache_dir=cache_dir)
-    if kind == "ham10000":
-        from training.ham10000 import load_ham10000
-
-        return load_ham10000(spec, _directory(spec, argument), seed=seed)
-    if kind == "kaggle-dr":
-        from training.kaggle_dr import load_kaggle_dr
-
-        return load_kaggle_dr(spec, _directory(spec, argument), seed=seed)
-    if kind == "chestxray14":
-        from training.chestxray14 import load_chestxray14
-
-        return load_chestxray14(spec, _directory(spec, argument), seed=seed)
-    if kind == "folder":
-        from training.folder import load_folder
-
-        return load_folder(spec, _directory(spec, argument), seed=seed)
-    if kind == "synthetic":
-        from training.synthetic import load_synthetic
-
-        return load_synthetic(spec, argument, seed=seed)
-    raise DatasetError(
-        f"expected a dataset spec KIND:PATH with KIND one of {', '.join(KNOWN_KINDS)}, got {spec!r}"
-    )
+    reader = READERS.get(kind)
+    if reader is None:
+        raise DatasetError(
+            f"expected a dataset spec KIND:PATH with KIND one of {', '.join(READERS)}, got {spec!r}"
+        )
+    function = reader.resolve()
+    where = _directory(spec, argument) if reader.directory else argument
+    given = {"seed": seed, "cache_dir": cache_dir}
+    return function(spec, where, **{name: given[name] for name in reader.options})
 
 
 def _directory(spec: str, argument: str) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +21,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-import medrobust
-from training import repository
+from training.contract import repository
+from training.contract.card import CARD_PATH
+from training.contract.card import CARD_SCHEMA_VERSION, code_version
 from training.models import describe_model, model_name
 
-CARD_SCHEMA_VERSION = 1
 _RELATIVE_RESOLUTION = 1e-6  # well above float32's 6e-8: rounding noise is not a location
 
 
@@ -127,22 +126,6 @@ class _Contract(tf.Module):
         return {"logits": logits, "gradient": tape.gradient(total, image)}
 
 
-def code_version() -> str:
-    """medrobust's version, with the git commit when run from a checkout."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        return f"{medrobust.__version__}+g{sha}"
-    except (OSError, subprocess.SubprocessError):
-        return medrobust.__version__
-
-
 def _warmup_records(name: str, size: tuple[int, int], num_classes: int) -> list[bytes]:
     """One PredictionLog per signature, so TF Serving traces each before taking traffic."""
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
@@ -237,7 +220,7 @@ def export_model(
             card["exported_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
             version_hint = (repository.versions_of(repo / card["name"]) or (0,))[-1] + 1
             card["version"] = version_hint
-            (staged / repository.CARD_PATH).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+            (staged / CARD_PATH).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
             version, path = repository.publish_version(repo, card["name"], staged)
             repository.write_models_config(repo, serving_root)
     except BaseException:

@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from training.dataset_files import IMAGE_EXTENSIONS, task_name
-from training.datasets import Dataset, DatasetError, Split, make_dataset, split_grouped
+from training.dataset_types import Dataset, DatasetError, Split, make_dataset, split_grouped
 
 
 def load_folder(spec: str, root: str, *, seed: int) -> Dataset:

@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from training.dataset_files import index_files, read_csv, resolve_images, unique_column
-from training.datasets import Dataset, DatasetError, Split, make_dataset, split_grouped
+from training.dataset_types import Dataset, DatasetError, Split, make_dataset, split_grouped
 
 LABELS_CSV = "trainLabels.csv"
 CLASSES = ("0 no DR", "1 mild", "2 moderate", "3 severe", "4 proliferative DR")

@@ -9,7 +9,7 @@ import zipfile
 import numpy as np
 
 from training.dataset_files import task_name
-from training.datasets import SPLIT_NAMES, Dataset, DatasetError, Split, make_dataset
+from training.dataset_types import SPLIT_NAMES, Dataset, DatasetError, Split, make_dataset
 from training.medmnist_download import INFO, SIZES, MedMnistInfo, fetch
 
 _NAME_SPEC = re.compile(r"^(?P<name>[a-z0-9]+)(?:@(?P<size>\d+))?$")

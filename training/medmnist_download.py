@@ -15,7 +15,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.datasets import DatasetError
+from training.dataset_types import DatasetError
 
 RECORD_URL = "https://zenodo.org/records/10519652/files"
 SIZES = (28, 64, 128, 224)
@@ -96,9 +96,10 @@ INFO: dict[str, MedMnistInfo] = {info.name: info for info in (
 
 
 def default_cache_dir() -> Path:
-    """``$MEDROBUST_CACHE_DIR`` or ``~/.cache/medrobust/medmnist``."""
-    configured = os.environ.get("MEDROBUST_CACHE_DIR")
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "medrobust" / "medmnist"
+    """``$MEDROBUST_CACHE_DIR`` or ``~/.cache/medrobust/medmnist`` (read where a download happens)."""
+    from training.contract.config import DataConfig, read_config
+
+    return read_config(DataConfig).cache_dir
 
 
 def _md5(path: Path) -> str:

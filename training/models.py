@@ -6,19 +6,14 @@ it, so an epsilon means the same thing for every model) and returns logits.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 import keras
 
+from training.contract.card import Backbone
 from training.soft_attention import SoftAttention
 
 __all__ = ["Backbone", "BackboneSpec", "build_model", "SoftAttention", "model_name", "spec_for", "describe_model"]
-
-
-class Backbone(str, enum.Enum):
-    RESNET50 = "resnet50"
-    INCEPTION_RESNET_V2 = "inception_resnet_v2"
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Images travel as uint8 at the model's size and become float32 in [0, 1] only per batch, which
 keeps caches and shuffle buffers four times smaller. Pixels are produced by the shared
-:mod:`training.imaging` path, so training sees exactly what serving and the audit see.
+:mod:`training.contract.imaging` path, so training sees exactly what serving and the audit see.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from training import imaging
-from training.datasets import Split, load_uint8
+from training.contract import imaging
+from training.dataset_types import Split
+from training.datasets import load_uint8
 
 # Decoded training images are cached in memory up to this size; a larger file-backed split
 # (full HAM10000 at 299 px is ~2.7 GB) is decoded again each epoch instead.

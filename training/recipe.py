@@ -17,7 +17,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from training.datasets import Dataset, Split
+from training.dataset_types import Dataset, Split
 from training.metrics import classification_metrics
 
 

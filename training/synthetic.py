@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.datasets import Dataset, DatasetError, Split, make_dataset, split_grouped
+from training.dataset_types import Dataset, DatasetError, Split, make_dataset, split_grouped
 
 DEFAULT_COUNT = 600
 IMAGE_SIDE = 64

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.datasets import Dataset
+from training.dataset_types import Dataset
+from training.contract.card import BACKBONES
 
 
 @dataclass(frozen=True)
@@ -16,7 +17,7 @@ class Variant:
     attention: bool
 
 
-ALL_VARIANTS = tuple(Variant(b, a) for b in ("resnet50", "inception_resnet_v2") for a in (False, True))
+ALL_VARIANTS = tuple(Variant(b, a) for b in BACKBONES for a in (False, True))
 
 
 def dataset_card(dataset: Dataset) -> dict[str, Any]:

@@ -1,23 +1,22 @@
-"""Headless Chromium opens the page, uploads a real image, and sees the label and a non-blank overlay."""
+"""Headless Chromium opens the page, uploads an image made at test time, and sees the label and a non-blank overlay."""
 
 from __future__ import annotations
 
 import base64
 import io
 import os
-import shutil
 import threading
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from service.app import create_app
-from service.config import ServiceConfig
+from tests.integration import service_images as images
+from training.contract.config import ServiceConfig
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-pytestmark = [pytest.mark.browser, pytest.mark.data]
+pytestmark = [pytest.mark.system, pytest.mark.browser]
 
 
 @pytest.fixture
@@ -58,20 +57,13 @@ def browser(tmp_path):
     driver.quit()
 
 
-def _real_image(shared_data: Path) -> Path:
-    for pattern in ("ham10000/images/*.jpg", "chestxray14/images/*.png", "kaggle_dr/train/*.jpeg"):
-        found = sorted(shared_data.glob(pattern))
-        if found:
-            return found[0]
-    pytest.skip(f"no image found under {shared_data}")
-
-
-def test_upload_shows_label_and_overlay(live_server, browser, shared_data, tiny_repo, tmp_path):
+def test_upload_shows_label_and_overlay(live_server, browser, tiny_repo, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
-    image = _real_image(shared_data)
+    image = tmp_path / "upload.png"  # a photo-sized PNG of noise: the page and the model take any RGB image
+    image.write_bytes(images.png(320, 240))
     browser.get(live_server + "/")
     assert "Explain a prediction" in browser.page_source
     Select(browser.find_element(By.ID, "model")).select_by_value(tiny_repo.attention)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-BACKENDS = ("embedded", "tfserving")
+from tests.integration.serving import BACKENDS
 
 
 @pytest.fixture(scope="session")

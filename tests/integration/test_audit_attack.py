@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from audit.config import AttackConfig, AuditConfig
+from training.contract.config import AttackConfig, AuditConfig
 
 EPSILONS = ("0", "0.0025", "0.01", "0.04")
 STEPS = 5

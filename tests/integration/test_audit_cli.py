@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from medrobust.cli import main
+from tests.integration.serving import free_port
 
 
 def test_audit_run_json_then_report(tiny_repo, tmp_path, capsys):
@@ -68,15 +68,9 @@ def test_audit_run_exits_non_zero_when_a_run_fails(tiny_repo, tmp_path, capsys):
     assert doc["runs"][0]["status"] == "failed" and doc["runs"][0]["error"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_up_on_an_existing_repository_serves_everything_and_stops_cleanly(copy_repo, tiny_repo, tmp_path):
     repo = copy_repo()
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MEDROBUST_ADMIN_TOKEN": "t"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "medrobust", "up", "--model-repo", str(repo), "--dataset", tiny_repo.dataset_spec,

@@ -8,9 +8,12 @@ import subprocess
 import sys
 import time
 
+import pytest
 import sqlalchemy as sa
 
 from audit.store import AuditStore, audit_points, audit_samples, audit_sanity
+
+pytestmark = pytest.mark.system  # a worker process killed with SIGKILL
 
 
 def test_sigkill_mid_audit_leaves_no_partial_rows_and_the_run_is_failed_at_next_start(tiny_repo, tmp_path):

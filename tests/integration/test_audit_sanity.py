@@ -7,7 +7,7 @@ import json
 import pytest
 from prometheus_client import CollectorRegistry
 
-from audit.config import AttackConfig, AuditConfig
+from training.contract.config import AttackConfig, AuditConfig
 
 
 def export_masked(source_dir, target_dir):

@@ -14,7 +14,7 @@ import json
 import numpy as np
 import pytest
 
-from audit.config import AttackConfig
+from training.contract.config import AttackConfig
 
 SIZE = 32
 K = 3

@@ -18,13 +18,10 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +29,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration import deploy_queries as dq
+from tests import deploy_queries as dq
 from tests.integration import service_images as images
+from tests.integration.serving import free_port, http
 
 PROMETHEUS = Path("/usr/bin/prometheus")
 EPSILONS = ("0", "0.01", "0.04")  # 0.01 is the dashboards' and alerts' reference epsilon
@@ -45,6 +43,7 @@ AUDIT_SECONDS = 300
 SCRAPE_SECONDS = 30
 
 pytestmark = [
+    pytest.mark.system,
     pytest.mark.prometheus,
     pytest.mark.timeout(900),
     pytest.mark.skipif(not PROMETHEUS.is_file(), reason=f"{PROMETHEUS} absent (Debian package prometheus; .ci/run installs it)"),
@@ -58,27 +57,7 @@ EMPTY_HERE = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 ADMIN_TOKEN = "live-stack-admin-token"
-
-
-def _http(
-    url: str, *, data: bytes | None = None, content_type: str | None = None, timeout: float = 10, token: str | None = None
-) -> tuple[int, bytes]:
-    headers = {"Content-Type": content_type} if content_type else {}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(url, data=data, headers=headers, method="POST" if data is not None else "GET")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 class Processes:
@@ -137,7 +116,7 @@ class Stack:
     def api(self, path: str, **params: str) -> dict:
         """GET /api/v1/<path> (a failed query is returned, not raised: the caller asserts on it)."""
         query = f"?{urllib.parse.urlencode(params)}" if params else ""
-        status, body = _http(f"{self.prometheus}/api/v1/{path}{query}", timeout=30)
+        status, body = http(f"{self.prometheus}/api/v1/{path}{query}", timeout=30)
         document = json.loads(body)
         assert status in (200, 400, 422), f"/api/v1/{path} answered {status}: {body[:500]!r}"
         return document
@@ -155,9 +134,9 @@ class Stack:
 def stack(tiny_repo, tmp_path_factory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("live-prometheus")
     processes = Processes(tmp)
-    frontend = f"127.0.0.1:{_free_port()}"
-    audit = f"127.0.0.1:{_free_port()}"
-    prometheus = f"127.0.0.1:{_free_port()}"
+    frontend = f"127.0.0.1:{free_port()}"
+    audit = f"127.0.0.1:{free_port()}"
+    prometheus = f"127.0.0.1:{free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDROBUST_") and k != "PROMETHEUS_MULTIPROC_DIR"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     # The serving and audit processes read the tiny repository; neither writes into it.
@@ -183,7 +162,7 @@ def stack(tiny_repo, tmp_path_factory) -> Iterator[Stack]:
         ], env=env, cwd=tmp)
         live = Stack(f"http://{prometheus}", frontend, audit)
 
-        _wait_for("Prometheus to be ready", lambda: _http(f"{live.prometheus}/-/ready")[0] == 200,
+        _wait_for("Prometheus to be ready", lambda: http(f"{live.prometheus}/-/ready")[0] == 200,
                   STARTUP_SECONDS, processes, ("prometheus",))
         _wait_for("the front end to be scraped", lambda: live.scalar('up{job="medrobust-frontend"}') == 1,
                   STARTUP_SECONDS, processes, ("serve", "prometheus"))
@@ -215,12 +194,12 @@ def _predict_round(frontend: str, tiny_repo, *, seeds: range) -> None:
     """A PNG of the model's input size per model and seed, and one upload that is not an image (a 400)."""
     for model in tiny_repo.models:
         for seed in seeds:
-            status, body = _http(
+            status, body = http(
                 f"http://{frontend}/api/v1/models/{model}/predict",
                 data=images.png(tiny_repo.image_size, tiny_repo.image_size, seed=seed), content_type="image/png", timeout=120,
             )
             assert status == 200, body[:500]
-    status, body = _http(f"http://{frontend}/api/v1/models/{tiny_repo.baseline}/predict",
+    status, body = http(f"http://{frontend}/api/v1/models/{tiny_repo.baseline}/predict",
                          data=b"not an image", content_type="image/png", timeout=60)
     assert status == 400, body[:500]  # so the 4xx error-rate query has data too
 
@@ -240,18 +219,18 @@ def test_front_end_and_audit_worker_are_scraped(stack) -> None:
 
 def test_the_front_end_shows_the_audit_workers_runs(stack, tiny_repo) -> None:
     base = f"http://{stack.frontend}"
-    status, body = _http(f"{base}/api/v1/audits")
+    status, body = http(f"{base}/api/v1/audits")
     assert status == 200, body[:500]
     runs = json.loads(body)["audits"]
     assert {r["model"] for r in runs if r["status"] == "succeeded"} == set(tiny_repo.models)
-    status, page = _http(f"{base}/audits")
+    status, page = http(f"{base}/audits")
     assert status == 200 and tiny_repo.baseline.encode() in page
     assert b"<th>worst class</th>" in page and b"<th>95% interval</th>" in page
     run = next(r for r in runs if r["status"] == "succeeded")
-    status, figure = _http(f"{base}/audits/{run['id']}/accuracy.png", timeout=120)  # drawn by the front end
+    status, figure = http(f"{base}/audits/{run['id']}/accuracy.png", timeout=120)  # drawn by the front end
     assert status == 200 and figure.startswith(b"\x89PNG"), figure[:200]
     # Runs are the worker's to start: this front end has no runner.
-    status, body = _http(f"{base}/api/v1/audits", data=json.dumps({"model": tiny_repo.baseline}).encode(),
+    status, body = http(f"{base}/api/v1/audits", data=json.dumps({"model": tiny_repo.baseline}).encode(),
                          content_type="application/json", token=ADMIN_TOKEN)
     assert status == 503 and json.loads(body)["error"]["code"] == "audits_unavailable"
 
@@ -370,7 +349,7 @@ def test_the_figures_beside_the_mean_are_exported_and_agree(stack, tiny_repo) ->
     degenerate = {s["metric"]["model"]: float(s["value"][1]) for s in stack.query("medrobust_audit_degenerate")["data"]["result"]}
     assert set(degenerate) == set(tiny_repo.models) and set(degenerate.values()) <= {0.0, 1.0}
     # The same flag the front end's API gives for each model's run.
-    status, body = _http(f"http://{stack.frontend}/api/v1/audits")
+    status, body = http(f"http://{stack.frontend}/api/v1/audits")
     assert status == 200
     runs = {r["model"]: r for r in json.loads(body)["audits"] if r["status"] == "succeeded"}
     assert {m: float(r["degenerate"]) for m, r in runs.items()} == degenerate

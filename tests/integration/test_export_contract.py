@@ -12,8 +12,8 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
-from tests.conftest import SHARED_DATA  # noqa: E402
-from training import repository  # noqa: E402
+from tests.project import SHARED_DATA  # noqa: E402
+from training.contract import repository  # noqa: E402
 from training.export import export_model  # noqa: E402
 from training.models import build_model  # noqa: E402
 

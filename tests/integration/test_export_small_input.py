@@ -17,7 +17,7 @@ tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
 from service.app import create_app  # noqa: E402
-from service.config import ServiceConfig  # noqa: E402
+from training.contract.config import ServiceConfig  # noqa: E402
 from training.export import export_model  # noqa: E402
 from training.models import build_model  # noqa: E402
 

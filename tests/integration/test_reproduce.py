@@ -16,7 +16,7 @@ from medrobust.cli import main
 from medrobust.reproduce_report import MANIFEST, RESULTS_JSON, RESULTS_MD, figure_name
 
 # Four tiny trainings, exports and audits: ~2 minutes on a quiet 2-core machine, far more when it is shared.
-pytestmark = pytest.mark.timeout(1800)
+pytestmark = [pytest.mark.system, pytest.mark.timeout(1800)]
 EPSILONS = ("0.01", "0.04", "0.16")
 CELLS = ("resnet50/baseline/seed-0", "resnet50/attention/seed-0", "resnet50/baseline/seed-1", "resnet50/attention/seed-1")
 

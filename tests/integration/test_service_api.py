@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from service.app import create_app
-from service.config import ServiceConfig
+from training.contract.config import ServiceConfig
 from tests.integration import service_images as images
 
 
@@ -238,7 +238,7 @@ def test_readyz_and_metrics(client, tiny_repo):
     assert f'medrobust_http_requests_total{{endpoint="{endpoint}",method="POST",status="200"}} 1.0' in text
     assert f'medrobust_http_requests_total{{endpoint="{endpoint}",method="POST",status="400"}} 1.0' in text
     assert f'medrobust_http_request_duration_seconds_count{{endpoint="{endpoint}"}} 2.0' in text
-    assert f'medrobust_predictions_total{{label=' in text
+    assert 'medrobust_predictions_total{label=' in text
     assert 'medrobust_backend_request_duration_seconds_count{backend="' in text and 'signature="gradcam"} 1.0' in text
     assert "medrobust_models_loaded " in text
 
@@ -273,7 +273,7 @@ def test_uploads_never_touch_disk(client, tiny_repo, monkeypatch):
 def test_extensions_reuse_the_admin_check_and_the_nav(tiny_repo, predictor):
     from flask import Blueprint, jsonify
 
-    from service.app import add_nav_link
+    from service.state import add_nav_link
     from service.auth import require_admin
 
     def audits(app):

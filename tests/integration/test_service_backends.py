@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.predictor import InvalidInput, ModelNotFound, Predictor
+from service.predictor import Predictor
+from training.contract.errors import InvalidInput, ModelNotFound
 
 
 def _batch(n: int = 2, size: int = 64, seed: int = 0) -> np.ndarray:
@@ -15,6 +16,12 @@ def _batch(n: int = 2, size: int = 64, seed: int = 0) -> np.ndarray:
 def test_is_a_predictor(predictor):
     assert isinstance(predictor, Predictor)
     assert predictor.ready()
+
+
+def test_model_states_name_every_model_and_one_is_available(predictor, tiny_repo):
+    states = predictor.model_states()
+    assert set(states) == set(tiny_repo.models) and "AVAILABLE" in states.values()
+    assert set(states.values()) <= {"AVAILABLE", "START"}  # START: embedded, in the repository, loaded on first use
 
 
 def test_lists_models_with_cards(predictor, tiny_repo):

@@ -5,36 +5,22 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from tests.integration import service_images as images
+from tests.integration.serving import free_port, http
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str, timeout: float = 60) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+pytestmark = pytest.mark.system  # gunicorn with several worker processes
 
 
 @pytest.fixture
 def served(tiny_repo, tmp_path):
-    port = _free_port()
+    port = free_port()
     metrics_dir = tmp_path / "metrics"
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("MEDROBUST_API_TOKEN", None)
@@ -50,7 +36,7 @@ def served(tiny_repo, tmp_path):
         if process.poll() is not None:
             break
         try:
-            if _get(f"{base}/healthz", timeout=2)[0] == 200:
+            if http(f"{base}/healthz", timeout=2)[0] == 200:
                 break
         except OSError:
             time.sleep(0.5)
@@ -70,13 +56,7 @@ def served(tiny_repo, tmp_path):
 
 
 def _post_png(url: str) -> int:
-    request = urllib.request.Request(url, data=images.png(48, 48), headers={"Content-Type": "image/png"}, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            response.read()
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
+    return http(url, data=images.png(48, 48), content_type="image/png", timeout=120)[0]
 
 
 def test_metrics_sum_across_two_workers(served, tiny_repo):
@@ -88,10 +68,10 @@ def test_metrics_sum_across_two_workers(served, tiny_repo):
     assert statuses == [200] * 8
     pids = {int(m.group(1)) for f in metrics_dir.glob("counter_*.db") if (m := re.match(r"counter_(\d+)\.db", f.name))}
     assert len(pids) == 2, f"expected both workers to have answered, counter files from {sorted(pids)}"
-    status, body = _get(f"{base}/metrics")
+    status, body = http(f"{base}/metrics", timeout=60)
     text = body.decode()
     assert status == 200
-    line = f'medrobust_http_requests_total{{endpoint="/api/v1/models/<model>/predict",method="POST",status="200"}} 8.0'
+    line = 'medrobust_http_requests_total{endpoint="/api/v1/models/<model>/predict",method="POST",status="200"} 8.0'
     assert line in text
     assert re.search(r'medrobust_predictions_total\{label="[^"]+",model="demo-resnet50-baseline"\} ', text)
     predictions = sum(float(v) for v in re.findall(r'medrobust_predictions_total\{[^}]*\} ([0-9.]+)', text))

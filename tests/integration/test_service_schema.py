@@ -7,7 +7,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from service.app import create_app
-from service.config import ServiceConfig
+from training.contract.config import ServiceConfig
 
 TOKEN = "schema-test-token"
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import socket
-
 import grpc
 import numpy as np
 import pytest
 
 from service.app import create_app
-from service.config import ServiceConfig
-from service.predictor import BackendTimeout, BackendUnavailable, ModelNotFound
+from training.contract.config import ServiceConfig
+from training.contract.errors import BackendTimeout, BackendUnavailable, ModelNotFound
 from service.tfserving import TFServingPredictor
 from tests.integration import service_images as images
+from tests.integration.serving import free_port
 
 
 def _x() -> np.ndarray:
@@ -59,9 +58,7 @@ def test_not_found_from_the_server_is_404(fresh, tfserving_fake, tiny_repo):
 
 
 def _closed_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
+    return f"127.0.0.1:{free_port()}"
 
 
 def test_server_down_through_the_app(tiny_repo):

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from training.datasets import load_dataset, load_images
-from training.imaging import decode_image_file
+from training.contract.imaging import decode_image_file
 from training.medmnist_download import INFO
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -130,7 +130,7 @@ def test_kaggle_dr_bounded_decode_keeps_memory_low(shared):
     script = """
 import json, resource, sys
 from pathlib import Path
-from training.imaging import decode_image_file
+from training.contract.imaging import decode_image_file
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 shapes = [decode_image_file(p, max_side=int(sys.argv[2])).shape for p in sorted(Path(sys.argv[1]).glob("*.jpeg"))]
 print(json.dumps({"kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, "shapes": shapes}))

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from medrobust.cli import main
-from training import repository
+from training.contract import repository
 
 
 def _train(repo, workdir, *extra):

@@ -6,6 +6,17 @@ TF Serving's behaviour where it matters: models from a ModelServerConfig text pr
 repository's `models.config`), the newest `num_versions` versions loaded, version labels, and
 the status codes it answers (NOT_FOUND for an unknown model or version, INVALID_ARGUMENT for an
 unknown label or bad inputs). `faults()` injects delays and failures for the error-mapping tests.
+
+Batching as `--enable_batching --batching_parameters_file` sets it up: by default the deployed
+deploy/tf-serving/batching.config, so a test meets the limit a deployment has. TF Serving's batch
+scheduler refuses a request larger than `max_batch_size` (its `input_batch_size_limit`; 1000 when
+unset) with INVALID_ARGUMENT "Task size N is larger than maximum input batch size M", and it does so
+with `enable_large_batch_splitting` too: splitting only cuts what is accepted into smaller
+execution batches (bundle_factory_util.h sets the input limit to max_batch_size either way).
+`batching_config=None` is TF Serving without --enable_batching: no limit.
+
+`loading()` reports models as GetModelStatus does while TF Serving loads them; `rollout()` makes a
+new version the newest mid-way, as a pick-up does; `calls` counts the RPCs per method.
 """
 
 from __future__ import annotations
@@ -13,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -21,12 +33,25 @@ from typing import Any
 
 import grpc
 
+from tests.tf_serving_protos import DEPLOYED_BATCHING, batching_parameters
+
+# SharedBatchScheduler::QueueOptions' input_batch_size_limit when batching.config sets no max_batch_size.
+SCHEDULER_DEFAULT_LIMIT = 1000
+
 
 @dataclass
 class _Servable:
     name: str
     version: int
     signatures: dict[str, Any]
+
+
+@dataclass
+class _Rollout:
+    model: str
+    after_predicts: int
+    answered: list[tuple[int, int]] = field(default_factory=list)
+    version: int | None = None  # the version rolled out, once it is
 
 
 @dataclass
@@ -42,7 +67,7 @@ class Faults:
 class FakeTFServing:
     """Loads the models a ModelServerConfig lists and serves them over gRPC."""
 
-    def __init__(self, models_config: Path):
+    def __init__(self, models_config: Path, *, batching_config: Path | None = DEPLOYED_BATCHING):
         from google.protobuf import text_format
         from tensorflow_serving.config import model_server_config_pb2
 
@@ -52,6 +77,13 @@ class FakeTFServing:
         for entry in config.model_config_list.config:
             self.servables[entry.name] = self._load(entry)
             self.labels[entry.name] = dict(entry.version_labels)
+        self.max_batch_size: int | None = None
+        if batching_config is not None:
+            batching = batching_parameters(batching_config.read_text())
+            self.max_batch_size = batching.max_batch_size.value if batching.HasField("max_batch_size") else SCHEDULER_DEFAULT_LIMIT
+        self.calls: Counter[str] = Counter()
+        self._loading: set[str] = set()
+        self._rollouts: list[_Rollout] = []
         self._faults = Faults()
         self._faults_lock = threading.Lock()
         self._server: grpc.Server | None = None
@@ -84,8 +116,9 @@ class FakeTFServing:
             with self._faults_lock:
                 self._faults = Faults()
 
-    def _suffer(self, context: grpc.ServicerContext) -> None:
+    def _suffer(self, method: str, context: grpc.ServicerContext) -> None:
         with self._faults_lock:
+            self.calls[method] += 1
             f = self._faults
             f.calls += 1
             applies = f.count is None or f.calls <= f.count
@@ -96,10 +129,51 @@ class FakeTFServing:
         if f.status is not None:
             context.abort(f.status, f"injected {f.status.name}")
 
+    # -- what TF Serving is loading ----------------------------------------------------------------
+    @contextlib.contextmanager
+    def loading(self, *models: str) -> Iterator[None]:
+        """Within the block, `models` are being loaded: GetModelStatus reports their versions LOADING
+        and Predict cannot reach them (NOT_FOUND, as for a servable not ready yet)."""
+        with self._faults_lock:
+            self._loading.update(models)
+        try:
+            yield
+        finally:
+            with self._faults_lock:
+                self._loading.difference_update(models)
+
+    @contextlib.contextmanager
+    def rollout(self, model: str, *, after_predicts: int) -> Iterator[list[tuple[int, int]]]:
+        """After the next `after_predicts` Predicts of `model`, a new version (the newest one's graph
+        under the next number) becomes the newest; removed again after the block. Yields the
+        (version, batch size) of every Predict of `model` answered within the block."""
+        rollout = _Rollout(model, after_predicts)
+        with self._faults_lock:
+            self._rollouts.append(rollout)
+        try:
+            yield rollout.answered
+        finally:
+            with self._faults_lock:
+                self._rollouts.remove(rollout)
+                if rollout.version is not None:
+                    del self.servables[model][rollout.version]
+
+    def _answered(self, servable: _Servable, batch: int) -> None:
+        with self._faults_lock:
+            for rollout in self._rollouts:
+                if rollout.model != servable.name:
+                    continue
+                rollout.answered.append((servable.version, batch))
+                if len(rollout.answered) == rollout.after_predicts:
+                    versions = self.servables[rollout.model]
+                    newest = versions[max(versions)]
+                    rollout.version = newest.version + 1
+                    versions[rollout.version] = _Servable(newest.name, rollout.version, newest.signatures)
+
     # -- resolving a ModelSpec like TF Serving ----------------------------------------------------
     def _servable(self, spec, context: grpc.ServicerContext) -> _Servable:
         versions = self.servables.get(spec.name)
-        if versions is None:
+        if versions is None or spec.name in self._loading:
             context.abort(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({spec.name})")
         if spec.HasField("version"):
             found = versions.get(spec.version.value)
@@ -118,7 +192,7 @@ class FakeTFServing:
         import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
 
-        self._suffer(context)
+        self._suffer("Predict", context)
         servable = self._servable(request.model_spec, context)
         name = request.model_spec.signature_name or "serving_default"
         fn = servable.signatures.get(name)
@@ -130,6 +204,7 @@ class FakeTFServing:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"Expected inputs {sorted(expected)} for signature {name}, got {sorted(request.inputs)}",
             )
+        batch = self._task_size(request, context)
         try:
             outputs = fn(**{k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()})
         except (tf.errors.InvalidArgumentError, ValueError, TypeError) as exc:
@@ -142,12 +217,26 @@ class FakeTFServing:
         for key, tensor in outputs.items():
             if key in wanted:
                 response.outputs[key].CopyFrom(tf.make_tensor_proto(tensor.numpy()))
+        self._answered(servable, batch)
         return response
+
+    def _task_size(self, request, context: grpc.ServicerContext) -> int:
+        """The batch a Predict brings to the batch scheduler, refused as TF Serving refuses it."""
+        sizes = {v.tensor_shape.dim[0].size if v.tensor_shape.dim else 0 for v in request.inputs.values()}
+        if len(sizes) != 1:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Batching Run() input tensors must have equal 0th-dimension size")
+        (size,) = sizes
+        if self.max_batch_size is not None and size > self.max_batch_size:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"Task size {size} is larger than maximum input batch size {self.max_batch_size}",
+            )
+        return size
 
     def GetModelMetadata(self, request, context):
         from tensorflow_serving.apis import get_model_metadata_pb2
 
-        self._suffer(context)
+        self._suffer("GetModelMetadata", context)
         servable = self._servable(request.model_spec, context)
         defs = get_model_metadata_pb2.SignatureDefMap()
         for name, fn in servable.signatures.items():
@@ -167,7 +256,7 @@ class FakeTFServing:
     def GetModelStatus(self, request, context):
         from tensorflow_serving.apis import get_model_status_pb2
 
-        self._suffer(context)
+        self._suffer("GetModelStatus", context)
         versions = self.servables.get(request.model_spec.name)
         if versions is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {request.model_spec.name}")
@@ -176,11 +265,12 @@ class FakeTFServing:
             if request.model_spec.version.value not in versions:
                 context.abort(grpc.StatusCode.NOT_FOUND, f"Could not find version {request.model_spec.version.value} of model {request.model_spec.name}")
             wanted = [request.model_spec.version.value]
+        loading = request.model_spec.name in self._loading
         response = get_model_status_pb2.GetModelStatusResponse()
         for v in wanted:
             status = response.model_version_status.add()
             status.version = v
-            status.state = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+            status.state = get_model_status_pb2.ModelVersionStatus.LOADING if loading else get_model_status_pb2.ModelVersionStatus.AVAILABLE
         return response
 
     # -- the server -------------------------------------------------------------------------------

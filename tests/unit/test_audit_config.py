@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from audit.auditset import audit_set_fingerprint, stratified_indices
-from audit.config import PAPER_EPSILONS, AttackConfig, AuditConfig, config_from_env, epsilon_label, parse_epsilons
+from training.contract.config import PAPER_EPSILONS, AttackConfig, AuditConfig, epsilon_label, read_config, parse_epsilons
 
 
 @pytest.mark.parametrize(
@@ -35,10 +35,10 @@ def test_paper_grid_is_the_default_and_parsing_sorts_and_dedups():
     ("kwargs", "message"),
     [
         ({"attack": "cw"}, "expected an attack in"),
-        ({"steps": 0}, "expected steps >= 1, got 0"),
-        ({"restarts": 0}, "expected restarts >= 1, got 0"),
-        ({"batch_size": 0}, "expected batch_size >= 1, got 0"),
-        ({"queries": 0}, "expected queries >= 1, got 0"),
+        ({"steps": 0}, "^steps: expected at least 1, got 0$"),
+        ({"restarts": 0}, "^restarts: expected at least 1, got 0$"),
+        ({"batch_size": 0}, "^batch_size: expected at least 1, got 0$"),
+        ({"queries": 0}, "^queries: expected at least 1, got 0$"),
     ],
 )
 def test_attack_config_validates_at_construction(kwargs, message):
@@ -51,45 +51,45 @@ def test_flags_win_over_environment_which_wins_over_defaults():
         "MEDROBUST_AUDIT_STEPS": "7", "MEDROBUST_AUDIT_SAMPLES": "32", "MEDROBUST_DATABASE_URL": "sqlite:///env.db",
         "MEDROBUST_AUDIT_SCHEDULE": "*/5 * * * *", "MEDROBUST_MODEL_REPO": "/models", "MEDROBUST_AUDIT_EPSILONS": "0,0.01",
     }
-    config = config_from_env(env, steps=3, dataset="synthetic:30")
+    config = read_config(AuditConfig, dict(steps=3, dataset="synthetic:30"), env)
     assert config.attack.steps == 3 and config.samples == 32 and config.database_url == "sqlite:///env.db"
     assert config.schedule == "*/5 * * * *" and config.model_repo == Path("/models")
     assert config.attack.epsilons == ("0", "0.01") and config.dataset == "synthetic:30"
-    defaults = config_from_env({})
+    defaults = read_config(AuditConfig, {}, {})
     assert defaults.samples == 256 and defaults.attack.iterations == 20 and defaults.attack.restarts == 1
     assert defaults.attack.attack == "linf_pgd" and defaults.attacks == ("linf_pgd",) and defaults.metrics_port == 9101
     assert defaults.attack.queries == 5000 and defaults.attack.seed == 0
 
 
 def test_several_attacks_each_with_its_own_default_steps():
-    config = config_from_env({"MEDROBUST_AUDIT_ATTACK": "linf_pgd,ensemble", "MEDROBUST_AUDIT_SEED": "4"})
+    config = read_config(AuditConfig, {}, {"MEDROBUST_AUDIT_ATTACK": "linf_pgd,ensemble", "MEDROBUST_AUDIT_SEED": "4"})
     assert config.attacks == ("linf_pgd", "ensemble")
     assert [config.attack_config(a).iterations for a in config.attacks] == [20, 100]
     assert config.attack_config("ensemble").seed == 4 == config.seed
-    assert config_from_env({}, attack=["apgd_t", "square", "apgd_t"]).attacks == ("apgd_t", "square")
-    given = config_from_env({}, attack=["linf_pgd", "apgd_ce"], steps=7)
+    assert read_config(AuditConfig, dict(attack=["apgd_t", "square", "apgd_t"]), {}).attacks == ("apgd_t", "square")
+    given = read_config(AuditConfig, dict(attack=["linf_pgd", "apgd_ce"], steps=7), {})
     assert [given.attack_config(a).iterations for a in given.attacks] == [7, 7]
     with pytest.raises(ValueError, match="expected attacks among .* got 'pgd'"):
-        config_from_env({"MEDROBUST_AUDIT_ATTACK": "pgd"})
+        read_config(AuditConfig, {}, {"MEDROBUST_AUDIT_ATTACK": "pgd"})
     with pytest.raises(ValueError, match="expected an attack among the configured"):
         config.attack_config("square")
 
 
 def test_malformed_environment_names_the_variable():
     with pytest.raises(ValueError, match="MEDROBUST_AUDIT_STEPS: expected an integer, got 'many'"):
-        config_from_env({"MEDROBUST_AUDIT_STEPS": "many"})
+        read_config(AuditConfig, {}, {"MEDROBUST_AUDIT_STEPS": "many"})
 
 
 def test_tf_serving_keeps_a_mounted_repository_for_cards_and_a_repo_flag_means_embedded():
     env = {"MEDROBUST_TF_SERVING": "tf-serving:8500", "MEDROBUST_MODEL_REPO": "/models"}
-    config = config_from_env(env)
+    config = read_config(AuditConfig, {}, env)
     assert config.tf_serving == "tf-serving:8500" and config.model_repo == Path("/models")
-    assert config_from_env(env, model_repo="local").tf_serving is None
-    assert config_from_env({}, tf_serving="h:1").model_repo is None
+    assert read_config(AuditConfig, dict(model_repo="local"), env).tf_serving is None
+    assert read_config(AuditConfig, dict(tf_serving="h:1"), {}).model_repo is None
 
 
 def test_config_refuses_an_empty_audit_set():
-    with pytest.raises(ValueError, match="expected samples >= 1, got 0"):
+    with pytest.raises(ValueError, match="samples: expected at least 1, got 0"):
         AuditConfig(samples=0)
 
 

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from audit.metrics import AuditMetrics
 from audit.results import AuditResult, SanityCheck, wilson_interval
 from audit.store import AuditStore
-from tests.unit.test_audit_store import CARD, EIGHT, OLD_SCHEMA_DUMP, make_result, one_class_result
+from tests.audit_runs import CARD, EIGHT, OLD_SCHEMA_DUMP, make_result, one_class_result
 
 POINT = {"task", "model", "backbone", "attention", "version", "attack", "epsilon"}
 MODEL = {"task", "model", "backbone", "attention", "version"}
@@ -269,7 +269,7 @@ def test_a_worker_restored_from_a_first_schema_database_flags_its_one_class_mode
 
 
 def test_the_worker_poll_drops_the_metrics_of_a_version_taken_out_of_the_repository(empty_store, tmp_path):
-    from audit.config import AuditConfig
+    from training.contract.config import AuditConfig
     from audit.runner import AuditRunner
     from audit.scheduler import AuditWorker
     from service.embedded import EmbeddedPredictor

@@ -9,7 +9,7 @@ import pytest
 from audit.report import FIGURE, PAGE, draw_accuracy, points_table, write_report
 from audit.results import wilson_interval
 from audit.store import AuditStore
-from tests.unit.test_audit_store import CARD, EIGHT, make_result, one_class_result
+from tests.audit_runs import CARD, EIGHT, make_result, one_class_result
 
 
 @pytest.fixture
@@ -66,16 +66,17 @@ def test_the_report_of_a_one_class_model_says_it_is_degenerate(store, tmp_path):
 
 
 def test_the_audits_page_shows_the_same(store, tmp_path):
+    from audit.web_reader import StoreReader
     from service.app import create_app
     from service.audits_web import audits_extension
-    from service.config import ServiceConfig
+    from training.contract.config import ServiceConfig
     from service.embedded import EmbeddedPredictor
 
     repo = tmp_path / "repo"
     repo.mkdir()
     predictor = EmbeddedPredictor(repo)
     app = create_app(ServiceConfig(model_repo=repo), predictor=predictor,
-                     extensions=[audits_extension(store, artefacts_dir=tmp_path / "artefacts")])
+                     extensions=[audits_extension(StoreReader(store, tmp_path / "artefacts"))])
     client = app.test_client()
     text = client.get("/audits?run=1").get_data(as_text=True)
     assert "Degenerate model: it answers class a for 100%" in text
@@ -83,6 +84,9 @@ def test_the_audits_page_shows_the_same(store, tmp_path):
         assert cell in text
     assert '<strong class="problem">degenerate</strong>' in text  # in the list of runs
     assert "Degenerate model" not in client.get("/audits?run=2").get_data(as_text=True)
+    with client.get("/audits/1/accuracy.png") as missing:
+        assert missing.status_code == 404  # never drawn on a request: the worker draws it when the run ends
+    write_report(store, 1, artefacts_root=tmp_path / "artefacts")
     with client.get("/audits/1/accuracy.png") as picture:
         assert picture.status_code == 200 and picture.data.startswith(b"\x89PNG")
     doc = client.get("/api/v1/audits/1").get_json()

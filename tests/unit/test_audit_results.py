@@ -7,7 +7,7 @@ import json
 import pytest
 
 from audit.results import DEGENERATE_SHARE, AuditResult, EpsilonPoint, SampleOutcome, max_share, wilson_interval
-from tests.unit.test_audit_store import make_result, one_class_result
+from tests.audit_runs import make_result, one_class_result
 
 
 @pytest.mark.parametrize(

@@ -12,15 +12,15 @@ import subprocess
 import sys
 import uuid
 from contextlib import closing
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from audit.results import AuditResult, AuditSet, EpsilonPoint, SampleOutcome, SanityCheck, wilson_interval
+from audit.results import AuditResult, wilson_interval
 from audit.store import (
     AuditStore, RunNotFound, _add_missing_columns, audit_points, audit_runs, audit_samples, audit_sanity, comparable,
 )
+from tests.audit_runs import CARD, EIGHT, OLD_SCHEMA_DUMP, make_result, one_class_result
 
 _PG = os.environ.get("MEDROBUST_TEST_POSTGRES_URL")
 # The PostgreSQL cases are always collected, so a run without a server reports them as skipped.
@@ -31,8 +31,6 @@ _URLS = [
         pytest.mark.skipif(not _PG, reason="MEDROBUST_TEST_POSTGRES_URL not set (.ci/run starts Debian's PostgreSQL and sets it)"),
     ]),
 ]
-CARD = {"task": "demo", "backbone": "resnet50", "attention": True}
-OLD_SCHEMA_DUMP = Path(__file__).with_name("audit_store_v1.sql")
 
 
 @pytest.fixture(params=_URLS)
@@ -50,47 +48,6 @@ def database_url(request, tmp_path):
     with admin.begin() as conn:
         conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
     admin.dispose()
-
-
-AUDIT_SET = AuditSet("f" * 64, "d" * 64, "synthetic:240", 0, 64, ("s1", "s2", "s3", "s4"), (0, 1, 2, 0), ("a", "b", "c"))
-# Eight images, half of them class a: a model answering "a" to every one keeps 0.5 at every epsilon.
-EIGHT = AuditSet("e" * 64, "d" * 64, "synthetic:240", 0, 64, tuple(f"i{i}" for i in range(8)), (0, 0, 0, 0, 1, 1, 2, 2), ("a", "b", "c"))
-
-
-def make_result(model="demo-resnet50-attention", version=1, attention=True, robust=(0.75, 0.5, 0.25), sanity_ok=True,
-                **changes):
-    """A run on AUDIT_SET whose clean answers are its labels (not degenerate); `changes` replace fields."""
-    audit_set = changes.pop("audit_set", AUDIT_SET)
-    epsilons = changes.pop("epsilons", ("0", "0.01", "0.02"))
-    points = tuple(
-        EpsilonPoint(eps, acc, acc, {"a": acc}, 4, 1, acc, samples=len(audit_set)) for eps, acc in zip(epsilons, robust)
-    )
-    samples = tuple(
-        SampleOutcome(s, label, label, "0.01" if i == 0 else None, 1 if i == 0 else None)
-        for i, (s, label) in enumerate(zip(audit_set.sample_ids, audit_set.labels))
-    )
-    sanity = (SanityCheck("gradients_nonzero", sanity_ok, "detail"), SanityCheck("robust_accuracy_monotone", True, "ok"))
-    fields = dict(
-        model=model, version=version, task="demo", backbone="resnet50", attention=attention, backend="embedded",
-        attack="linf_pgd", steps=20, restarts=1, audit_set=audit_set, clean_accuracy=robust[0],
-        balanced_clean_accuracy=robust[0], points=points, samples=samples, sanity=sanity, seconds=1.5,
-    )
-    return AuditResult(**{**fields, **changes})
-
-
-def one_class_result(model="demo-resnet50-attention", version=1, attention=True, **changes):
-    """A model that answers "a" to all of EIGHT and is never fooled: 0.5 everywhere, the most 'robust' of all."""
-    points = tuple(
-        EpsilonPoint(eps, 0.5, 1 / 3, {"a": 1.0, "b": 0.0, "c": 0.0}, 4, 0, 0.5, samples=8) for eps in ("0", "0.01", "0.02")
-    )
-    samples = tuple(SampleOutcome(s, label, 0, "0" if label else None, None) for s, label in zip(EIGHT.sample_ids, EIGHT.labels))
-    fields = dict(
-        model=model, version=version, task="demo", backbone="resnet50", attention=attention, backend="embedded",
-        attack="linf_pgd", steps=20, restarts=1, audit_set=EIGHT, clean_accuracy=0.5, balanced_clean_accuracy=1 / 3,
-        points=points, samples=samples, sanity=(SanityCheck("degenerate_predictions", False, "answers a to 8 of 8"),),
-        seconds=2.0, seed=7, fooled_by={"apgd-ce": 0, "square": 0},
-    )
-    return AuditResult(**{**fields, **changes})
 
 
 def _count(store, table, run_id):

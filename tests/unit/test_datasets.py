@@ -15,8 +15,9 @@ import pytest
 from PIL import Image
 
 from training import medmnist_download
-from training.datasets import DatasetError, Split, load_dataset, load_images
-from training.imaging import InvalidImage
+from training.dataset_types import DatasetError, Split
+from training.datasets import load_dataset, load_images
+from training.contract.imaging import InvalidImage
 from training.medmnist import task_for
 from training.medmnist_download import INFO, MedMnistInfo
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.imaging import (
+from training.contract.imaging import (
     ACCEPTED_FORMATS,
     ImageError,
     ImageTooLarge,

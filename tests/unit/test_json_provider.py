@@ -88,10 +88,10 @@ def test_unserialisable_values_are_errors() -> None:
 
 
 def test_the_service_answers_with_it(tmp_path) -> None:
-    from service.app import create_app
-    from service.config import ServiceConfig
+    from medrobust.compose import build_app
+    from training.contract.config import ServiceConfig
 
-    app = create_app(ServiceConfig.from_env({}, model_repo=tmp_path))
+    app = build_app(ServiceConfig(model_repo=tmp_path))
     assert isinstance(app.json, OrjsonProvider)
     response = app.test_client().get("/api/v1/models")
     assert (response.status_code, response.data) == (200, b'{"models":[]}\n')

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.config import ServiceConfig
+from training.contract.config import ServiceConfig, read_config
 
 
 def test_defaults_match_the_issue():
@@ -21,7 +21,7 @@ def test_from_env_and_overrides():
         "MEDROBUST_API_TOKEN": "t", "MEDROBUST_ADMIN_TOKEN": "", "MEDROBUST_MAX_PIXELS": "1000",
         "MEDROBUST_GRPC_DEADLINE_SECONDS": "2.5", "MEDROBUST_MODELS": "a, b",
     }
-    config = ServiceConfig.from_env(env, workers=None, port=9000)
+    config = read_config(ServiceConfig, {"workers": None, "port": 9000}, env)
     assert config.model_repo == Path("/models") and config.tf_serving == "tf:8500"
     assert (config.workers, config.port, config.max_pixels, config.grpc_deadline_seconds) == (3, 9000, 1000, 2.5)
     assert config.api_token == "t" and config.admin_token is None  # empty means unset
@@ -32,14 +32,14 @@ def test_from_env_and_overrides():
     ("env", "message"),
     [
         ({"MEDROBUST_MODEL_REPO": "/m", "MEDROBUST_WORKERS": "two"}, "MEDROBUST_WORKERS: expected an integer, got 'two'"),
-        ({"MEDROBUST_MODEL_REPO": "/m", "MEDROBUST_WORKERS": "0"}, "expected workers >= 1, got 0"),
-        ({"MEDROBUST_MODEL_REPO": "/m", "MEDROBUST_MAX_LOADED": "0"}, "expected max_loaded >= 1, got 0"),
+        ({"MEDROBUST_MODEL_REPO": "/m", "MEDROBUST_WORKERS": "0"}, "^MEDROBUST_WORKERS: expected at least 1, got 0$"),
+        ({"MEDROBUST_MODEL_REPO": "/m", "MEDROBUST_MAX_LOADED": "0"}, "^MEDROBUST_MAX_LOADED: expected at least 1, got 0$"),
         ({}, "expected a model repository"),
     ],
 )
 def test_refusals(env, message):
     with pytest.raises(ValueError, match=message):
-        ServiceConfig.from_env(env)
+        read_config(ServiceConfig, {}, env)
 
 
 def test_is_frozen():
@@ -50,7 +50,12 @@ def test_is_frozen():
 
 def test_the_audit_store_and_report_folder_come_from_the_environment_or_flags():
     env = {"MEDROBUST_MODEL_REPO": "/m", "MEDROBUST_DATABASE_URL": "sqlite:///a.sqlite", "MEDROBUST_AUDIT_ARTEFACTS": "/tmp/r"}
-    config = ServiceConfig.from_env(env)
+    config = read_config(ServiceConfig, {}, env)
     assert config.database_url == "sqlite:///a.sqlite" and config.audit_artefacts == Path("/tmp/r")
-    assert ServiceConfig.from_env(env, database_url="postgresql://db/x").database_url == "postgresql://db/x"
-    assert ServiceConfig.from_env({"MEDROBUST_MODEL_REPO": "/m"}).database_url is None
+    assert read_config(ServiceConfig, {"database_url": "postgresql://db/x"}, env).database_url == "postgresql://db/x"
+    assert read_config(ServiceConfig, {}, {"MEDROBUST_MODEL_REPO": "/m"}).database_url is None
+
+
+def test_a_bad_flag_is_named_as_the_user_typed_it():
+    with pytest.raises(ValueError, match="^--port: expected a port in 0..65535, got 70000$"):
+        read_config(ServiceConfig, {"port": 70000}, {"MEDROBUST_MODEL_REPO": "/m"})

@@ -118,7 +118,7 @@ def test_the_api_answers_200_and_counts_an_omitted_overlay() -> None:
     from prometheus_client import CollectorRegistry
 
     from service.app import create_app
-    from service.config import ServiceConfig
+    from training.contract.config import ServiceConfig
 
     backend = CardPredictor(attention=True)
     backend.attention = np.full((1, 32, 32), np.nan, np.float32)

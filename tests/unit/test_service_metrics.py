@@ -7,7 +7,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from service.metrics import ServiceMetrics, error_code
-from service.predictor import BackendTimeout, BackendUnavailable, InvalidInput, ModelNotFound, PredictorError
+from training.contract.errors import (
+    BackendTimeout,
+    BackendUnavailable,
+    InvalidInput,
+    ModelNotFound,
+    PredictorError,
+)
 from service.tfserving import map_rpc_error
 
 

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 
 from service.tfserving import TFServingPredictor
-from training import repository
+from training.contract import repository
+from training.contract.card import CARD_PATH
 
 
 def _model(repo: Path, name: str, versions: range) -> None:
     for v in versions:
-        card = repo / name / str(v) / repository.CARD_PATH
+        card = repo / name / str(v) / CARD_PATH
         card.parent.mkdir(parents=True)
         card.write_text(json.dumps({"name": name, "version": v}))
 

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from service.config import ServiceConfig
+from training.contract.config import ServiceConfig
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,9 @@ def serve(config: ServiceConfig) -> int:
             # If anything imported prometheus_client before the directory was set, pick the
             # multiprocess value class now, in the worker, before any metric exists.
             values.ValueClass = values.get_value_class()
-            from service.app import create_app
+            from medrobust.compose import build_app
 
-            return create_app(config, extensions=audit_pages(config))
+            return build_app(config)
 
     log.info(
         "serving %s on http://%s:%d with %d worker(s), %s backend",
@@ -75,22 +75,6 @@ def serve(config: ServiceConfig) -> int:
     )
     Server().run()
     return 0
-
-
-def audit_pages(config: ServiceConfig) -> list:
-    """The Audits page and API over the store a separate audit worker writes, when one is configured.
-
-    Read-only here: no runner (POST answers 503) and no recovery of 'running' rows, which belong to
-    the worker and are not this process's to mark failed.
-    """
-    if not config.database_url:
-        return []
-    from audit.config import DEFAULT_ARTEFACTS
-    from audit.store import AuditStore
-    from service.audits_web import audits_extension
-
-    store = AuditStore(config.database_url, recover=False)
-    return [audits_extension(store, None, artefacts_dir=config.audit_artefacts or DEFAULT_ARTEFACTS)]
 
 
 def _child_exit(server, worker) -> None:

@@ -16,18 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-from audit.config import ATTACKS, DEFAULT_STEPS, AttackConfig, parse_attacks
-from medrobust.env import env_str
+from medrobust.commands import positive_int
+from training.contract.card import BACKBONES
+from training.contract.config import ATTACKS, DEFAULT_STEPS, AttackConfig, ReproduceConfig, default_of, parse_attacks, read_config
 
-BACKBONES = ("resnet50", "inception_resnet_v2")
 DEFAULT_SIZE = 64
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
 
 
 def _positive_float(text: str) -> float:
@@ -84,13 +77,13 @@ def register(subparsers) -> None:
     )
     p.add_argument("--task", help="task name, e.g. derm (default: the dataset's)")
     p.add_argument("--dataset", required=True, help="KIND:PATH, e.g. ham10000:DIR, medmnist:FILE.npz, synthetic")
-    p.add_argument("--backbones", type=_backbones, default=BACKBONES, help="comma-separated (default: resnet50,inception_resnet_v2)")
+    p.add_argument("--backbones", type=_backbones, default=BACKBONES, help=f"comma-separated (default: {','.join(BACKBONES)})")
     p.add_argument("--variants", type=_variants, default=("baseline", "attention"), help="baseline,attention (default: both; one of them to split a grid over processes, then --merge)")
-    p.add_argument("--image-size", type=_positive_int, help=f"input size for every backbone (default: {DEFAULT_SIZE}, or the backbone's minimum if larger)")
-    p.add_argument("--epochs", type=_positive_int, default=300, help="upper bound; early stopping usually ends sooner (default: 300, the paper's)")
-    p.add_argument("--limit", type=_positive_int, help="cap the training images per model (a seeded subset per seed)")
+    p.add_argument("--image-size", type=positive_int, help=f"input size for every backbone (default: {DEFAULT_SIZE}, or the backbone's minimum if larger)")
+    p.add_argument("--epochs", type=positive_int, default=300, help="upper bound; early stopping usually ends sooner (default: 300, the paper's)")
+    p.add_argument("--limit", type=positive_int, help="cap the training images per model (a seeded subset per seed)")
     p.add_argument("--epoch-fraction", type=float, default=1.0, help="fraction of the training set per epoch (the paper used 0.1 for skin lesions)")
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="training batch size (default: 32, as the recipe)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="training batch size (default: 32, as the recipe)")
     p.add_argument(
         "--learning-rate", type=_positive_float, default=0.01,
         help="Adam learning rate (default: 0.01, the paper's, which assumes pretrained backbones; from random "
@@ -98,7 +91,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--weights", help="backbone weights: imagenet, or a local weights file (default: random initialisation)")
     p.add_argument("--seeds", type=_int_list, default=(0, 1, 2), help="training seeds (default: 0,1,2)")
-    p.add_argument("--samples", type=_positive_int, default=256, help="audit images, the same for every model (default: 256)")
+    p.add_argument("--samples", type=positive_int, default=256, help="audit images, the same for every model (default: 256)")
     p.add_argument("--epsilons", help="comma-separated L-inf epsilons on [0,1] pixels (default: the paper's grid; 0 is always added)")
     p.add_argument(
         "--attacks", type=_attacks, default=("linf_pgd",),
@@ -106,13 +99,13 @@ def register(subparsers) -> None:
              "(default: linf_pgd, the paper's; ensemble = AutoAttack's apgd_ce, apgd_t, then square on the images "
              "still standing). Adding an attack to a finished run audits its models again, training nothing",
     )
-    p.add_argument("--steps", type=_positive_int, default=20, help="PGD steps (default: 20)")
-    p.add_argument("--apgd-steps", type=_positive_int, help=f"APGD iterations, alone and in the ensemble (default: {DEFAULT_STEPS['apgd_ce']})")
+    p.add_argument("--steps", type=positive_int, default=20, help="PGD steps (default: 20)")
+    p.add_argument("--apgd-steps", type=positive_int, help=f"APGD iterations, alone and in the ensemble (default: {DEFAULT_STEPS['apgd_ce']})")
     p.add_argument(
-        "--queries", type=_positive_int,
+        "--queries", type=positive_int,
         help=f"Square Attack's queries per image and epsilon, alone and in the ensemble (default: {AttackConfig.queries})",
     )
-    p.add_argument("--out", type=Path, default=Path(env_str("REPRODUCE_OUT", "reproduce")), help="state, model repository and checkpoints (default: MEDROBUST_REPRODUCE_OUT or ./reproduce)")
+    p.add_argument("--out", type=Path, help=f"state, model repository and checkpoints (default: MEDROBUST_REPRODUCE_OUT or ./{default_of(ReproduceConfig, 'out')})")
     p.add_argument("--report-dir", type=Path, help="where the figures, tables and manifest go (default: --out)")
     p.add_argument(
         "--merge", type=Path, nargs="+", default=(), metavar="OUT",
@@ -124,8 +117,8 @@ def register(subparsers) -> None:
 
 
 def _config(args: argparse.Namespace, dataset_task: str):
-    from audit.config import PAPER_EPSILONS, parse_epsilons
-    from medrobust.cli import UsageError
+    from training.contract.config import PAPER_EPSILONS, parse_epsilons
+    from medrobust.commands import UsageError
     from medrobust.reproduce_grid import GridConfig
     from training.models import spec_for
 
@@ -157,10 +150,11 @@ def _jsonable(value):
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from medrobust.cli import UsageError
+    from medrobust.commands import UsageError
     from medrobust.reproduce_grid import GridState, StateMismatch, cell_audits, merged, run_grid
     from medrobust.reproduce_report import environment, write_report
-    from training.datasets import DatasetError, load_dataset
+    from training.dataset_types import DatasetError
+    from training.datasets import load_dataset
 
     if not 0.0 < args.epoch_fraction <= 1.0:
         raise UsageError(f"expected --epoch-fraction in (0, 1], got {args.epoch_fraction}")
@@ -171,7 +165,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     if dataset.synthetic:
         print(f"note: {args.dataset} is SYNTHETIC stand-in data, not medical images; these results are a demo")
     config = _config(args, dataset.default_task)
-    out = args.out
+    out = read_config(ReproduceConfig, vars(args)).out
     try:
         state = GridState.open(out, config)
         others = [GridState.open(other, config) for other in args.merge]

@@ -7,25 +7,19 @@ import json
 import sys
 from pathlib import Path
 
-from audit.config import ATTACKS
+from medrobust.commands import positive_int
+from training.contract.config import ATTACKS, AttackConfig, AuditConfig, default_of, read_config
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
+_audit = lambda name: default_of(AuditConfig, name)  # noqa: E731  (defaults are written once, on the config)
+_attack = lambda name: default_of(AttackConfig, name)  # noqa: E731
 
 
 def _common(parser: argparse.ArgumentParser, *, models: bool = True) -> None:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--model-repo", type=Path, help="model repository for the embedded backend (default: MEDROBUST_MODEL_REPO or model-repo)")
     where.add_argument("--tf-serving", metavar="HOST:PORT", help="TF Serving's gRPC address (default: MEDROBUST_TF_SERVING)")
-    parser.add_argument("--database-url", help="SQLAlchemy URL of the audit store (default: MEDROBUST_DATABASE_URL or sqlite:///.medrobust/audits.sqlite)")
-    parser.add_argument("--artefacts-dir", type=Path, help="where examples and reports go (default: MEDROBUST_AUDIT_ARTEFACTS or .medrobust/audits)")
+    parser.add_argument("--database-url", help=f"SQLAlchemy URL of the audit store (default: MEDROBUST_DATABASE_URL or {_audit('database_url')})")
+    parser.add_argument("--artefacts-dir", type=Path, help=f"where examples and reports go (default: MEDROBUST_AUDIT_ARTEFACTS or {_audit('artefacts_dir')})")
     if not models:
         return
     parser.add_argument("--dataset", help="KIND:PATH the audit set is drawn from (default: MEDROBUST_AUDIT_DATASET)")
@@ -36,12 +30,12 @@ def _common(parser: argparse.ArgumentParser, *, models: bool = True) -> None:
         help=f"one or more of {', '.join(ATTACKS)}, each its own run (default: linf_pgd, the paper's; "
         "ensemble = apgd_ce, apgd_t, then square on the images still standing)",
     )
-    parser.add_argument("--steps", type=_positive_int, help="iterations per image and epsilon (default: 20 for PGD, "
+    parser.add_argument("--steps", type=positive_int, help="iterations per image and epsilon (default: 20 for PGD, "
                         "step size 2.5 epsilon / steps; 100 for APGD)")
-    parser.add_argument("--queries", type=_positive_int, help="Square Attack's queries per image (default 5000)")
-    parser.add_argument("--samples", type=_positive_int, help="audit set size (default 256)")
-    parser.add_argument("--restarts", type=_positive_int, help="random restarts per image, worst case counts (default 1)")
-    parser.add_argument("--batch-size", type=_positive_int, help="images per request to the model server (default 64)")
+    parser.add_argument("--queries", type=positive_int, help=f"Square Attack's queries per image (default {_attack('queries')})")
+    parser.add_argument("--samples", type=positive_int, help=f"audit set size (default {_audit('samples')})")
+    parser.add_argument("--restarts", type=positive_int, help=f"random restarts per image, worst case counts (default {_attack('restarts')})")
+    parser.add_argument("--batch-size", type=positive_int, help=f"images per request to the model server (default {_attack('batch_size')})")
     parser.add_argument("--seed", type=int, help="seed of the audit set, the dataset split and the attacks' random draws (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -57,8 +51,8 @@ def register(subparsers) -> None:
 
     worker = sub.add_parser("worker", help="audit on a schedule and on every new version; serve /metrics")
     _common(worker)
-    worker.add_argument("--schedule", help="5-field cron expression (default: MEDROBUST_AUDIT_SCHEDULE or '0 3 * * *')")
-    worker.add_argument("--metrics-port", type=int, help="port of /metrics and /healthz (default: MEDROBUST_AUDIT_METRICS_PORT or 9101)")
+    worker.add_argument("--schedule", help=f"5-field cron expression (default: MEDROBUST_AUDIT_SCHEDULE or {_audit('schedule')!r})")
+    worker.add_argument("--metrics-port", type=int, help=f"port of /metrics and /healthz (default: MEDROBUST_AUDIT_METRICS_PORT or {_audit('metrics_port')})")
     worker.add_argument("--now", action="store_true", help="also audit every model at start")
     worker.set_defaults(handler=_worker)
 
@@ -70,49 +64,29 @@ def register(subparsers) -> None:
     report.set_defaults(handler=_report)
 
 
-def config_from_args(args: argparse.Namespace):
-    """The AuditConfig of a command: flags over `MEDROBUST_*` over defaults."""
-    from audit.config import config_from_env
+def config_from_args(args: argparse.Namespace) -> AuditConfig:
+    """The AuditConfig of a command: flags over `MEDROBUST_*` over defaults; a bad value is a UsageError."""
+    from medrobust.commands import UsageError
 
-    get = lambda name: getattr(args, name, None)  # noqa: E731
-    return config_from_env(
-        model_repo=get("model_repo"), tf_serving=get("tf_serving"), dataset=get("dataset"),
-        models=tuple(get("models") or ()), epsilons=get("epsilons"), attack=get("attack"), steps=get("steps"), queries=get("queries"),
-        samples=get("samples"), restarts=get("restarts"), batch_size=get("batch_size"), seed=get("seed"),
-        database_url=get("database_url"), artefacts_dir=get("artefacts_dir"), schedule=get("schedule"),
-        metrics_port=get("metrics_port"), progress=False if get("no_progress") else None,
-    )
-
-
-def make_predictor(config):
-    """The backend the config names (embedded unless a TF Serving address is given)."""
-    from service.backends import make_predictor as service_predictor
-    from service.config import ServiceConfig
-
-    return service_predictor(
-        ServiceConfig(model_repo=config.model_repo, tf_serving=config.tf_serving, models=config.models),
-        start_polling=False,
-    )
-
-
-def _build(args):
-    from medrobust.cli import UsageError
-
+    flags = dict(vars(args))
+    flags["progress"] = False if flags.get("no_progress") else None
     try:
-        config = config_from_args(args)
+        return read_config(AuditConfig, flags)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _build(args, *, worker: bool = False):
+    from medrobust.commands import UsageError
+    from medrobust.compose import build_audit_stack
+
+    config = config_from_args(args)
     if not config.dataset:
         raise UsageError("expected --dataset KIND:PATH (or MEDROBUST_AUDIT_DATASET) to draw the audit set from, got none")
-    from audit.store import AuditStore
-    from audit.runner import AuditRunner
-
     try:
-        predictor = make_predictor(config)
+        return build_audit_stack(config, worker=worker, metrics=worker)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    store = AuditStore(config.database_url)
-    return config, predictor, store, AuditRunner
 
 
 def _table(result, run_id: int) -> str:
@@ -146,10 +120,10 @@ def _table(result, run_id: int) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from medrobust.cli import UsageError
+    from medrobust.commands import UsageError
 
-    config, predictor, store, AuditRunner = _build(args)
-    runner = AuditRunner(config, predictor, store)
+    stack = _build(args)
+    config, predictor, store, runner = stack.config, stack.predictor, stack.store, stack.runner
     served = tuple(m.name for m in predictor.list_models())
     models = config.models or served
     unknown = sorted(set(models) - set(served))
@@ -175,7 +149,7 @@ def _run(args: argparse.Namespace) -> int:
                 print(_table(audit.result, run_id))
     if args.json:
         print(json.dumps({"runs": documents}, default=list))
-    store.close()
+    stack.close()
     return 1 if failed else 0
 
 
@@ -183,36 +157,29 @@ def _worker(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from prometheus_client import CollectorRegistry
-
-    from audit.metrics import AuditMetrics
-    from audit.scheduler import AuditWorker
-
-    config, predictor, store, AuditRunner = _build(args)
-    registry = CollectorRegistry()
-    metrics = AuditMetrics(registry)
-    metrics.restore(store)
-    worker = AuditWorker(config, AuditRunner(config, predictor, store, metrics), registry)
-    worker.start(audit_now=args.now)
-    print(f"audit worker: schedule {config.schedule!r}, metrics on http://{config.metrics_host}:{worker.metrics_port}/metrics", flush=True)
+    stack = _build(args, worker=True)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        while not stop.wait(1.0):
-            pass
-    except KeyboardInterrupt:
+    # Both signals get a handler, before anything starts: a worker started in the background
+    # (`cmd &`) inherits SIGINT ignored, so Ctrl-C or `kill -INT` must not rely on Python's
+    # default KeyboardInterrupt.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    worker = stack.worker
+    worker.start(audit_now=args.now)
+    print(f"audit worker: schedule {stack.config.schedule!r}, metrics on http://{stack.config.metrics_host}:{worker.metrics_port}/metrics", flush=True)
+    while not stop.wait(1.0):
         pass
-    worker.stop()
+    print("audit worker: stopping", flush=True)
+    stack.close(reason="interrupted: the audit worker was stopped (SIGTERM or SIGINT) before the run finished")
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    from medrobust.cli import UsageError
-    from audit.config import config_from_env
+    from medrobust.commands import UsageError
     from audit.report import write_report
     from audit.store import AuditStore, RunNotFound
 
-    config = config_from_env(database_url=args.database_url, artefacts_dir=args.artefacts_dir)
+    config = config_from_args(args)
     store = AuditStore(config.database_url, recover=False)
     try:
         page = write_report(store, args.run_id, artefacts_root=config.artefacts_dir, out_dir=args.out)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 DASHBOARDS_DIR = ROOT / "deploy" / "grafana" / "dashboards"
 ALERTS_FILE = ROOT / "deploy" / "prometheus" / "alerts.yml"
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"

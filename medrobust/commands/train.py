@@ -7,42 +7,48 @@ import json
 import os
 from pathlib import Path
 
-from medrobust.env import env_str
+from medrobust.commands import positive_int
+from training.contract.card import BACKBONES, Backbone
+from training.contract.config import TrainConfig, default_of, read_config
 
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
+_default = lambda name: default_of(TrainConfig, name)  # noqa: E731  (defaults are written once, on the config)
 
 
 def _model_repo_arg(parser: argparse.ArgumentParser) -> None:
-    default = env_str("MODEL_REPO", "model-repo")
-    parser.add_argument("--model-repo", default=default, type=Path, help=f"model repository (default: MEDROBUST_MODEL_REPO or {default})")
+    parser.add_argument("--model-repo", type=Path, help=f"model repository (default: MEDROBUST_MODEL_REPO or {_default('model_repo')})")
+
+
+def _settings(args: argparse.Namespace) -> TrainConfig:
+    """The command's TrainConfig: flags over `MEDROBUST_*` over defaults."""
+    from medrobust.commands import UsageError
+
+    try:
+        return read_config(TrainConfig, vars(args))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def register(subparsers) -> None:
     train = subparsers.add_parser("train", help="train one of the paper's models and export it as a new version")
     train.add_argument("--task", help="task name, e.g. derm (default: the dataset's)")
     train.add_argument("--dataset", required=True, help="KIND:PATH, e.g. ham10000:DIR, medmnist:FILE.npz, synthetic")
-    train.add_argument("--backbone", choices=("resnet50", "inception_resnet_v2"), default="resnet50")
+    train.add_argument("--backbone", choices=BACKBONES, default=Backbone.RESNET50.value)
     variant = train.add_mutually_exclusive_group()
     variant.add_argument("--attention", dest="attention", action="store_true", default=True, help="with soft attention (default)")
     variant.add_argument("--baseline", dest="attention", action="store_false", help="without soft attention")
     variant.add_argument("--all-variants", action="store_true", help="train all four: both backbones, with and without attention")
-    train.add_argument("--image-size", type=_positive_int, default=64)
-    train.add_argument("--epochs", type=_positive_int, default=300, help="upper bound; early stopping usually ends sooner (default: 300, the paper's)")
-    train.add_argument("--limit", type=_positive_int, help="cap the number of training images (quick runs)")
-    train.add_argument("--batch-size", type=_positive_int, default=32)
+    train.add_argument("--image-size", type=positive_int, default=64)
+    train.add_argument("--epochs", type=positive_int, default=300, help="upper bound; early stopping usually ends sooner (default: 300, the paper's)")
+    train.add_argument("--limit", type=positive_int, help="cap the number of training images (quick runs)")
+    train.add_argument("--batch-size", type=positive_int, default=32)
     train.add_argument("--learning-rate", type=float, default=0.01)
-    train.add_argument("--patience", type=_positive_int, default=40)
+    train.add_argument("--patience", type=positive_int, default=40)
     train.add_argument("--epoch-fraction", type=float, default=1.0, help="fraction of the training set seen per epoch (the paper used 0.1 for skin lesions)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--weights", default=None, help="backbone weights: imagenet, or a local weights file (default: random)")
-    train.add_argument("--workdir", type=Path, default=Path(env_str("WORKDIR", ".medrobust")), help="checkpoints (default: .medrobust)")
+    train.add_argument("--workdir", type=Path, help=f"checkpoints (default: MEDROBUST_WORKDIR or {_default('workdir')})")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run from its last epoch")
-    train.add_argument("--serving-root", default=env_str("SERVING_ROOT"), help="where TF Serving sees the repository (for models.config), e.g. /models")
+    train.add_argument("--serving-root", help="where TF Serving sees the repository (for models.config), e.g. /models (default: MEDROBUST_SERVING_ROOT)")
     _model_repo_arg(train)
     train.set_defaults(handler=_train)
 
@@ -50,7 +56,7 @@ def register(subparsers) -> None:
     export.add_argument("checkpoint", type=Path, help="a .keras file written by medrobust train")
     export.add_argument("--task", help="task name (default: from the checkpoint's card)")
     export.add_argument("--class-names", help="comma-separated class names (default: from the checkpoint's card)")
-    export.add_argument("--serving-root", default=env_str("SERVING_ROOT"))
+    export.add_argument("--serving-root", help="where TF Serving sees the repository (default: MEDROBUST_SERVING_ROOT)")
     _model_repo_arg(export)
     export.set_defaults(handler=_export)
 
@@ -61,8 +67,9 @@ def register(subparsers) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from medrobust.cli import UsageError
-    from training.datasets import DatasetError, load_dataset
+    from medrobust.commands import UsageError
+    from training.dataset_types import DatasetError
+    from training.datasets import load_dataset
     from training.recipe import Recipe
     from training.workflow import ALL_VARIANTS, Variant, train_and_export
 
@@ -84,17 +91,18 @@ def _train(args: argparse.Namespace) -> int:
     if dataset.synthetic:
         print(f"note: {args.dataset} is SYNTHETIC stand-in data, not medical images; models trained on it are demos")
     task = args.task or dataset.default_task
+    settings = _settings(args)
     for v in variants:
         train_and_export(
-            dataset, v, task=task, image_size=args.image_size, model_repo=args.model_repo, recipe=recipe,
-            limit=args.limit, weights=args.weights, workdir=args.workdir, resume=args.resume,
-            serving_root=args.serving_root,
+            dataset, v, task=task, image_size=args.image_size, model_repo=settings.model_repo, recipe=recipe,
+            limit=args.limit, weights=args.weights, workdir=settings.workdir, resume=args.resume,
+            serving_root=settings.serving_root,
         )
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    from medrobust.cli import UsageError
+    from medrobust.commands import UsageError
 
     if not args.checkpoint.is_file():
         raise UsageError(f"expected a .keras checkpoint file, got {args.checkpoint} (no such file)")
@@ -109,24 +117,26 @@ def _export(args: argparse.Namespace) -> int:
     import training.models  # noqa: F401  (registers the custom layers for loading)
     from training.export import export_model
 
+    settings = _settings(args)
     model = keras.saving.load_model(args.checkpoint)
     result = export_model(
-        model, args.model_repo, task=task, class_names=class_names, dataset=card.get("dataset"),
-        metrics=card.get("metrics"), training=card.get("training"), serving_root=args.serving_root,
+        model, settings.model_repo, task=task, class_names=class_names, dataset=card.get("dataset"),
+        metrics=card.get("metrics"), training=card.get("training"), serving_root=settings.serving_root,
     )
     print(f"exported {result.model} version {result.version} to {result.path}")
     return 0
 
 
 def _models(args: argparse.Namespace) -> int:
-    from training.repository import list_models
+    from training.contract.repository import list_models
 
-    models = list_models(args.model_repo)
+    repo = _settings(args).model_repo
+    models = list_models(repo)
     if args.json:
         print(json.dumps([{"name": m.name, "versions": list(m.versions), "card": m.card} for m in models], indent=2))
         return 0
     if not models:
-        print(f"no models in {os.fspath(args.model_repo)}")
+        print(f"no models in {os.fspath(repo)}")
         return 0
     print(f"{'model':40} {'versions':>10} {'task':>10} {'input':>7} {'val acc':>8} {'dataset':>10}")
     for m in models:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import re
 import tempfile
@@ -17,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-MODEL_NAME = re.compile(r"^[a-z0-9_]+-(resnet50|inception_resnet_v2)-(attention|baseline)$")
-CARD_PATH = Path("assets.extra") / "model_card.json"
+from training.contract.card import BACKBONES, read_card
+
+MODEL_NAME = re.compile(rf"^[a-z0-9_]+-({'|'.join(BACKBONES)})-(attention|baseline)$")
 WARMUP_PATH = Path("assets.extra") / "tf_serving_warmup_requests"
 MODELS_CONFIG = "models.config"
 
@@ -42,15 +42,6 @@ def versions_of(model_dir: Path) -> tuple[int, ...]:
     if not model_dir.is_dir():
         return ()
     return tuple(sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir()))
-
-
-def read_card(version_dir: Path) -> dict[str, Any]:
-    """The model card of one exported version."""
-    path = version_dir / CARD_PATH
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: expected a model card beside the SavedModel, found none") from None
 
 
 def list_models(repo: str | os.PathLike) -> tuple[RepoModel, ...]:
@@ -83,7 +74,7 @@ def locked(repo: Path) -> Iterator[None]:
 def publish_version(repo: Path, model: str, staged: Path) -> tuple[int, Path]:
     """Rename a fully written SavedModel folder into place as the next version; returns it."""
     if not MODEL_NAME.match(model):
-        raise ValueError(f"model names are <task>-<resnet50|inception_resnet_v2>-<attention|baseline>, got {model!r}")
+        raise ValueError(f"model names are <task>-<{'|'.join(BACKBONES)}>-<attention|baseline>, got {model!r}")
     model_dir = repo / model
     model_dir.mkdir(parents=True, exist_ok=True)
     version = (versions_of(model_dir) or (0,))[-1] + 1

@@ -21,6 +21,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from training.contract.errors import HttpError
+
 DEFAULT_MAX_PIXELS = 50_000_000
 MIN_SIDE = 8
 ACCEPTED_FORMATS = frozenset({"PNG", "JPEG", "BMP", "TIFF"})
@@ -33,7 +35,7 @@ _OPEN_LOCK = threading.Lock()
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError)
 
 
-class ImageError(ValueError):
+class ImageError(HttpError, ValueError):
     """An image the system cannot use; ``code`` and ``http_status`` drive the HTTP answer."""
 
     code = "image_error"

@@ -1,0 +1,56 @@
+"""`medrobust serve`: the front end under gunicorn. Imports nothing heavy until the command runs."""
+
+from __future__ import annotations
+
+import argparse
+
+from training.contract.config import ServiceConfig, default_of
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `serve` subcommand."""
+    p = subparsers.add_parser(
+        "serve",
+        help="serve the models and the web front end (gunicorn)",
+        description=(
+            "Serve the model repository over HTTP with the Grad-CAM front end. Embedded backend "
+            "(models loaded in-process) unless --tf-serving names a TF Serving gRPC address. Every flag "
+            "falls back to its MEDROBUST_* variable; the tokens are read only from MEDROBUST_API_TOKEN and "
+            "MEDROBUST_ADMIN_TOKEN (flags would show in the process list). On an address beyond loopback "
+            "(--host 0.0.0.0) it refuses to start without MEDROBUST_API_TOKEN unless --allow-anonymous."
+        ),
+    )
+    d = lambda name: default_of(ServiceConfig, name)  # noqa: E731  (defaults are written once, on the config)
+    p.add_argument("--model-repo", metavar="DIR", help="model repository (MEDROBUST_MODEL_REPO)")
+    p.add_argument("--tf-serving", metavar="HOST:PORT", help="TF Serving gRPC address (MEDROBUST_TF_SERVING)")
+    p.add_argument("--models", metavar="A,B", help="served model names, when TF Serving runs without a visible repository (MEDROBUST_MODELS)")
+    p.add_argument("--host", help=f"bind address (MEDROBUST_HOST, default {d('host')})")
+    p.add_argument("--port", type=int, help=f"port (MEDROBUST_PORT, default {d('port')})")
+    p.add_argument(
+        "--allow-anonymous", action="store_true", default=None,
+        help="serve the API without MEDROBUST_API_TOKEN on a non-loopback --host, on purpose (MEDROBUST_ALLOW_ANONYMOUS=1)",
+    )
+    p.add_argument("--workers", type=int, help=f"gunicorn worker processes (MEDROBUST_WORKERS, default {d('workers')})")
+    p.add_argument("--threads", type=int, help=f"threads per worker (MEDROBUST_THREADS, default {d('threads')})")
+    p.add_argument("--max-loaded", type=int, help=f"embedded: most model versions held in memory per worker (MEDROBUST_MAX_LOADED, default {d('max_loaded')})")
+    p.add_argument("--poll-seconds", type=float, help=f"embedded: how often to look for new versions (MEDROBUST_POLL_SECONDS, default {d('poll_seconds'):g})")
+    p.add_argument("--grpc-deadline-seconds", type=float, help=f"TF Serving: deadline of each call (MEDROBUST_GRPC_DEADLINE_SECONDS, default {d('grpc_deadline_seconds'):g})")
+    p.add_argument("--max-upload-bytes", type=int, help=f"largest request body (MEDROBUST_MAX_UPLOAD_BYTES, default {d('max_upload_bytes')})")
+    p.add_argument("--max-pixels", type=int, help=f"largest decoded image (MEDROBUST_MAX_PIXELS, default {d('max_pixels')})")
+    p.add_argument(
+        "--database-url", metavar="URL",
+        help="audit store whose runs the Audits page shows, as written by `medrobust audit worker` (MEDROBUST_DATABASE_URL; "
+             "default: no Audits page)",
+    )
+    p.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from medrobust.commands import UsageError, read_service_config
+
+    config = read_service_config(vars(args))
+    if config.model_repo is not None and not config.model_repo.is_dir():
+        raise UsageError(f"--model-repo: expected a directory, got {str(config.model_repo)!r}")
+    from medrobust.web_server import serve
+
+    return serve(config)

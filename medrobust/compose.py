@@ -1,0 +1,150 @@
+"""The composition root: the only code that builds predictors, stores, runners, schedulers, metrics and
+the app from a configuration. `up`, the commands, gunicorn's entry and `reproduce` call it.
+
+Everything below the command package takes its collaborators as arguments; this module decides
+which ones. Imports are inside the functions: building nothing at import time keeps `--help` instant.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from training.contract.config import AuditConfig, ServiceConfig, default_of
+
+log = logging.getLogger(__name__)
+
+
+def build_predictor(config: ServiceConfig | AuditConfig, *, start_polling: bool = True):
+    """The backend `config` names: TF Serving at `config.tf_serving`, else the embedded one over
+    `config.model_repo` (which polls for new versions in the background when `start_polling`)."""
+    if config.tf_serving:
+        from service.tfserving import TFServingPredictor
+
+        return TFServingPredictor(
+            config.tf_serving,
+            deadline_seconds=config.grpc_deadline_seconds,
+            model_repo=config.model_repo,
+            models=config.models,
+            max_batch_size=config.tf_serving_max_batch,
+        )
+    from service.embedded import EmbeddedPredictor
+
+    if config.model_repo is None:
+        raise ValueError("expected a model repository or a TF Serving address, got neither")
+    predictor = EmbeddedPredictor(
+        config.model_repo,
+        max_loaded=getattr(config, "max_loaded", default_of(ServiceConfig, "max_loaded")),
+        poll_seconds=getattr(config, "poll_seconds", default_of(ServiceConfig, "poll_seconds")),
+    )
+    if start_polling:
+        predictor.start_polling()
+    return predictor
+
+
+@dataclass(frozen=True)
+class AuditStack:
+    """The audit's parts, wired: `worker` is None unless asked for (`medrobust audit run` needs none)."""
+
+    config: AuditConfig
+    predictor: Any
+    store: Any
+    registry: Any
+    metrics: Any
+    runner: Any
+    worker: Any = None
+
+    def reader(self, *, submit: bool = True):
+        """The Audits pages' view of this stack (`service.audits_web.AuditReader`)."""
+        from audit.web_reader import StoreReader
+
+        return StoreReader(self.store, self.config.artefacts_dir, self.runner if submit else None)
+
+    def close(self, *, reason: str = "interrupted: the process stopped before the run finished") -> None:
+        """Stop the worker and mark this process's unfinished runs failed, so none stays `running`."""
+        if self.worker is not None:
+            self.worker.stop()
+        failed = self.store.fail_owned(reason)
+        if failed:
+            log.warning("runs %s marked failed: %s", ", ".join(map(str, failed)), reason)
+        self.predictor.close()
+        self.store.close()
+
+
+def build_audit_stack(
+    config: AuditConfig,
+    *,
+    predictor=None,
+    registry=None,
+    worker: bool = False,
+    metrics: bool = True,
+    load_dataset: Callable | None = None,
+) -> AuditStack:
+    """Store, metrics (restored from the store), runner and, with `worker`, the scheduled worker.
+
+    `predictor` defaults to the backend `config` names; `registry` to a fresh one (pass the front
+    end's to show the audit's figures on its /metrics too).
+    """
+    from prometheus_client import CollectorRegistry
+
+    from audit.metrics import AuditMetrics
+    from audit.runner import AuditRunner
+    from audit.store import AuditStore
+
+    predictor = predictor if predictor is not None else build_predictor(config, start_polling=False)
+    if metrics:
+        _single_process_metrics()
+    registry = registry if registry is not None else CollectorRegistry()
+    store = AuditStore(config.database_url)
+    audit_metrics = None
+    if metrics:
+        audit_metrics = AuditMetrics(registry)
+        audit_metrics.restore(store)
+    runner = AuditRunner(config, predictor, store, audit_metrics, load_dataset=load_dataset)
+    scheduled = None
+    if worker:
+        from audit.scheduler import AuditWorker
+
+        scheduled = AuditWorker(config, runner, registry)
+    return AuditStack(config, predictor, store, registry, audit_metrics, runner, scheduled)
+
+
+def _single_process_metrics() -> None:
+    """The audit's counters are restored from the store at start, so they must live in this process
+    only. The image sets PROMETHEUS_MULTIPROC_DIR for gunicorn's workers; in the worker, files kept
+    there across a container restart (PID 1 again, the same file) would add the old counts a
+    second time. Values created from here on are plain in-memory ones."""
+    if os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None) is not None:
+        import prometheus_client.values as values
+
+        values.ValueClass = values.get_value_class()
+
+
+def build_audit_reader(config: ServiceConfig):
+    """A read-only view of the store a separate audit worker writes (None without a store).
+
+    No runner (POST answers 503) and no recovery of 'running' rows: those belong to the worker.
+    """
+    if not config.database_url:
+        return None
+    from audit.store import AuditStore
+    from audit.web_reader import StoreReader
+
+    artefacts = config.audit_artefacts or default_of(AuditConfig, "artefacts_dir")
+    return StoreReader(AuditStore(config.database_url, recover=False), artefacts)
+
+
+def build_app(config: ServiceConfig, *, predictor=None, registry=None, audits=None, read_audits: bool = True):
+    """The front end: `create_app` with the backend `config` names and, when an audit reader is
+    given (or `config.database_url` names a store and `read_audits`), the Audits pages."""
+    from service.app import create_app
+    from service.audits_web import audits_extension
+
+    predictor = predictor if predictor is not None else build_predictor(config)
+    if audits is None and read_audits:
+        audits = build_audit_reader(config)
+    extensions = [audits_extension(audits)] if audits is not None else []
+    return create_app(config, predictor=predictor, registry=registry, extensions=extensions)

@@ -1,0 +1,44 @@
+"""The commands read one configuration, validated while parsing, and hand it whole to the parts."""
+
+from __future__ import annotations
+
+
+from medrobust.cli import main
+
+
+def test_a_bad_schedule_is_a_usage_error_naming_the_flag_before_anything_starts(tmp_path, capsys):
+    database = tmp_path / "audits.sqlite"
+    status = main([
+        "audit", "worker", "--schedule", "61 * * * *", "--dataset", "synthetic:30", "--model-repo", str(tmp_path),
+        "--database-url", f"sqlite:///{database}",
+    ])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "medrobust audit: error: --schedule: expected a 5-field cron expression, got '61 * * * *'" in err
+    assert not database.exists()  # refused while parsing: no store was opened
+
+
+def test_a_bad_schedule_from_the_environment_names_the_variable(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MEDROBUST_AUDIT_SCHEDULE", "every night")
+    assert main(["audit", "worker", "--dataset", "synthetic:30", "--model-repo", str(tmp_path)]) == 2
+    assert "MEDROBUST_AUDIT_SCHEDULE: expected a 5-field cron expression, got 'every night'" in capsys.readouterr().err
+
+
+def test_the_grpc_deadline_reaches_the_audits_predictor(monkeypatch):
+    from medrobust.commands.audit import config_from_args
+    from medrobust.compose import build_predictor
+    from medrobust.cli import build_parser
+
+    monkeypatch.setenv("MEDROBUST_GRPC_DEADLINE_SECONDS", "2.5")
+    args = build_parser().parse_args(["audit", "run", "--tf-serving", "127.0.0.1:1", "--models", "demo-resnet50-baseline"])
+    config = config_from_args(args)
+    predictor = build_predictor(config, start_polling=False)
+    try:
+        assert config.grpc_deadline_seconds == 2.5 and predictor.deadline_seconds == 2.5
+    finally:
+        predictor.close()
+
+
+def test_a_bad_value_from_a_flag_names_the_flag(capsys):
+    assert main(["serve", "--port", "70000", "--model-repo", "."]) == 2
+    assert "medrobust serve: error: --port: expected a port in 0..65535, got 70000" in capsys.readouterr().err

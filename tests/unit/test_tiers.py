@@ -1,0 +1,34 @@
+"""The tiers: `python -m pytest` runs the quick one, `--all-tiers` (what .ci/run runs) every one."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+
+from tests.project import PROJECT, QUICK_TIER
+
+SYSTEM_MODULE = "tests/integration/test_audit_worker_signals.py"  # two tests, both marked system
+
+
+def _collect(*args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:randomly", SYSTEM_MODULE, *args],
+        cwd=PROJECT, capture_output=True, text=True, timeout=120,
+    )
+    return done.stdout
+
+
+def test_the_quick_tier_is_pyprojects_default():
+    addopts = tomllib.loads((PROJECT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["addopts"]
+    assert f"-m '{QUICK_TIER}'" in addopts
+
+
+def test_system_tests_run_only_with_all_tiers():
+    assert "2 deselected" in _collect()
+    everything = _collect("--all-tiers")
+    assert "2 tests collected" in everything and "deselected" not in everything
+
+
+def test_ci_runs_every_tier():
+    assert (PROJECT / ".ci" / "run").read_text().rstrip().endswith("python -m pytest --all-tiers")
