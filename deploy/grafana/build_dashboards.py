@@ -3,7 +3,7 @@
     python deploy/grafana/build_dashboards.py          # rewrite dashboards/*.json
     python deploy/grafana/build_dashboards.py --check  # exit 1 if they are out of date
 
-Edit this file, not the JSON; tests/integration/test_deploy_grafana.py fails when they differ.
+Edit this file, not the JSON; tests/unit/test_deploy_grafana.py fails when they differ.
 Metric names are the ones fixed by the serving and audit issues.
 """
 
