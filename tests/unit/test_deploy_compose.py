@@ -9,16 +9,16 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
+
+from tests.tf_serving_protos import message_class
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 HERE = Path(__file__).resolve().parent
 # The official schema, vendored because tests run offline: see schemas/README.md for its source.
 COMPOSE_SCHEMA = HERE / "schemas" / "compose-spec.json"
-# Official TF Serving protos that tensorflow-serving-api does not ship: see protos/README.md.
-TF_SERVING_DESCRIPTORS = HERE / "protos" / "tf_serving_configs.binpb"
 
 OFFICIAL_IMAGES = {
     "tf-serving": "tensorflow/serving",
@@ -38,14 +38,6 @@ def compose() -> dict:
 @pytest.fixture(scope="module")
 def services(compose: dict) -> dict:
     return compose["services"]
-
-
-def _message_class(full_name: str) -> type:
-    fds = descriptor_pb2.FileDescriptorSet.FromString(TF_SERVING_DESCRIPTORS.read_bytes())
-    pool = descriptor_pool.DescriptorPool()
-    for file in fds.file:
-        pool.Add(file)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName(full_name))
 
 
 def _flags(command: list[str]) -> dict[str, str]:
@@ -160,7 +152,7 @@ def test_every_bind_mounted_file_exists(services: dict) -> None:
 def test_monitoring_config_parses_and_enables_the_prometheus_path() -> None:
     monitoring = text_format.Parse(
         (DEPLOY / "tf-serving" / "monitoring.config").read_text(),
-        _message_class("tensorflow.serving.MonitoringConfig")(),
+        message_class("tensorflow.serving.MonitoringConfig")(),
     )
     assert monitoring.prometheus_config.enable
     scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
@@ -171,7 +163,7 @@ def test_monitoring_config_parses_and_enables_the_prometheus_path() -> None:
 def test_batching_config_parses_and_is_consistent() -> None:
     batching = text_format.Parse(
         (DEPLOY / "tf-serving" / "batching.config").read_text(),
-        _message_class("tensorflow.serving.BatchingParameters")(),
+        message_class("tensorflow.serving.BatchingParameters")(),
     )
     sizes = list(batching.allowed_batch_sizes)
     assert batching.max_batch_size.value > 0 and batching.num_batch_threads.value >= 1
@@ -182,7 +174,7 @@ def test_batching_config_parses_and_is_consistent() -> None:
 def test_the_proto_parser_rejects_unknown_fields() -> None:
     """Guards the two tests above: text_format must fail on a misspelt field."""
     with pytest.raises(text_format.ParseError):
-        text_format.Parse("max_batch_sise { value: 1 }", _message_class("tensorflow.serving.BatchingParameters")())
+        text_format.Parse("max_batch_sise { value: 1 }", message_class("tensorflow.serving.BatchingParameters")())
 
 
 def test_sample_models_config_parses_and_follows_the_repository_layout() -> None:
