@@ -21,9 +21,10 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from training.contract.config import MAX_PIXELS
 from training.contract.errors import HttpError
 
-DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_MAX_PIXELS = MAX_PIXELS  # written once, in the configuration
 MIN_SIDE = 8
 ACCEPTED_FORMATS = frozenset({"PNG", "JPEG", "BMP", "TIFF"})
 
