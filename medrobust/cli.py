@@ -41,6 +41,7 @@ def quiet_tensorflow() -> None:
     SavedModel loading warnings) out of a newcomer's terminal; `--verbose` keeps it. Set before
     TensorFlow is imported, which every command does lazily, after this."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # errors still show
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC's own start-up notices
     if not any(Path("/dev").glob("nvidia[0-9]*")):
         # No GPU device: skip CUDA's probe, whose failure (cuInit) is logged as an error.
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
