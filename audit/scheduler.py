@@ -149,10 +149,8 @@ class AuditWorker:
         from apscheduler.schedulers.background import BackgroundScheduler
         from apscheduler.triggers.cron import CronTrigger
 
-        try:
-            trigger = CronTrigger.from_crontab(self.config.schedule)
-        except ValueError as exc:
-            raise ValueError(f"MEDROBUST_AUDIT_SCHEDULE: expected a 5-field cron expression, got {self.config.schedule!r}: {exc}") from None
+        # AuditConfig checked the expression when it was read (naming the flag or variable).
+        trigger = CronTrigger.from_crontab(self.config.schedule)
         # APScheduler logs every poll at INFO; the runs log their own start and outcome.
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
         self.scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600})

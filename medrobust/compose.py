@@ -57,11 +57,11 @@ class AuditStack:
     runner: Any
     worker: Any = None
 
-    def reader(self, *, submit: bool = True):
-        """The Audits pages' view of this stack (`service.audits_web.AuditReader`)."""
+    def reader(self):
+        """The Audits pages' view of this stack (`service.audits_web.AuditReader`), able to start runs."""
         from audit.web_reader import StoreReader
 
-        return StoreReader(self.store, self.config.artefacts_dir, self.runner if submit else None)
+        return StoreReader(self.store, self.config.artefacts_dir, self.runner)
 
     def close(self, *, reason: str = "interrupted: the process stopped before the run finished") -> None:
         """Stop the worker and mark this process's unfinished runs failed, so none stays `running`."""

@@ -14,7 +14,6 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 
-
 @dataclass(frozen=True)
 class ModelInfo:
     """A served model: its name, the versions the backend holds, and the newest one's card."""
