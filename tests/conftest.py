@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 from dataclasses import dataclass
@@ -73,6 +74,15 @@ def tiny_repo(request, tmp_path_factory) -> TinyRepo:
         return TinyRepo(repo, TINY_DATASET, "demo", TINY_SIZE, "demo-resnet50-baseline", "demo-resnet50-attention")
     root = Path(cache.mkdir("medrobust-tiny-repo"))
     repo = root / _tiny_repo_key()
+    # One builder at a time: the workers of a parallel run (pytest -n) share this cache, and a
+    # second build would only compete with the first for the same cores.
+    with (root / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _build_once(root, repo)
+    return TinyRepo(repo, TINY_DATASET, "demo", TINY_SIZE, "demo-resnet50-baseline", "demo-resnet50-attention")
+
+
+def _build_once(root: Path, repo: Path) -> None:
     if not (repo / "demo-resnet50-attention").is_dir():
         # Built beside its final place (one filesystem), then renamed: atomic, so a concurrent
         # session sees a whole repository or none, and pytest's clean-up of old temporary
@@ -88,7 +98,6 @@ def tiny_repo(request, tmp_path_factory) -> TinyRepo:
             staged.rename(repo)
         except OSError:  # another session finished first: use its repository
             shutil.rmtree(staged, ignore_errors=True)
-    return TinyRepo(repo, TINY_DATASET, "demo", TINY_SIZE, "demo-resnet50-baseline", "demo-resnet50-attention")
 
 
 def _tiny_repo_key() -> str:

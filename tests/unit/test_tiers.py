@@ -30,5 +30,7 @@ def test_system_tests_run_only_with_all_tiers():
     assert "2 tests collected" in everything and "deselected" not in everything
 
 
-def test_ci_runs_every_tier():
-    assert (PROJECT / ".ci" / "run").read_text().rstrip().endswith("python -m pytest --all-tiers")
+def test_ci_runs_the_readmes_command_for_every_tier():
+    command = (PROJECT / ".ci" / "run").read_text().rstrip().splitlines()[-1]
+    assert command.startswith("python -m pytest --all-tiers")
+    assert f"`{command}`" in (PROJECT / "README.md").read_text()
