@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import re
+from dataclasses import asdict
 
 from flask import Blueprint, Response, jsonify, request
 
@@ -15,6 +16,7 @@ from service.errors import ApiError
 from service.explain import explain_upload
 from service.predictor import ModelInfo
 from service.uploads import read_upload
+from training.contract.dicom import DicomInfo
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 EXPLAIN_CHOICES = ("gradcam", "none")
@@ -75,7 +77,8 @@ def predict(model: str):
     card = s.predictor.model_card(model, version)  # unknown model or version: 404 before reading the body
     data = read_upload(request)
     result = explain_upload(
-        s.predictor, model, card, data, version=version, explain=explain == "gradcam", max_pixels=s.config.max_pixels
+        s.predictor, model, card, data, version=version, explain=explain == "gradcam", max_pixels=s.config.max_pixels,
+        decode_slots=s.decode_slots,
     )
     s.metrics.predictions.labels(result.model, result.label).inc()
     for overlay in result.omitted:
@@ -98,6 +101,7 @@ def predict(model: str):
             "class_index": result.class_index,
             "probabilities": result.probabilities,
             "image_size": list(result.image_size),
+            "overlay_size": list(result.overlay_size) if result.overlay_size else None,
             "overlay_png": _b64(result.overlay_png),
             "timings_ms": result.timings_ms,
         }
@@ -105,6 +109,8 @@ def predict(model: str):
             body["attention_png"] = _b64(result.attention_png)
         if result.omitted:
             body["overlay_omitted"] = result.omitted
+        if result.dicom is not None:
+            body["dicom"] = dicom_json(result.dicom)
         response = jsonify(body)
     response.headers["Cache-Control"] = "no-store"  # the answer describes a patient's image
     return response
@@ -130,6 +136,16 @@ def parse_version(text: str | None) -> int | str | None:
         f"(a letter, then letters, digits, '_', '.' or '-', at most 64), got {shown!r}",
         400,
     )
+
+
+def dicom_json(info: DicomInfo) -> dict:
+    """What the answer says of a DICOM upload's header, and nothing else of it (no patient data)."""
+    return {
+        "modality": info.modality,
+        "photometric_interpretation": info.photometric_interpretation,
+        "frame": {"index": info.frame, "count": info.frames},
+        "window": asdict(info.window) if info.window is not None else None,
+    }
 
 
 def _b64(png: bytes | None) -> str | None:

@@ -8,6 +8,7 @@ The blueprints reach the app's collaborators through `service.state`, never thro
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -51,7 +52,9 @@ def create_app(
     app.config.update(MAX_CONTENT_LENGTH=config.max_upload_bytes)
     metrics = ServiceMetrics(registry if registry is not None else CollectorRegistry())
     instrumented = InstrumentedPredictor(predictor, metrics)
-    app.extensions["medrobust"] = ServiceState(config, instrumented, metrics, ReadinessProbe(instrumented))
+    app.extensions["medrobust"] = ServiceState(
+        config, instrumented, metrics, ReadinessProbe(instrumented), threading.BoundedSemaphore(config.max_decodes)
+    )
 
     register_error_handlers(app)
     _instrument(app, metrics)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -11,9 +13,17 @@ from typing import Any
 
 import numpy as np
 
+from service.errors import ApiError
 from service.overlay import ATTENTION_COLORMAP, HEATMAP_COLORMAP, overlay_png
 from service.predictor import Predictor
-from training.contract.imaging import decode_image, resize_for_model
+from training.contract.dicom import DicomInfo
+from training.contract.imaging import decode_upload
+
+# Overlays are pictures for a person: 2048 px on the long side is more than a screen shows, and it
+# bounds what a huge upload costs after its decode (python -m bench.upload_memory measures it).
+OVERLAY_MAX_SIDE = 2048
+# How long a request waits for a decode slot before it is told to come back (503, Retry-After).
+DECODE_WAIT_SECONDS = 2.0
 
 
 # An attentive model answers two overlays. From about 128x128 up they are encoded at once, one in
@@ -73,10 +83,34 @@ class Explanation:
     class_index: int
     probabilities: dict[str, float]
     image_size: tuple[int, int]  # (width, height) of the upload, EXIF rotation applied
+    overlay_size: tuple[int, int] | None  # (width, height) of the overlays, when any is drawn
     overlay_png: bytes | None
     attention_png: bytes | None
     timings_ms: dict[str, float]
     omitted: dict[str, str]  # overlay name ("overlay", "attention") -> why the model's map was not drawn
+    dicom: DicomInfo | None = None  # for a DICOM upload: modality, photometric interpretation, frame, window
+
+
+@contextmanager
+def decode_slot(slots: threading.BoundedSemaphore, wait_seconds: float | None = None) -> Iterator[None]:
+    """Hold one of the process's decode slots, or answer 503 with Retry-After when all stay busy.
+
+    A decode holds an upload's full-size pixels; bounding how many run at once bounds the memory
+    a burst of huge uploads can take.
+    """
+    wait_seconds = DECODE_WAIT_SECONDS if wait_seconds is None else wait_seconds
+    if not slots.acquire(timeout=wait_seconds):
+        raise ApiError(
+            "busy",
+            f"expected a free decode slot within {wait_seconds:g} s, got none: every slot is decoding "
+            "another upload; retry shortly",
+            503,
+            headers={"Retry-After": "1"},
+        )
+    try:
+        yield
+    finally:
+        slots.release()
 
 
 def explain_upload(
@@ -88,13 +122,16 @@ def explain_upload(
     version: int | str | None = None,
     explain: bool = True,
     max_pixels: int,
+    decode_slots: threading.BoundedSemaphore,
 ) -> Explanation:
-    """Classify `data` (image bytes) with `model`; with `explain`, overlays at the upload's size."""
+    """Classify `data` (image bytes) with `model`; with `explain`, overlays at the upload's
+    aspect, at most OVERLAY_MAX_SIDE on the long side."""
     clock = time.perf_counter
     t0 = clock()
-    rgb = decode_image(data, max_pixels=max_pixels)
     size = int(card["input_size"][0])
-    batch = resize_for_model(rgb, size)[None]
+    with decode_slot(decode_slots):
+        upload = decode_upload(data, size=size, max_pixels=max_pixels, display_side=OVERLAY_MAX_SIDE)
+    rgb, batch = upload.display, upload.model_input[None]
     t1 = clock()
     omitted: dict[str, str] = {}
     if explain:
@@ -113,6 +150,9 @@ def explain_upload(
     t2 = clock()
     overlay, attention_png = _overlays(rgb, heatmap, attention)
     t3 = clock()
+    # The labels come from the card of the version that answered: during a rollout the version
+    # resolved for `card` (before the upload was read) may not be the one the backend used.
+    card = predictor.model_card(result.model, int(result.version))
     names = [str(n) for n in card["class_names"]]
     probabilities = [float(p) for p in result.probabilities[0]]
     index = int(result.class_id[0])
@@ -123,7 +163,8 @@ def explain_upload(
         label=names[index],
         class_index=index,
         probabilities=dict(zip(names, probabilities)),
-        image_size=(int(rgb.shape[1]), int(rgb.shape[0])),
+        image_size=(upload.width, upload.height),
+        overlay_size=(int(rgb.shape[1]), int(rgb.shape[0])) if overlay or attention_png else None,
         overlay_png=overlay,
         attention_png=attention_png,
         timings_ms={
@@ -133,4 +174,5 @@ def explain_upload(
             "total": round((t3 - t0) * 1000, 2),
         },
         omitted=omitted,
+        dicom=upload.dicom,
     )

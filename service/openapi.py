@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from training.contract.card import package_version
+from training.contract.dicom import PHOTOMETRIC
 
 _ERROR = {"$ref": "#/components/responses/Error"}
 _MODEL_PARAM = {
@@ -62,8 +63,9 @@ def openapi_document(extra_paths: Mapping[str, Any] | None = None) -> dict[str, 
         "/api/v1/models/{model}/predict": {"post": {
             "summary": "Classify one image and explain it with Grad-CAM",
             "description": (
-                "The image (PNG, JPEG, BMP or TIFF) as multipart field `image` or as the raw body with an "
-                "`image/*` content type. With `Accept: image/png` the answer is the overlay PNG itself."
+                "The image (PNG, JPEG, BMP, TIFF or DICOM) as multipart field `image` or as the raw body with an "
+                "`image/*` or `application/dicom` content type (a multipart DICOM is a `.dcm` file or sniffed from "
+                "its bytes). With `Accept: image/png` the answer is the overlay PNG itself."
             ),
             "operationId": "predict",
             "parameters": [_MODEL_PARAM, _VERSION_PARAM, _EXPLAIN_PARAM],
@@ -73,6 +75,7 @@ def openapi_document(extra_paths: Mapping[str, Any] | None = None) -> dict[str, 
                     "properties": {"image": {"type": "string", "format": "binary"}},
                 }},
                 "image/png": _BINARY, "image/jpeg": _BINARY, "image/bmp": _BINARY, "image/tiff": _BINARY,
+                "application/dicom": _BINARY,
             }},
             "responses": {
                 "200": {"description": "the diagnosis and its explanation", "content": {
@@ -147,7 +150,14 @@ def openapi_document(extra_paths: Mapping[str, Any] | None = None) -> dict[str, 
                         "label": {"type": "string"},
                         "class_index": {"type": "integer", "minimum": 0},
                         "probabilities": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1}},
-                        "image_size": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2},
+                        "image_size": {
+                            "type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2,
+                            "description": "The upload's width and height, EXIF orientation applied.",
+                        },
+                        "overlay_size": {
+                            "type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2, "nullable": True,
+                            "description": "The overlays' width and height: the upload's aspect, at most 2048 px on the long side.",
+                        },
                         "overlay_png": {"type": "string", "format": "byte", "nullable": True},
                         "attention_png": {"type": "string", "format": "byte"},
                         "overlay_omitted": {
@@ -156,6 +166,47 @@ def openapi_document(extra_paths: Mapping[str, Any] | None = None) -> dict[str, 
                             "additionalProperties": {"type": "string"},
                         },
                         "timings_ms": {"type": "object", "additionalProperties": {"type": "number"}},
+                        "dicom": {"$ref": "#/components/schemas/Dicom"},
+                    },
+                },
+                "Dicom": {
+                    "type": "object",
+                    "description": (
+                        "For a DICOM upload, all the answer says of its header; no patient or study field "
+                        "ever appears."
+                    ),
+                    "required": ["modality", "photometric_interpretation", "frame", "window"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "modality": {
+                            "type": "string", "nullable": True,
+                            "description": "A defined term (CR, DX, CT, MR, ...); null when the file holds another value.",
+                        },
+                        "photometric_interpretation": {
+                            "type": "string",
+                            "enum": list(PHOTOMETRIC),
+                        },
+                        "frame": {
+                            "type": "object", "required": ["index", "count"], "additionalProperties": False,
+                            "description": "The frame decoded (the first) and how many the file holds.",
+                            "properties": {
+                                "index": {"type": "integer", "minimum": 0},
+                                "count": {"type": "integer", "minimum": 1},
+                            },
+                        },
+                        "window": {
+                            "type": "object", "nullable": True, "required": ["source", "center", "width"],
+                            "additionalProperties": False,
+                            "description": (
+                                "How stored values became grey levels, in modality units: the header's first "
+                                "window, its VOI LUT, or the 0.5-99.5 percentile range. Null for colour."
+                            ),
+                            "properties": {
+                                "source": {"type": "string", "enum": ["window", "voi_lut", "percentile"]},
+                                "center": {"type": "number", "nullable": True},
+                                "width": {"type": "number", "nullable": True},
+                            },
+                        },
                     },
                 },
             },

@@ -6,6 +6,7 @@ end's modules form no cycle.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,7 @@ class ServiceState:
     predictor: InstrumentedPredictor
     metrics: ServiceMetrics
     readiness: ReadinessProbe
+    decode_slots: threading.BoundedSemaphore  # config.max_decodes uploads decoded at once in this process
     nav_links: list[tuple[str, str]] = field(default_factory=list)  # (label, url)
     openapi_paths: dict[str, Any] = field(default_factory=dict)
 

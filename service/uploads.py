@@ -8,8 +8,11 @@ from flask import Request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from service.errors import ApiError
+from training.contract.dicom import is_dicom
+from training.contract.image_errors import InvalidImage
 
 IMAGE_FIELD = "image"
+DICOM_MIMETYPE = "application/dicom"
 
 
 class InMemoryRequest(Request):
@@ -38,8 +41,19 @@ def _form_file(request: Request):
         ) from None
 
 
+def _declared_dicom(data: bytes, declared_as: str) -> bytes:
+    """`data`, checked to be DICOM since the client said so (image bytes are sniffed, not trusted, otherwise)."""
+    if data and not is_dicom(data):
+        raise InvalidImage(
+            f"expected DICOM for {declared_as}: a Part 10 file ('DICM' at byte 128) or a headerless "
+            f"ACR-NEMA data set (starting with a group 0008 element), got {len(data):,} bytes that are neither"
+        )
+    return data
+
+
 def read_upload(request: Request) -> bytes:
-    """The image bytes: multipart field `image`, or the raw body sent with an `image/*` content type."""
+    """The image bytes: multipart field `image`, or the raw body sent with an `image/*` or
+    `application/dicom` content type. A multipart DICOM is a `.dcm` file or sniffed from its bytes."""
     mimetype = request.mimetype or ""
     if mimetype == "multipart/form-data":
         upload = _form_file(request)
@@ -49,11 +63,18 @@ def read_upload(request: Request) -> bytes:
             raise ApiError(
                 "missing_image", f"expected a multipart field named {IMAGE_FIELD!r}, got fields {fields}", 400,
             )
-        return upload.read()
+        data = upload.read()
+        # The file name is never repeated: an export may name the file after the patient.
+        if (upload.filename or "").lower().endswith(".dcm") or upload.mimetype == DICOM_MIMETYPE:
+            return _declared_dicom(data, "a .dcm or application/dicom file")
+        return data
     if mimetype.startswith("image/"):
         return request.get_data(cache=False)
+    if mimetype == DICOM_MIMETYPE:
+        return _declared_dicom(request.get_data(cache=False), "an application/dicom body")
     raise ApiError(
         "unsupported_media_type",
-        f"expected multipart/form-data with an {IMAGE_FIELD!r} field or an image/* body, got {mimetype or 'no content type'}",
+        f"expected multipart/form-data with an {IMAGE_FIELD!r} field, an image/* body or an {DICOM_MIMETYPE} body, "
+        f"got {mimetype or 'no content type'}",
         415,
     )

@@ -1,4 +1,4 @@
-"""NIH ChestX-ray14: ``Data_Entry_2017.csv`` plus PNGs; binary pneumothorax label."""
+"""NIH ChestX-ray14: ``Data_Entry_2017.csv`` plus PNGs (or DICOMs); binary pneumothorax label."""
 
 from __future__ import annotations
 
@@ -21,6 +21,17 @@ def _read_list(path: str) -> set[str]:
         return {line.strip() for line in handle if line.strip()}
 
 
+def _png_or_dicom(root: str) -> dict[str, str]:
+    """Image Index -> file: the PNG, or else a DICOM of the same name (``00000001_000.dcm``)."""
+    found = index_files(root, (".png", ".dcm"))
+    # A PACS export keeps the name and changes the extension; the CSV still says .png.
+    for name, path in sorted(found.items()):
+        stem, extension = os.path.splitext(name)
+        if extension.lower() == ".dcm":
+            found.setdefault(f"{stem}.png", path)
+    return found
+
+
 def load_chestxray14(spec: str, root: str, *, seed: int) -> Dataset:
     """Split by ``Patient ID``; the official test list is used when the folder has it."""
     csv_path = os.path.join(root, DATA_ENTRY)
@@ -32,7 +43,7 @@ def load_chestxray14(spec: str, root: str, *, seed: int) -> Dataset:
     labels = np.asarray(
         [int(FINDING in row["Finding Labels"].split("|")) for row in rows], dtype=np.int64
     )
-    paths = resolve_images(csv_path, root, names, index_files(root, (".png",)), expected="<Image Index>")
+    paths = resolve_images(csv_path, root, names, _png_or_dicom(root), expected="<Image Index> (or its .dcm)")
     everything = Split(
         ids=tuple(names), labels=labels, groups=tuple(row["Patient ID"] for row in rows), paths=paths
     )

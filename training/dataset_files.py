@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 
 from training.dataset_types import DatasetError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
 
 
 def read_csv(path: str, required: Sequence[str]) -> list[dict[str, str]]:

@@ -43,6 +43,7 @@ READERS: dict[str, Reader] = {
     "kaggle-dr": Reader("training.kaggle_dr:load_kaggle_dr", directory=True, options=("seed",)),
     "chestxray14": Reader("training.chestxray14:load_chestxray14", directory=True, options=("seed",)),
     "folder": Reader("training.folder:load_folder", directory=True, options=("seed",)),
+    "dicom": Reader("training.dicom_dir:load_dicom_dir", directory=True, options=("seed",)),
     "synthetic": Reader("training.synthetic:load_synthetic", directory=False, options=("seed",)),
 }
 

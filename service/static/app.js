@@ -63,12 +63,27 @@
     });
   }
 
+  // What the answer says of a DICOM header (never a patient field): modality, photometric, frame, window.
+  function describeDicom(dicom) {
+    var parts = ["DICOM", dicom.modality || "", dicom.photometric_interpretation,
+      "frame " + (dicom.frame.index + 1) + " of " + dicom.frame.count];
+    var w = dicom.window;
+    if (w) {
+      parts.push(w.source === "voi_lut" ? "VOI LUT" : (w.source === "percentile" ? "auto window" : "window") +
+        " C " + Number(w.center.toPrecision(4)) + " W " + Number(w.width.toPrecision(4)));
+    }
+    return parts.filter(Boolean).join(" ");
+  }
+
   function show(answer) {
     document.getElementById("label").textContent = answer.label;
     document.getElementById("confidence").textContent =
       "(" + (answer.probabilities[answer.label] * 100).toFixed(1) + "%)";
     document.getElementById("meta").textContent =
-      answer.model + " v" + answer.version + " \u00b7 " + answer.timings_ms.total.toFixed(0) + " ms";
+      answer.model + " v" + answer.version + " \u00b7 " + answer.timings_ms.total.toFixed(0) + " ms" +
+      (answer.dicom ? " \u00b7 " + describeDicom(answer.dicom) : "");
+    // A browser cannot show a DICOM file; the overlays are drawn on the windowed image the model saw.
+    document.getElementById("original-figure").hidden = Boolean(answer.dicom);
     var overlayFigure = document.getElementById("overlay-figure");
     if (answer.overlay_png) {
       document.getElementById("overlay").src = "data:image/png;base64," + answer.overlay_png;
@@ -102,9 +117,14 @@
       say("That file is " + (chosen.size / 1e6).toFixed(1) + " MB; the limit is " + (maxBytes / 1e6).toFixed(1) + " MB.", true);
       return;
     }
-    if (originalUrl) { URL.revokeObjectURL(originalUrl); }
-    originalUrl = URL.createObjectURL(chosen);
-    document.getElementById("original").src = originalUrl;
+    if (originalUrl) { URL.revokeObjectURL(originalUrl); originalUrl = null; }
+    var original = document.getElementById("original");
+    if (/\.dcm$/i.test(chosen.name) || chosen.type === "application/dicom") {
+      original.removeAttribute("src");  // not a picture a browser can show
+    } else {
+      originalUrl = URL.createObjectURL(chosen);
+      original.src = originalUrl;
+    }
     var body = new FormData();
     body.append("image", chosen);
     var headers = { "Accept": "application/json" };

@@ -84,3 +84,29 @@ def test_upload_shows_label_and_overlay(live_server, browser, tiny_repo, tmp_pat
     shot = os.environ.get("MEDROBUST_SCREENSHOT")
     if shot:
         browser.save_screenshot(shot)
+
+
+def test_a_dcm_upload_shows_its_label_its_overlay_and_no_patient(live_server, browser, tiny_repo, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    from tests import dicom_files
+
+    # The picker accepts .dcm; the file name and the header carry identifiers, as exports do.
+    browser.get(live_server + "/")
+    assert ".dcm" in browser.find_element(By.ID, "file").get_attribute("accept")
+    image = dicom_files.write(tmp_path / "Zyxwick_Quentin.dcm", dicom_files.chest_xray(rows=240, columns=320))
+    Select(browser.find_element(By.ID, "model")).select_by_value(tiny_repo.baseline)
+    browser.find_element(By.ID, "file").send_keys(str(image))
+    WebDriverWait(browser, 120).until(ec.visibility_of_element_located((By.ID, "result")))
+    assert browser.find_element(By.ID, "label").text, "no label shown"
+    meta = browser.find_element(By.ID, "meta").text
+    assert "DICOM CR MONOCHROME1 frame 1 of 1 window C 1000 W 2001" in meta
+    src = browser.find_element(By.ID, "overlay").get_attribute("src")
+    overlay = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+    assert overlay.size == (320, 240)  # the image's own columns x rows
+    assert not browser.find_element(By.ID, "original-figure").is_displayed()  # a browser cannot show DICOM
+    assert dicom_files.leaks(browser.find_element(By.ID, "result").text) == []
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] if hasattr(browser, "get_log") else []
+    assert not errors, errors

@@ -350,7 +350,7 @@ BAD_INPUTS = [
     ("npz volume", bad_npz_volume, r"organmnist3d\.npz: expected 2D train_images .*3D MedMNIST volumes"),
     ("npz not a zip", bad_npz_not_zip, r"broken\.npz: expected a MedMNIST \.npz archive, got an unreadable file"),
     ("npz missing", lambda tmp: f"medmnist:{tmp / 'nope.npz'}", r"nope\.npz: expected a MedMNIST \.npz file .*got no such file"),
-    ("unknown kind", lambda tmp: "dicom:/data", r"expected a dataset spec KIND:PATH with KIND one of medmnist, ham10000, kaggle-dr, chestxray14, folder, synthetic, got 'dicom:/data'"),
+    ("unknown kind", lambda tmp: "nifti:/data", r"expected a dataset spec KIND:PATH with KIND one of medmnist, ham10000, kaggle-dr, chestxray14, folder, dicom, synthetic, got 'nifti:/data'"),
     ("missing directory", lambda tmp: f"ham10000:{tmp / 'absent'}", r"absent: expected a directory for .*got no such directory"),
     ("no directory given", lambda tmp: "folder:", r"expected folder:DIR naming a directory"),
     ("unknown medmnist name", lambda tmp: "medmnist:fakemnist", r"expected a 2D MedMNIST name \(bloodmnist, .*got 'fakemnist'"),

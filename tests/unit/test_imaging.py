@@ -20,7 +20,7 @@ from training.contract.imaging import (
     UnsupportedImage,
     decode_image,
     decode_image_file,
-    load_for_model,
+    decode_upload,
     resize_for_model,
 )
 
@@ -251,7 +251,57 @@ def test_resize_rejects_wrong_input():
         resize_for_model(np.zeros((8, 8, 3), np.float32), 4)
 
 
-def test_load_for_model_returns_original_and_input():
-    original, model_input = load_for_model(encode(Image.fromarray(gradient_rgb()), "PNG"), 32)
-    assert original.shape == (24, 32, 3) and original.dtype == np.uint8
-    assert model_input.shape == (32, 32, 3) and model_input.dtype == np.float32
+def _every_mode() -> dict[str, bytes]:
+    """One file per decode branch, each 300 x 200 so the display cap and the resize both act."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (200, 300, 3), np.uint8)
+    rgba = np.dstack([rgb, rng.integers(0, 256, (200, 300), np.uint8)])
+    grey16 = rng.integers(0, 65536, (200, 300), np.uint16)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    palette = Image.fromarray(rgb).convert("P")
+    return {
+        "rgb-png": encode(Image.fromarray(rgb), "PNG"),
+        "grey-png": encode(Image.fromarray(rgb[:, :, 0]), "PNG"),
+        "rgba-png": encode(Image.fromarray(rgba), "PNG"),
+        "la-png": encode(Image.fromarray(rgb[:, :, 0]).convert("LA"), "PNG"),
+        "palette-transparent-png": encode(palette, "PNG", transparency=3),
+        "grey16-png": encode(Image.fromarray(grey16), "PNG"),
+        "float-tiff": encode(Image.fromarray(grey16.astype(np.float32) / 65535), "TIFF"),
+        "rotated-jpeg": encode(Image.fromarray(rgb), "JPEG", exif=exif, quality=90),
+        "cmyk-jpeg": encode(Image.fromarray(rgb).convert("CMYK"), "JPEG", quality=90),
+    }
+
+
+@pytest.mark.parametrize("name", list(_every_mode()))
+def test_an_uploads_model_input_is_trainings_full_decode_bit_for_bit(name):
+    data = _every_mode()[name]
+    upload = decode_upload(data, size=32, max_pixels=10**6, display_side=64)
+    expected = resize_for_model(decode_image(data), 32)
+    assert upload.model_input.dtype == np.float32
+    np.testing.assert_array_equal(upload.model_input, expected)
+    full = decode_image(data)
+    assert (upload.height, upload.width) == full.shape[:2]
+    assert max(upload.display.shape[:2]) == 64 and upload.display.dtype == np.uint8
+
+
+def test_the_display_copy_keeps_the_aspect_and_is_the_decode_when_small():
+    data = encode(Image.fromarray(gradient_rgb(24, 32)), "PNG")
+    upload = decode_upload(data, size=16, max_pixels=10**6, display_side=2048)
+    np.testing.assert_array_equal(upload.display, decode_image(data))
+    wide = encode(Image.new("RGB", (3000, 1000), (10, 20, 30)), "PNG")
+    upload = decode_upload(wide, size=16, max_pixels=10**7, display_side=2048)
+    assert (upload.width, upload.height) == (3000, 1000) and upload.display.shape == (683, 2048, 3)
+
+
+def test_sixteen_bit_grey_maps_every_value_as_a_float64_division_would():
+    values = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    out = decode_image(encode(Image.fromarray(values), "PNG"))[:, :, 0]
+    expected = np.clip(np.rint(values.astype(np.float64) / 257.0), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_max_side_shrinks_a_sixteen_bit_image():  # PIL cannot resize I;16 itself
+    values = np.full((400, 600), 65535, np.uint16)
+    out = decode_image(encode(Image.fromarray(values), "PNG"), max_side=60)
+    assert out.shape == (40, 60, 3) and (out == 255).all()

@@ -4,13 +4,16 @@ every upload size (both sides of the size from which the two overlays are encode
 from __future__ import annotations
 
 import io
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from service.explain import PARALLEL_OVERLAY_MIN_PIXELS, explain_upload
+import service.explain
+from service.errors import ApiError
+from service.explain import OVERLAY_MAX_SIDE, PARALLEL_OVERLAY_MIN_PIXELS, decode_slot, explain_upload
 from service.overlay import ATTENTION_COLORMAP, HEATMAP_COLORMAP, overlay_png
 from service.predictor import GradcamResult, Prediction
 
@@ -32,6 +35,13 @@ class MapsPredictor:
     def predict(self, model, images, *, version=None):
         return Prediction(model, 3, np.zeros((1, 2), np.float32), np.array([[0.6, 0.4]], np.float32), np.array([0]))
 
+    def model_card(self, model, version=None):
+        return CARD
+
+
+def _slots() -> threading.BoundedSemaphore:
+    return threading.BoundedSemaphore(1)
+
 
 def _png(rgb: np.ndarray) -> bytes:
     buffer = io.BytesIO()
@@ -43,7 +53,7 @@ def _png(rgb: np.ndarray) -> bytes:
 def test_attentive_model_gets_both_overlays_in_their_colours(side: int) -> None:
     rgb = np.random.default_rng(side).integers(0, 256, (side, side + 7, 3), dtype=np.uint8)
     backend = MapsPredictor(attention=True)
-    result = explain_upload(backend, "m", CARD, _png(rgb), max_pixels=10**8)
+    result = explain_upload(backend, "m", CARD, _png(rgb), max_pixels=10**8, decode_slots=_slots())
     assert result.overlay_png == overlay_png(rgb, backend.heatmap[0], colormap=HEATMAP_COLORMAP)
     assert result.attention_png == overlay_png(rgb, backend.attention[0], colormap=ATTENTION_COLORMAP)
     assert result.overlay_png != result.attention_png
@@ -57,14 +67,14 @@ def test_the_sizes_cover_both_paths() -> None:
 def test_baseline_model_gets_no_attention_overlay() -> None:
     rgb = np.full((200, 200, 3), 90, np.uint8)
     backend = MapsPredictor(attention=False)
-    result = explain_upload(backend, "m", CARD, _png(rgb), max_pixels=10**8)
+    result = explain_upload(backend, "m", CARD, _png(rgb), max_pixels=10**8, decode_slots=_slots())
     assert result.overlay_png == overlay_png(rgb, backend.heatmap[0])
     assert result.attention_png is None
 
 
 def test_without_explanation_no_overlays() -> None:
     result = explain_upload(MapsPredictor(attention=True), "m", CARD, _png(np.zeros((200, 200, 3), np.uint8)),
-                            explain=False, max_pixels=10**8)
+                            explain=False, max_pixels=10**8, decode_slots=_slots())
     assert (result.overlay_png, result.attention_png, result.label) == (None, None, "benign")
 
 
@@ -79,7 +89,7 @@ def test_an_overlay_error_reaches_the_caller(monkeypatch) -> None:
 
     monkeypatch.setattr(service.explain, "overlay_png", broken)
     with pytest.raises(RuntimeError, match="encoder failed"):
-        explain_upload(MapsPredictor(attention=True), "m", CARD, _png(np.zeros((200, 200, 3), np.uint8)), max_pixels=10**8)
+        explain_upload(MapsPredictor(attention=True), "m", CARD, _png(np.zeros((200, 200, 3), np.uint8)), max_pixels=10**8, decode_slots=_slots())
 
 
 BAD_MAPS = [
@@ -96,7 +106,7 @@ def test_a_bad_map_is_left_out_with_its_reason(side, which, values, reason) -> N
     rgb = np.random.default_rng(side).integers(0, 256, (side, side, 3), dtype=np.uint8)
     backend = MapsPredictor(attention=True)
     setattr(backend, which, values)
-    result = explain_upload(backend, "m", CARD, _png(rgb), max_pixels=10**8)
+    result = explain_upload(backend, "m", CARD, _png(rgb), max_pixels=10**8, decode_slots=_slots())
     assert (result.label, result.class_index) == ("malignant", 1)
     key, kept = ("attention", "overlay") if which == "attention" else ("overlay", "attention")
     assert result.omitted == {key: f"the model's {reason}"}
@@ -110,8 +120,19 @@ def test_a_bad_map_is_left_out_with_its_reason(side, which, values, reason) -> N
 class CardPredictor(MapsPredictor):
     backend_name = "stand-in"
 
-    def model_card(self, model, version=None):
-        return CARD
+
+def test_the_label_comes_from_the_card_of_the_version_that_answered() -> None:
+    """A rollout between reading the card and the call: version 3 answered, so its class names label it."""
+
+    class RolledOut(MapsPredictor):
+        def model_card(self, model, version=None):
+            assert version == 3, "the card asked for must be the answering version's"
+            return {**CARD, "class_names": ["nevus", "melanoma"]}
+
+    stale = {**CARD, "class_names": ["benign", "malignant"]}  # what the caller resolved before the call
+    result = explain_upload(RolledOut(attention=False), "m", stale, _png(np.zeros((40, 40, 3), np.uint8)),
+                            max_pixels=10**8, decode_slots=_slots())
+    assert (result.version, result.label) == (3, "melanoma") and list(result.probabilities) == ["nevus", "melanoma"]
 
 
 def test_the_api_answers_200_and_counts_an_omitted_overlay() -> None:
@@ -136,3 +157,37 @@ def test_the_api_answers_200_and_counts_an_omitted_overlay() -> None:
     png = client.post("/api/v1/models/m/predict", data=upload, content_type="image/png", headers={"Accept": "image/png"})
     assert png.status_code == 502
     assert png.get_json()["error"]["code"] == "overlay_unavailable"
+
+
+def test_a_huge_upload_gets_overlays_capped_at_2048_on_its_long_side() -> None:
+    rgb = np.random.default_rng(0).integers(0, 256, (1000, 3000, 3), dtype=np.uint8)
+    result = explain_upload(MapsPredictor(attention=True), "m", CARD, _png(rgb), max_pixels=10**8, decode_slots=_slots())
+    assert result.image_size == (3000, 1000) and result.overlay_size == (OVERLAY_MAX_SIDE, 683)
+    for png in (result.overlay_png, result.attention_png):
+        assert Image.open(io.BytesIO(png)).size == (OVERLAY_MAX_SIDE, 683)
+
+
+def test_no_overlay_no_overlay_size() -> None:
+    result = explain_upload(MapsPredictor(attention=True), "m", CARD, _png(np.zeros((40, 40, 3), np.uint8)),
+                            explain=False, max_pixels=10**8, decode_slots=_slots())
+    assert result.overlay_size is None and result.image_size == (40, 40)
+
+
+def test_busy_decode_slots_answer_503_with_retry_after(monkeypatch) -> None:
+    monkeypatch.setattr(service.explain, "DECODE_WAIT_SECONDS", 0.05)
+    slots = _slots()
+    with decode_slot(slots):  # the only slot is taken by another upload
+        with pytest.raises(ApiError) as refused:
+            explain_upload(MapsPredictor(attention=False), "m", CARD, _png(np.zeros((40, 40, 3), np.uint8)),
+                           max_pixels=10**8, decode_slots=slots)
+    assert (refused.value.code, refused.value.http_status) == ("busy", 503)
+    assert refused.value.headers == {"Retry-After": "1"}
+    with decode_slot(slots):  # released again: the next upload gets it
+        pass
+
+
+def test_a_failed_decode_gives_its_slot_back() -> None:
+    slots = _slots()
+    with pytest.raises(Exception, match="not a recognisable image"):
+        explain_upload(MapsPredictor(attention=False), "m", CARD, b"not an image", max_pixels=10**8, decode_slots=slots)
+    assert slots.acquire(blocking=False)

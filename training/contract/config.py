@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, replace
 from decimal import Decimal
@@ -158,6 +159,44 @@ def is_loopback(host: str) -> bool:
         return False  # a host name or a malformed address: assume it is reachable from outside
 
 
+# A DNS name or an IPv4 address: what may stand before ":PORT" unbracketed.
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
+DNS_SCHEME = "dns:///"
+
+
+def check_tf_serving_target(text: str) -> None:
+    """Raise ValueError unless `text` is TF Serving's gRPC address, HOST:PORT or dns:///HOST:PORT.
+
+    The client resolves the name to every address DNS returns and balances calls over them, so
+    `dns:///` + a headless Service's name reaches every TF Serving replica. The port is required:
+    gRPC would otherwise dial 443, where TF Serving never listens.
+    """
+    address = text[len(DNS_SCHEME):] if text.startswith(DNS_SCHEME) else text
+    host, colon, port = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+            host_ok = True
+        except ValueError:
+            host_ok = False
+    else:
+        host_ok = _HOST.fullmatch(host) is not None
+    port_ok = port.isascii() and port.isdigit() and 1 <= int(port) <= 65535
+    if not (colon and host_ok and port_ok):
+        raise ValueError(
+            f"expected TF Serving's gRPC address as HOST:PORT or {DNS_SCHEME}HOST:PORT with a port in 1..65535 "
+            f"(e.g. {DNS_SCHEME}tf-serving:8500 for a headless Service), got {text!r}"
+        )
+
+
+def _check_tf_serving(value: str | None) -> None:
+    if value:  # None or "": no TF Serving (the embedded backend)
+        try:
+            check_tf_serving_target(value)
+        except ValueError as exc:
+            raise FieldError("tf_serving", str(exc)) from None
+
+
 def _positive(name: str, value: float, low: float = 1) -> None:
     if value < low:
         raise FieldError(name, f"expected at least {low}, got {value}")
@@ -169,13 +208,22 @@ class ServiceConfig:
     """Everything `medrobust serve` and `create_app` need; tests construct it directly."""
 
     model_repo: Path | None = setting(None, "MODEL_REPO", parse=Path)
-    tf_serving: str | None = setting(None, "TF_SERVING")  # HOST:PORT of TF Serving's gRPC port; None: embedded
+    # TF Serving's gRPC port, HOST:PORT or dns:///HOST:PORT (a headless Service: calls are balanced over
+    # every replica); None: the embedded backend.
+    tf_serving: str | None = setting(None, "TF_SERVING")
     host: str = setting("127.0.0.1", "HOST")
     port: int = setting(8000, "PORT")
+    # /metrics counts diagnoses per model: served apart from the API, on a port deployments do not
+    # publish (Prometheus scrapes it on the internal network). Host None: the API's host.
+    metrics_host: str | None = setting(None, "METRICS_HOST")
+    metrics_port: int = setting(9102, "METRICS_PORT")
     workers: int = setting(1, "WORKERS")
     threads: int = setting(4, "THREADS")
     max_upload_bytes: int = setting(20_000_000, "MAX_UPLOAD_BYTES")
     max_pixels: int = setting(MAX_PIXELS, "MAX_PIXELS")
+    # Uploads decoded at once per process: each holds its full-size pixels (up to ~400 MB for
+    # max_pixels of RGBA), so this bounds a burst's memory; more wait, then get 503.
+    max_decodes: int = setting(2, "MAX_DECODES")
     api_token: str | None = setting(None, "API_TOKEN")  # no flag: a flag would show in the process list
     admin_token: str | None = setting(None, "ADMIN_TOKEN")
     # Without an API token anyone who reaches the port may predict and read the audits: beyond
@@ -199,13 +247,17 @@ class ServiceConfig:
         if isinstance(self.models, str):
             object.__setattr__(self, "models", _names(self.models))
         object.__setattr__(self, "models", tuple(self.models))
-        if not 0 <= self.port < 65536:
-            raise FieldError("port", f"expected a port in 0..65535, got {self.port}")
-        for name in ("workers", "threads", "max_upload_bytes", "max_pixels", "max_loaded", "tf_serving_max_batch"):
+        for name in ("port", "metrics_port"):
+            if not 0 <= getattr(self, name) < 65536:
+                raise FieldError(name, f"expected a port in 0..65535, got {getattr(self, name)}")
+        if self.metrics_port and self.metrics_port == self.port:
+            raise FieldError("metrics_port", f"expected a port other than the API's ({self.port}), got {self.metrics_port}")
+        for name in ("workers", "threads", "max_upload_bytes", "max_pixels", "max_decodes", "max_loaded", "tf_serving_max_batch"):
             _positive(name, getattr(self, name))
         for name in ("grpc_deadline_seconds", "poll_seconds"):
             if getattr(self, name) <= 0:
                 raise FieldError(name, f"expected a number of seconds > 0, got {getattr(self, name)}")
+        _check_tf_serving(self.tf_serving)
         if self.model_repo is None and not (self.tf_serving and self.models):
             raise FieldError(
                 "model_repo",
@@ -339,6 +391,7 @@ class AuditConfig:
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
+        _check_tf_serving(self.tf_serving)
         if self.model_repo is None and not self.tf_serving:
             object.__setattr__(self, "model_repo", Path("model-repo"))
         if isinstance(self.models, str):

@@ -4,6 +4,9 @@ Bytes in, ``uint8 [H, W, 3]`` RGB out (:func:`decode_image`), then a squash-resi
 square input in ``[0, 1]`` (:func:`resize_for_model`). Every failure is an :class:`ImageError`
 subclass carrying an HTTP status, so the web service can answer it without knowing PIL.
 
+DICOM (sniffed from its bytes) goes through :mod:`training.contract.dicom`, which makes the same
+8-bit grey or RGB picture from it; from there on every format takes the same path.
+
 Alpha policy: images with transparency (RGBA, LA, palette with a transparent colour) are
 composited on black, i.e. each channel is multiplied by alpha. Fully opaque images are unchanged;
 fully transparent pixels, whose colour is undefined, become black instead of arbitrary values.
@@ -15,66 +18,42 @@ from __future__ import annotations
 
 import io
 import os
-import threading
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from training.contract import dicom
 from training.contract.config import MAX_PIXELS
-from training.contract.errors import HttpError
+from training.contract.dicom import DicomInfo
+from training.contract.image_errors import (  # re-exported: callers import the family from here
+    ImageError,
+    ImageTooLarge,
+    ImageTooSmall,
+    InvalidImage,
+    NoPixelData,  # noqa: F401 (raised by the DICOM path, imported from here)
+    UnsupportedImage,
+)
+from training.contract.warnings_lock import WARNINGS_LOCK
 
 DEFAULT_MAX_PIXELS = MAX_PIXELS  # written once, in the configuration
 MIN_SIDE = 8
-ACCEPTED_FORMATS = frozenset({"PNG", "JPEG", "BMP", "TIFF"})
+ACCEPTED_FORMATS = frozenset({"PNG", "JPEG", "BMP", "TIFF"})  # PIL's formats; DICOM is read apart
+_EXPECTED = "PNG, JPEG, BMP, TIFF or DICOM"
 
 # PIL reports multi-picture JPEGs (most phone and camera photos) as MPO; they are JPEGs to a user.
 _FORMAT_ALIASES = {"MPO": "JPEG"}
-# warnings.catch_warnings swaps process-wide state; serialise our header reads so concurrent
-# decodes in a thread pool never restore each other's filters.
-_OPEN_LOCK = threading.Lock()
+# warnings.catch_warnings swaps process-wide state; serialise our header reads (and pydicom's)
+# so concurrent decodes in a thread pool never restore each other's filters.
+_OPEN_LOCK = WARNINGS_LOCK
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError)
-
-
-class ImageError(HttpError, ValueError):
-    """An image the system cannot use; ``code`` and ``http_status`` drive the HTTP answer."""
-
-    code = "image_error"
-    http_status = 400
-
-
-class InvalidImage(ImageError):
-    """Not an image at all, or a corrupt, truncated or empty one."""
-
-    code = "invalid_image"
-    http_status = 400
-
-
-class UnsupportedImage(ImageError):
-    """A real image in a format outside :data:`ACCEPTED_FORMATS`."""
-
-    code = "unsupported_media_type"
-    http_status = 415
-
-
-class ImageTooLarge(ImageError):
-    """More pixels than allowed (including decompression bombs)."""
-
-    code = "image_too_large"
-    http_status = 413
-
-
-class ImageTooSmall(ImageError):
-    """A side shorter than :data:`MIN_SIDE` pixels."""
-
-    code = "image_too_small"
-    http_status = 400
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
     """Open lazily (header only) and check format and size before any pixel is decoded."""
     if not data:
-        raise InvalidImage("expected image bytes (PNG, JPEG, BMP or TIFF), got 0 bytes")
+        raise InvalidImage(f"expected image bytes ({_EXPECTED}), got 0 bytes")
     try:
         with _OPEN_LOCK, warnings.catch_warnings():
             # PIL only warns about bombs below twice its own limit; a warning is not a refusal.
@@ -86,7 +65,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         ) from None
     except UnidentifiedImageError:
         raise InvalidImage(
-            f"expected an image (PNG, JPEG, BMP or TIFF), got {len(data):,} bytes that are "
+            f"expected an image ({_EXPECTED}), got {len(data):,} bytes that are "
             f"not a recognisable image (starting {data[:8]!r})"
         ) from None
     except _DECODE_ERRORS as exc:
@@ -97,7 +76,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     try:
         if fmt not in ACCEPTED_FORMATS:
             raise UnsupportedImage(
-                f"expected one of {', '.join(sorted(ACCEPTED_FORMATS))}, got {fmt}"
+                f"expected one of {', '.join(sorted(ACCEPTED_FORMATS))} or DICOM, got {fmt}"
             )
         if width * height > max_pixels:
             raise ImageTooLarge(
@@ -114,57 +93,141 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
-def _to_rgb(image: Image.Image) -> np.ndarray:
-    """Any PIL mode -> uint8 [H, W, 3] RGB (alpha composited on black, 16-bit scaled)."""
+# Full-size pixels are converted a strip of rows at a time, so a 49-megapixel upload never exists
+# as a float or 16-bit copy: the peak is the decoded image plus one 8-bit result.
+_STRIP_ROWS = 256
+
+
+def _strips(image: Image.Image, mode: str, convert) -> Image.Image:
+    """`image` converted strip by strip with `convert` (array -> uint8 array) into a new `mode` image."""
+    width, height = image.size
+    out = Image.new(mode, (width, height))
+    for top in range(0, height, _STRIP_ROWS):
+        box = (0, top, width, min(top + _STRIP_ROWS, height))
+        out.paste(Image.fromarray(convert(np.asarray(image.crop(box)))), box[:2])
+    return out
+
+
+def _grey16(strip: np.ndarray) -> np.ndarray:
+    # 16-bit grey: the full 0..65535 range onto 0..255 rather than clipping at 255. float32 gives
+    # exactly float64's answer here: v / 257 is never within float32's error of a .5 tie.
+    return np.clip(np.rint(strip.astype(np.float32) / np.float32(257.0)), 0, 255).astype(np.uint8)
+
+
+def _float_grey(strip: np.ndarray) -> np.ndarray:
+    # Float images (TIFF) are taken to be in [0, 1], the usual convention for them.
+    return np.clip(np.rint(strip.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
+
+
+def _on_black(strip: np.ndarray) -> np.ndarray:
+    rgba = strip.astype(np.uint16)
+    return ((rgba[:, :, :3] * rgba[:, :, 3:4] + 127) // 255).astype(np.uint8)
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> an "L" or "RGB" image (alpha composited on black, 16-bit and float scaled)."""
     mode = image.mode
     if mode == "P" and "transparency" in image.info:
         # Converting straight to RGB would drop the transparency (and PIL warns about it).
         image, mode = image.convert("RGBA"), "RGBA"
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        # 16-bit grey: map the full 0..65535 range onto 0..255 rather than clipping at 255.
-        grey = np.asarray(image).astype(np.float64)
-        grey = np.clip(np.rint(grey / 257.0), 0, 255).astype(np.uint8)
-        return np.repeat(grey[:, :, None], 3, axis=2)
+        return _strips(image, "L", _grey16)
     if mode == "F":
-        # Float images (TIFF) are taken to be in [0, 1], the usual convention for them.
-        grey = np.clip(np.rint(np.asarray(image, dtype=np.float64) * 255.0), 0, 255)
-        return np.repeat(grey.astype(np.uint8)[:, :, None], 3, axis=2)
+        return _strips(image, "L", _float_grey)
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = np.asarray(image.convert("RGBA"), dtype=np.uint16)
-        rgb = (rgba[:, :, :3] * rgba[:, :, 3:4] + 127) // 255
-        return rgb.astype(np.uint8)
-    if mode != "RGB":
-        image = image.convert("RGB")
-    return np.array(image, dtype=np.uint8)
+        if mode != "RGBA":
+            image = image.convert("RGBA")
+        return _strips(image, "RGB", _on_black)
+    if mode in ("L", "RGB"):
+        return image
+    return image.convert("RGB")
+
+
+def _rgb_array(image: Image.Image) -> np.ndarray:
+    """An "L" or "RGB" image -> uint8 [H, W, 3] (grey repeated into three channels)."""
+    pixels = np.asarray(image, dtype=np.uint8)
+    return np.repeat(pixels[:, :, None], 3, axis=2) if pixels.ndim == 2 else np.array(pixels)
+
+
+def _fit(eight: Image.Image, max_side: int | None) -> Image.Image:
+    """`eight` shrunk in place so neither side exceeds `max_side` (unchanged when None)."""
+    if max_side is not None and max(eight.size) > max_side:
+        eight.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    return eight
+
+
+def _dicom(data: bytes, max_pixels: int) -> dicom.DicomPicture:
+    return dicom.read_dicom(data, max_pixels=max_pixels, min_side=MIN_SIDE)
+
+
+def _decoded(image: Image.Image, max_side: int | None) -> Image.Image:
+    """The opened image decoded, upright and 8-bit ("L" or "RGB"); shrunk to `max_side` if given."""
+    try:
+        if max_side is not None and image.format in ("JPEG", "MPO"):
+            image.draft(None, (max_side, max_side))  # JPEG: decoded at a reduced DCT scale
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)  # in place: no second full-size copy kept
+        return _fit(_eight_bit(image), max_side)
+    except ImageError:
+        raise
+    except _DECODE_ERRORS as exc:
+        raise InvalidImage(
+            f"expected a complete {image.format} image, got one that cannot be decoded ({exc})"
+        ) from None
 
 
 def decode_image(
     data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int | None = None
 ) -> np.ndarray:
-    """Decode PNG/JPEG/BMP/TIFF bytes to uint8 [H, W, 3] RGB, EXIF orientation applied.
+    """Decode PNG/JPEG/BMP/TIFF/DICOM bytes to uint8 [H, W, 3] RGB, EXIF orientation applied.
 
     ``max_side`` bounds the decoded size: JPEGs are decoded at a reduced DCT scale (cheap for
     16-megapixel fundus photos), then any image is shrunk so neither side exceeds it.
     """
     if max_side is not None and max_side < MIN_SIDE:
         raise ValueError(f"expected max_side >= {MIN_SIDE}, got {max_side}")
-    image = _open(data, max_pixels)
-    with image:
-        try:
-            if max_side is not None and image.format in ("JPEG", "MPO"):
-                image.draft(None, (max_side, max_side))
-            image.load()
-            upright = ImageOps.exif_transpose(image)
-            if max_side is not None and max(upright.size) > max_side:
-                upright.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
-            rgb = _to_rgb(upright)
-        except ImageError:
-            raise
-        except _DECODE_ERRORS as exc:
-            raise InvalidImage(
-                f"expected a complete {image.format} image, got one that cannot be decoded ({exc})"
-            ) from None
-    return rgb
+    if dicom.is_dicom(data):
+        return _rgb_array(_fit(Image.fromarray(_dicom(data, max_pixels).pixels), max_side))
+    with _open(data, max_pixels) as image:
+        return _rgb_array(_decoded(image, max_side))
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One uploaded image as the front end uses it, made without a full-size RGB copy."""
+
+    model_input: np.ndarray  # float32 [size, size, 3] in [0, 1]: what training's full decode gives, bit for bit
+    display: np.ndarray  # uint8 [h, w, 3], the long side at most `display_side`: overlays are drawn on it
+    width: int  # the upload's own size, EXIF orientation applied
+    height: int
+    dicom: DicomInfo | None = None  # for a DICOM upload, all the answer may say of its header
+
+
+def decode_upload(data: bytes, *, size: int, max_pixels: int, display_side: int) -> Upload:
+    """Decode an upload once into the model's input and a display copy capped at `display_side`.
+
+    The model input is resized from the full decode, as :func:`decode_image` then
+    :func:`resize_for_model` make it in training; only the picture the overlays are drawn on is
+    shrunk, so a huge upload costs its decoded 8-bit pixels and little more.
+    """
+    if display_side < MIN_SIDE:
+        raise ValueError(f"expected display_side >= {MIN_SIDE}, got {display_side}")
+    if dicom.is_dicom(data):
+        picture = _dicom(data, max_pixels)
+        return _upload(Image.fromarray(picture.pixels), size, display_side, info=picture.info)
+    with _open(data, max_pixels) as image:
+        # _decoded may return `image` itself: it is used up before the file is closed.
+        return _upload(_decoded(image, None), size, display_side)
+
+
+def _upload(eight: Image.Image, size: int, display_side: int, *, info: DicomInfo | None = None) -> Upload:
+    width, height = eight.size
+    # Resizing a grey image and repeating it equals resizing its three equal channels.
+    model = eight if eight.size == (size, size) else eight.resize((size, size), Image.Resampling.BILINEAR)
+    model_input = _rgb_array(model).astype(np.float32) / np.float32(255.0)
+    if max(width, height) > display_side:
+        eight.thumbnail((display_side, display_side), Image.Resampling.BILINEAR)
+    return Upload(model_input=model_input, display=_rgb_array(eight), width=width, height=height, dicom=info)
 
 
 def decode_image_file(
@@ -201,14 +264,3 @@ def resize_uint8(rgb: np.ndarray, size: int) -> np.ndarray:
 def resize_for_model(rgb: np.ndarray, size: int) -> np.ndarray:
     """uint8 [H, W, 3] -> float32 [size, size, 3] in [0, 1], the models' pixel space."""
     return resize_uint8(rgb, size).astype(np.float32) / np.float32(255.0)
-
-
-def load_for_model(
-    data: bytes, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """(decoded uint8 RGB, float32 model input) for one uploaded image.
-
-    Leave ``max_side`` unset for bit-for-bit parity with training's default full decode.
-    """
-    rgb = decode_image(data, max_pixels=max_pixels, max_side=max_side)
-    return rgb, resize_for_model(rgb, size)
