@@ -7,79 +7,14 @@ so a scheduled run, a new-version run and an API request never overlap on one mo
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
-from socketserver import ThreadingMixIn
 
 from training.contract.config import AuditConfig
 from audit.runner import AuditInProgress, AuditRunner
+from service.metrics_server import start_metrics_server
 
 log = logging.getLogger(__name__)
-
-
-class BoundedWSGIServer(ThreadingMixIn, WSGIServer):
-    """A thread per connection, at most `max_threads` at once: a connection beyond them is closed
-    unanswered, so a flood of connections cannot create unbounded threads (a scrape retries)."""
-
-    daemon_threads = True
-    block_on_close = False  # stop() must not wait for a client that never sends its request
-    max_threads = 8
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._slots = threading.BoundedSemaphore(self.max_threads)
-
-    def process_request(self, request, client_address) -> None:
-        if not self._slots.acquire(blocking=False):
-            log.debug("metrics server: %d connections open, closing the one from %s", self.max_threads, client_address)
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request, client_address) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-    def handle_error(self, request, client_address) -> None:
-        # A client that went quiet past the handler's timeout is routine, not a traceback on stderr.
-        log.debug("metrics server: connection from %s failed", client_address, exc_info=True)
-
-
-class _QuietHandler(WSGIRequestHandler):
-    timeout = 5  # seconds a connection may hold its thread while sending nothing (a scrape sends at once)
-
-    def log_message(self, format, *args):  # scrapes every few seconds would flood the log
-        log.debug("metrics server: " + format, *args)
-
-
-def metrics_app(registry, healthy):
-    """A WSGI app with /metrics (Prometheus text) and /healthz (JSON)."""
-    from prometheus_client import make_wsgi_app
-
-    prometheus = make_wsgi_app(registry)
-
-    def app(environ, start_response):
-        path = environ.get("PATH_INFO", "")
-        if path == "/metrics":
-            return prometheus(environ, start_response)
-        if path == "/healthz":
-            ok, detail = healthy()
-            body = json.dumps({"status": "ok" if ok else "unhealthy", **detail}).encode()
-            start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "application/json")])
-            return [body]
-        body = json.dumps({"error": {"code": "not_found", "message": f"expected /metrics or /healthz, got {path}"}}).encode()
-        start_response("404 Not Found", [("Content-Type", "application/json")])
-        return [body]
-
-    return app
 
 
 class AuditWorker:
@@ -92,7 +27,6 @@ class AuditWorker:
         self.serve_metrics = serve_metrics
         self.scheduler = None
         self.server = None
-        self._server_thread: threading.Thread | None = None
         self._seen: set[tuple[str, int]] = set()
         self._seen_lock = threading.Lock()
 
@@ -139,6 +73,13 @@ class AuditWorker:
             log.info("new version %s of %s: audit run %s", info.latest, info.name, ids[-1])
         return ids
 
+    def skip_served_versions(self) -> None:
+        """Leave the versions served now to the schedule: only versions that appear later are
+        audited on arrival (`medrobust up --no-audit`)."""
+        served = {(info.name, int(info.latest)) for info in self.runner.predictor.list_models()}
+        with self._seen_lock:
+            self._seen |= served
+
     # -- lifecycle ----------------------------------------------------------------------------
     def healthy(self) -> tuple[bool, dict]:
         running = bool(self.scheduler and self.scheduler.running)
@@ -163,22 +104,18 @@ class AuditWorker:
             self.scheduler.add_job(self.audit_all, kwargs={"trigger": "startup"}, id="startup-audit", name="first audit")
         self.scheduler.start()
         if self.serve_metrics:
-            self.server = make_server(
-                self.config.metrics_host, self.config.metrics_port, metrics_app(self.registry, self.healthy),
-                server_class=BoundedWSGIServer, handler_class=_QuietHandler,
+            self.server = start_metrics_server(
+                self.config.metrics_host, self.config.metrics_port, self.registry, self.healthy, name="audit-metrics"
             )
-            self._server_thread = threading.Thread(target=self.server.serve_forever, name="audit-metrics", daemon=True)
-            self._server_thread.start()
 
     @property
     def metrics_port(self) -> int:
-        return self.server.server_port if self.server is not None else self.config.metrics_port
+        return self.server.port if self.server is not None else self.config.metrics_port
 
     def stop(self, *, wait: bool = False) -> None:
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+            self.server.stop()
         if wait:
             self.runner.join()

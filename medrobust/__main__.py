@@ -1,3 +1,4 @@
 from medrobust.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # not when a spawned child re-imports this module
+    raise SystemExit(main())

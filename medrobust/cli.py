@@ -12,6 +12,7 @@ import importlib
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from medrobust.commands import UsageError
@@ -49,6 +50,43 @@ def quiet_tensorflow() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+# What TensorFlow's C++ side prints while it is imported and probes for devices on a machine
+# without a GPU, whatever TF_CPP_MIN_LOG_LEVEL says (these go through absl's logger directly).
+_START_UP_NOISE = (
+    "All log messages before absl::InitializeLog() is called are written to STDERR",
+    "cudart_stub.cc",
+    "failed call to cuInit",
+    "cpu_feature_guard.cc",
+    "oneDNN custom operations are on",
+)
+# `serve` and `up` never import TensorFlow in their own process: gunicorn forks its workers from
+# it (their workers and `up`'s training child import it quietly themselves).
+_TENSORFLOW_COMMANDS = frozenset({"train", "audit", "reproduce"})
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow and let it probe its devices with file descriptor 2 captured, then replay
+    every captured line that is not known start-up noise: a newcomer sees the banner, progress and
+    URLs; a real error or warning from the import still reaches the terminal."""
+    with tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # the CUDA probe (and its cuInit error) happens here
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+            if not any(noise in line for noise in _START_UP_NOISE):
+                sys.stderr.write(line)
+        sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -58,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.verbose:
         quiet_tensorflow()
+        if args.command in _TENSORFLOW_COMMANDS:
+            import_tensorflow_quietly()
     try:
         return int(args.handler(args) or 0)
     except UsageError as exc:

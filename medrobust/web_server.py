@@ -1,7 +1,8 @@
 """gunicorn running `create_app(config)`: one app (and one backend, one gRPC channel) per worker.
 
 The app is built in each worker after the fork (TensorFlow and gRPC must not cross a fork).
-Prometheus runs in multiprocess mode so `/metrics` sums every worker.
+Prometheus runs in multiprocess mode; the master serves `/metrics` on its own port
+(`--metrics-port`), summing every worker's files, so the API's port never shows the counts.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from training.contract.config import ServiceConfig
 
@@ -33,23 +36,31 @@ def prepare_metrics_dir() -> Path:
     return path
 
 
-def serve(config: ServiceConfig) -> int:
-    """Run gunicorn until it is stopped; returns its exit status."""
-    prepare_metrics_dir()
+def run_gunicorn(
+    config: ServiceConfig, load: Callable[[], Any], *, workers: int, hooks: Mapping[str, Callable] = {}, quiet: bool = False
+) -> int:
+    """gunicorn's gthread workers on config.host:port, each serving `load()` (called in the worker,
+    after the fork); `hooks` are gunicorn server hooks. Returns when gunicorn is stopped."""
     from gunicorn.app.base import BaseApplication
 
     class Server(BaseApplication):
         def load_config(self) -> None:
             settings = {
                 "bind": f"{config.host}:{config.port}",
-                "workers": config.workers,
+                "workers": workers,
                 "worker_class": "gthread",
                 "threads": config.threads,
                 "timeout": 120,  # the first request of a worker may load a SavedModel
                 "graceful_timeout": 30,
-                "accesslog": "-",  # request lines only: bodies (patient images) are never logged
-                "child_exit": _child_exit,
+                # Request lines only: bodies (patient images) are never logged. `up` keeps its
+                # console for the banner, progress and URLs.
+                "accesslog": None if quiet else "-",
+                "loglevel": "warning" if quiet else "info",
                 "proc_name": "medrobust-serve",
+                # gunicorn's control socket (for `gunicornc`, which nothing here uses) lives in
+                # $HOME/.gunicorn: on the image's read-only root that write fails and logs an error.
+                "control_socket_disable": True,
+                **hooks,
             }
             if os.path.isdir("/dev/shm"):
                 # The heartbeat file each worker touches on every loop: in memory, not on disk (as
@@ -59,22 +70,53 @@ def serve(config: ServiceConfig) -> int:
                 self.cfg.set(key, value)
 
         def load(self):
-            import prometheus_client.values as values
+            return load()
 
-            # If anything imported prometheus_client before the directory was set, pick the
-            # multiprocess value class now, in the worker, before any metric exists.
-            values.ValueClass = values.get_value_class()
-            from medrobust.compose import build_app
+    Server().run()
+    return 0
 
-            return build_app(config)
+
+def serve(config: ServiceConfig) -> int:
+    """`medrobust serve`: config.workers workers, their metrics summed by the master on its own port."""
+    metrics = _MasterMetrics(config, prepare_metrics_dir())
+
+    def load():
+        import prometheus_client.values as values
+
+        # If anything imported prometheus_client before the directory was set, pick the
+        # multiprocess value class now, in the worker, before any metric exists.
+        values.ValueClass = values.get_value_class()
+        from medrobust.compose import build_app
+
+        return build_app(config)
 
     log.info(
         "serving %s on http://%s:%d with %d worker(s), %s backend",
         config.model_repo, config.host, config.port, config.workers,
         f"TF Serving at {config.tf_serving}" if config.tf_serving else "embedded",
     )
-    Server().run()
-    return 0
+    hooks = {"child_exit": _child_exit, "when_ready": metrics.when_ready, "on_exit": metrics.on_exit}
+    return run_gunicorn(config, load, workers=config.workers, hooks=hooks)
+
+
+class _MasterMetrics:
+    """gunicorn hooks: /metrics served from the master, which never imports TensorFlow and only
+    reads the workers' files."""
+
+    def __init__(self, config: ServiceConfig, directory: Path):
+        self.config, self.directory, self.server = config, directory, None
+
+    def when_ready(self, arbiter) -> None:
+        from service.metrics_server import multiprocess_registry, start_metrics_server
+
+        host = self.config.metrics_host or self.config.host
+        registry = multiprocess_registry(str(self.directory))
+        self.server = start_metrics_server(host, self.config.metrics_port, registry, name="frontend-metrics")
+        log.info("metrics on http://%s:%d/metrics", host, self.server.port)
+
+    def on_exit(self, arbiter) -> None:
+        if self.server is not None:
+            self.server.stop()
 
 
 def _child_exit(server, worker) -> None:

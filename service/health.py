@@ -1,9 +1,8 @@
-"""Liveness, readiness and Prometheus metrics."""
+"""Liveness and readiness. /metrics is served on a port of its own (`service.metrics_server`)."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
-from prometheus_client import CONTENT_TYPE_LATEST
+from flask import Blueprint, jsonify
 
 from training.contract.errors import PredictorError
 
@@ -48,14 +47,3 @@ def readyz():
     response = jsonify(error={"code": "not_ready", "message": reason}, **body)
     response.status_code = 503
     return response
-
-
-@bp.get("/metrics")
-def metrics():
-    """Prometheus text format (summed over gunicorn workers in multiprocess mode)."""
-    s = _state()
-    try:
-        s.metrics.models_loaded.set(s.predictor.loaded_count())
-    except PredictorError:
-        pass  # a scrape must not fail because the backend does; the error counters tell that story
-    return Response(s.metrics.exposition(), content_type=CONTENT_TYPE_LATEST)

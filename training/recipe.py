@@ -144,6 +144,7 @@ def train(
     history = model.fit(
         train_data, validation_data=val_data, epochs=recipe.epochs, class_weight=weights,
         callbacks=callbacks, verbose=verbose,
+        shuffle=False,  # the pipeline shuffles; Keras warns that its own default is ignored for a tf.data.Dataset
     )
     seconds = time.perf_counter() - started
     hist = {key: [float(v) for v in values] for key, values in history.history.items()}

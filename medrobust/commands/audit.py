@@ -17,7 +17,9 @@ _attack = lambda name: default_of(AttackConfig, name)  # noqa: E731
 def _common(parser: argparse.ArgumentParser, *, models: bool = True) -> None:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--model-repo", type=Path, help="model repository for the embedded backend (default: MEDROBUST_MODEL_REPO or model-repo)")
-    where.add_argument("--tf-serving", metavar="HOST:PORT", help="TF Serving's gRPC address (default: MEDROBUST_TF_SERVING)")
+    where.add_argument("--tf-serving", metavar="HOST:PORT", help="TF Serving's gRPC address, HOST:PORT or dns:///HOST:PORT (default: MEDROBUST_TF_SERVING)")
+    parser.add_argument("--tf-serving-max-batch", type=positive_int,
+                        help=f"TF Serving's max_batch_size: larger batches are split (MEDROBUST_TF_SERVING_MAX_BATCH, default {_audit('tf_serving_max_batch')})")
     parser.add_argument("--database-url", help=f"SQLAlchemy URL of the audit store (default: MEDROBUST_DATABASE_URL or {_audit('database_url')})")
     parser.add_argument("--artefacts-dir", type=Path, help=f"where examples and reports go (default: MEDROBUST_AUDIT_ARTEFACTS or {_audit('artefacts_dir')})")
     if not models:

@@ -1,8 +1,9 @@
 """`medrobust up`: the whole system on one machine, from an empty model repository to a running service.
 
 Trains a quick ResNet-50 baseline and attention pair when the repository is empty (on the dataset
-given, or on the synthetic stand-in when none is), then runs in this process: the front end (with
-the Audits page), the audit scheduler (first audit at once) and the metrics. Ctrl-C stops it all.
+given, or on the synthetic stand-in when none is; in a child process), then runs gunicorn with one
+worker holding the front end (with the Audits page), the audit scheduler (first audit at once) and
+the metrics. Ctrl-C stops it all.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from __future__ import annotations
 import argparse
 import logging
 import secrets
-import signal
-import threading
 import time
 from pathlib import Path
 
@@ -35,11 +34,12 @@ def register(subparsers) -> None:
         "--allow-anonymous", action="store_true", default=None,
         help="serve the API without MEDROBUST_API_TOKEN on a non-loopback --host, on purpose (MEDROBUST_ALLOW_ANONYMOUS=1)",
     )
-    up.add_argument("--metrics-port", type=int, help=f"the audit worker's /metrics (default: MEDROBUST_AUDIT_METRICS_PORT or {default_of(AuditConfig, 'metrics_port')})")
+    up.add_argument("--metrics-port", type=int, help=f"/metrics of the front end and the audit, apart from the API (default: MEDROBUST_AUDIT_METRICS_PORT or {default_of(AuditConfig, 'metrics_port')})")
     up.add_argument("--samples", type=int, help=f"audit set size (default: MEDROBUST_AUDIT_SAMPLES or {default_of(AuditConfig, 'samples')})")
     up.add_argument("--steps", type=int, help="attack steps (default: MEDROBUST_AUDIT_STEPS or the attack's own)")
     up.add_argument("--database-url", help=f"audit store (default: MEDROBUST_DATABASE_URL or {default_of(AuditConfig, 'database_url')})")
-    up.add_argument("--no-audit", action="store_true", help="do not audit at start (the schedule still runs)")
+    up.add_argument("--no-audit", action="store_true",
+                    help="do not audit the models there are at start (the schedule, and versions added later, still are)")
     up.set_defaults(handler=_up)
 
 
@@ -71,23 +71,67 @@ def _up(args: argparse.Namespace) -> int:
         dataset_flag = read_config(AuditConfig, {"dataset": args.dataset}).dataset
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    # Before any training (and TensorFlow's import): a refused --host should not cost minutes.
+    # Before any training: a refused --host should not cost minutes.
     service_config = read_service_config(
         {"model_repo": repo, "host": args.host, "port": args.port, "allow_anonymous": args.allow_anonymous}
     )
     from training.contract.repository import list_models
-    from training.models import spec_for
 
-    if args.image_size < spec_for("resnet50").min_size:
-        raise UsageError(f"resnet50 needs --image-size >= {spec_for('resnet50').min_size}, got {args.image_size}")
+    # This process becomes gunicorn's master, which forks the front end's worker: TensorFlow must
+    # never be imported here. Training runs in a child process of its own.
     existing = list_models(repo)
     dataset_spec = dataset_flag
-    dataset = None
     if not existing:
+        dataset_spec = dataset_spec or QUICK_DATASET
+        status = _in_child(train_for_up, repo=repo, dataset_spec=dataset_spec, task=args.task,
+                           image_size=args.image_size, train_images=args.train_images, epochs=args.epochs,
+                           verbose=args.verbose)
+        if status != 0:
+            return status
+        existing = list_models(repo)
+    if dataset_spec is None:
+        dataset_spec = (existing[0].card.get("dataset") or {}).get("source")
+        if not dataset_spec:
+            raise UsageError("expected --dataset to audit with: the models' cards do not name their dataset")
+    if any((m.card.get("dataset") or {}).get("synthetic") for m in existing):
+        _banner("These models were trained on SYNTHETIC data: a demonstration, not medical classifiers.")
+    return _serve(args, service_config, dataset_spec, started)
+
+
+def _in_child(target, **kwargs) -> int:
+    """Run `target(**kwargs)` in a fresh interpreter (spawned, not forked) and return its exit code."""
+    import multiprocessing
+
+    child = multiprocessing.get_context("spawn").Process(target=target, kwargs=kwargs, name="medrobust-train")
+    child.start()
+    try:
+        child.join()
+    except KeyboardInterrupt:  # Ctrl-C reached the child too; wait for it to stop
+        child.join(30)
+        if child.is_alive():
+            child.terminate()
+        return 130
+    return child.exitcode if child.exitcode is not None else 1
+
+
+def train_for_up(*, repo: Path, dataset_spec: str, task: str | None, image_size: int, train_images: int, epochs: int,
+                 verbose: bool) -> None:
+    """The quick pair, in the spawned child: exits 2 with the message on a usage error."""
+    import sys
+
+    from medrobust.cli import import_tensorflow_quietly, quiet_tensorflow
+    from medrobust.commands import UsageError
+
+    if not verbose:
+        quiet_tensorflow()
+        import_tensorflow_quietly()
+    try:
         from training.dataset_types import DatasetError
         from training.datasets import load_dataset
+        from training.models import spec_for
 
-        dataset_spec = dataset_spec or QUICK_DATASET
+        if image_size < spec_for("resnet50").min_size:
+            raise UsageError(f"resnet50 needs --image-size >= {spec_for('resnet50').min_size}, got {image_size}")
         try:
             dataset = load_dataset(dataset_spec, seed=0)
         except DatasetError as exc:
@@ -99,29 +143,23 @@ def _up(args: argparse.Namespace) -> int:
                 "Pass --dataset KIND:PATH (e.g. ham10000:DIR, medmnist:FILE.npz) for real models."
             )
         print(f"{repo} is empty: training a quick ResNet-50 baseline and attention pair "
-              f"({args.image_size}x{args.image_size}, {args.train_images} images, {args.epochs} epochs)", flush=True)
-        train_quick_pair(
-            repo, dataset, task=args.task or dataset.default_task, image_size=args.image_size,
-            train_images=args.train_images, epochs=args.epochs,
-        )
-        existing = list_models(repo)
-    if dataset_spec is None:
-        dataset_spec = (existing[0].card.get("dataset") or {}).get("source")
-        if not dataset_spec:
-            raise UsageError("expected --dataset to audit with: the models' cards do not name their dataset")
-    if any((m.card.get("dataset") or {}).get("synthetic") for m in existing):
-        _banner("These models were trained on SYNTHETIC data: a demonstration, not medical classifiers.")
-    return _serve(args, service_config, dataset_spec, dataset, started)
+              f"({image_size}x{image_size}, {train_images} images, {epochs} epochs)", flush=True)
+        train_quick_pair(repo, dataset, task=task or dataset.default_task, image_size=image_size,
+                         train_images=train_images, epochs=epochs)
+    except UsageError as exc:
+        print(f"medrobust up: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
-def _serve(args, service_config: ServiceConfig, dataset_spec: str, dataset, started: float) -> int:
+def _serve(args, service_config: ServiceConfig, dataset_spec: str, started: float) -> int:
+    """gunicorn with one worker, which holds the front end and the audit scheduler over one
+    embedded backend (one copy of each model in memory); its registry is served on the metrics port."""
     from dataclasses import replace
 
-    from prometheus_client import CollectorRegistry
-    from werkzeug.serving import make_server
-
     from medrobust.commands import UsageError
-    from medrobust.compose import build_app, build_audit_stack, build_predictor
+    from medrobust.web_server import run_gunicorn
     from training.contract.config import read_config
 
     repo = service_config.model_repo
@@ -139,51 +177,51 @@ def _serve(args, service_config: ServiceConfig, dataset_spec: str, dataset, star
     if generated:
         admin_token = secrets.token_urlsafe(18)
         service_config = replace(service_config, admin_token=admin_token)
-    predictor = build_predictor(service_config)
-    preloaded = {dataset_spec: dataset} if dataset is not None else {}
+    held = {}
 
-    def load(spec):
-        if spec in preloaded:
-            return preloaded[spec]
-        from training.datasets import load_dataset
+    def load():
+        """In the worker, after the fork: TensorFlow, the models, the audit stack and the app."""
+        from prometheus_client import CollectorRegistry
 
-        return load_dataset(spec, seed=audit_config.seed)
+        from medrobust.cli import import_tensorflow_quietly
+        from medrobust.compose import build_app, build_audit_stack, build_predictor
 
-    # One registry: the front end's /metrics and the worker's port both show the audit's figures.
-    registry = CollectorRegistry()
-    stack = build_audit_stack(audit_config, predictor=predictor, registry=registry, worker=True, load_dataset=load)
-    worker = stack.worker
-    app = build_app(service_config, predictor=predictor, registry=registry, audits=stack.reader())
-    host, port = service_config.host, service_config.port
-    server = make_server(host, port, app, threaded=True)
-    web = threading.Thread(target=server.serve_forever, name="frontend", daemon=True)
-    web.start()
-    worker.start(audit_now=not args.no_audit)
-    base = f"http://{host}:{server.server_port}"
-    seconds = time.perf_counter() - started
+        if not args.verbose:
+            import_tensorflow_quietly()
+        predictor = build_predictor(service_config)
+        # One registry, served on the worker's metrics port: the front end's counts and the audit's
+        # figures together, and nothing of them on the API's port.
+        registry = CollectorRegistry()
+        stack = held["stack"] = build_audit_stack(audit_config, predictor=predictor, registry=registry, worker=True)
+        app = build_app(service_config, predictor=predictor, registry=registry, audits=stack.reader())
+        if args.no_audit:
+            stack.worker.skip_served_versions()  # else the new-version poll would audit them at once
+        stack.worker.start(audit_now=not args.no_audit)
+        _print_urls(service_config, audit_config, stack.worker.metrics_port, admin_token if generated else None,
+                    time.perf_counter() - started, audit_now=not args.no_audit)
+        return app
+
+    def worker_exit(arbiter, worker) -> None:
+        print("stopping: front end, audit scheduler, metrics", flush=True)
+        if "stack" in held:
+            held.pop("stack").close()
+
+    return run_gunicorn(service_config, load, workers=1, hooks={"worker_exit": worker_exit}, quiet=not args.verbose)
+
+
+def _print_urls(service: ServiceConfig, audit: AuditConfig, metrics_port: int, generated_token: str | None,
+                seconds: float, *, audit_now: bool) -> None:
+    host = service.host
+    base = f"http://{host}:{service.port}"
     print(
         f"\nmedrobust is up ({seconds:.0f} s):\n"
         f"  front end      {base}/\n"
         f"  audits         {base}/audits   (API: {base}/api/v1/audits)\n"
-        f"  metrics        {base}/metrics  and  http://{host}:{worker.metrics_port}/metrics (audit worker)\n"
-        f"  health         {base}/healthz  and  http://{host}:{worker.metrics_port}/healthz\n"
-        f"  audit schedule {audit_config.schedule!r} (MEDROBUST_AUDIT_SCHEDULE), first audit "
-        f"{'running now' if not args.no_audit else 'skipped'}; store {audit_config.database_url}\n"
-        + (f"  admin token    {admin_token}   (generated; set MEDROBUST_ADMIN_TOKEN to choose one)\n" if generated else "")
+        f"  metrics        http://{host}:{metrics_port}/metrics  (front end and audit)\n"
+        f"  health         {base}/healthz  and  http://{host}:{metrics_port}/healthz\n"
+        f"  audit schedule {audit.schedule!r} (MEDROBUST_AUDIT_SCHEDULE), first audit "
+        f"{'running now' if audit_now else 'skipped'}; store {audit.database_url}\n"
+        + (f"  admin token    {generated_token}   (generated; set MEDROBUST_ADMIN_TOKEN to choose one)\n" if generated_token else "")
         + "Ctrl-C stops everything.",
         flush=True,
     )
-    stop = threading.Event()
-    # Handlers for both: a process started in the background inherits SIGINT ignored, so Ctrl-C
-    # (or `kill -INT`) must not depend on Python's default KeyboardInterrupt.
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        print("stopping: front end, audit scheduler, metrics", flush=True)
-        server.shutdown()
-        stack.close()
-    return 0

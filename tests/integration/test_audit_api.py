@@ -87,7 +87,7 @@ def test_post_runs_now_409s_while_running_then_get_shows_the_run(audit_app, tiny
         assert picture.status_code == 200 and picture.data.startswith(b"\x89PNG")
     # Whether this 2-step run fooled any image (so drew examples.png) is not fixed: the two tests
     # below cover each answer on runs whose examples are known.
-    assert b"medrobust_audit_robust_accuracy{" in client.get("/metrics").data
+    assert b"medrobust_audit_robust_accuracy{" in client.application.extensions["medrobust"].metrics.exposition()
 
 
 def _examples(fooled: int) -> dict[str, np.ndarray]:
@@ -219,6 +219,35 @@ def test_a_new_version_is_audited_once(tiny_repo, copy_repo, tmp_path):
     assert len(ids) == 1 and store.get_run(ids[0]).version == 2 and store.get_run(ids[0]).trigger == "new_version"
     worker.runner.join(120)
     assert store.get_run(ids[0]).status == "succeeded"
+    store.close()
+
+
+def test_versions_skipped_at_start_wait_for_the_schedule_but_a_later_one_is_audited(tiny_repo, copy_repo, tmp_path):
+    """`up --no-audit`: the models there are at start are not audited on the first poll."""
+    import shutil
+
+    from audit.runner import AuditRunner
+    from audit.scheduler import AuditWorker
+    from audit.store import AuditStore
+    from service.embedded import EmbeddedPredictor
+    from training.contract.repository import write_models_config
+
+    repo = copy_repo()
+    config = AuditConfig(
+        model_repo=repo, dataset=tiny_repo.dataset_spec, samples=4, progress=False, database_url=f"sqlite:///{tmp_path / 'a.sqlite'}",
+        artefacts_dir=tmp_path / "art", attack=AttackConfig(epsilons=("0", "0.01"), steps=1, batch_size=4, noise_check=False, queries=20),
+        models=(tiny_repo.baseline,),
+    )
+    store = AuditStore(config.database_url)
+    predictor = EmbeddedPredictor(repo, poll_seconds=0.01)
+    worker = AuditWorker(config, AuditRunner(config, predictor, store), CollectorRegistry(), serve_metrics=False)
+    worker.skip_served_versions()
+    assert worker.check_new_versions() == [] and store.audited_versions() == set()
+    shutil.copytree(repo / tiny_repo.baseline / "1", repo / tiny_repo.baseline / "2")
+    write_models_config(repo)
+    ids = worker.check_new_versions()
+    assert len(ids) == 1 and store.get_run(ids[0]).version == 2
+    worker.runner.join(120)
     store.close()
 
 

@@ -94,7 +94,12 @@ def test_up_on_an_existing_repository_serves_everything_and_stops_cleanly(copy_r
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/healthz", timeout=30) as health:
             assert json.load(health)["scheduler"] == "running"
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30) as metrics:
-            assert metrics.status == 200
+            text = metrics.read().decode()
+        # The front end's counts and the audit's figures on the metrics port, none on the API's.
+        assert "medrobust_http_requests_total{" in text and "medrobust_audit_runs_total" in text
+        with pytest.raises(urllib.error.HTTPError) as api_port:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30)
+        assert api_port.value.code == 404
     finally:
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)

@@ -110,7 +110,8 @@ def _wait_for(what: str, check: Callable[[], bool], seconds: float, processes: P
 @dataclass(frozen=True)
 class Stack:
     prometheus: str  # "http://127.0.0.1:PORT"
-    frontend: str    # "127.0.0.1:PORT"
+    frontend: str    # "127.0.0.1:PORT" of the API
+    frontend_metrics: str  # "127.0.0.1:PORT" of its /metrics
     audit: str
 
     def api(self, path: str, **params: str) -> dict:
@@ -135,6 +136,7 @@ def stack(tiny_repo, tmp_path_factory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("live-prometheus")
     processes = Processes(tmp)
     frontend = f"127.0.0.1:{free_port()}"
+    frontend_metrics = f"127.0.0.1:{free_port()}"  # /metrics has a port of its own, as deployed
     audit = f"127.0.0.1:{free_port()}"
     prometheus = f"127.0.0.1:{free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDROBUST_") and k != "PROMETHEUS_MULTIPROC_DIR"}
@@ -145,7 +147,8 @@ def stack(tiny_repo, tmp_path_factory) -> Iterator[Stack]:
     try:
         processes.start("serve", [
             *medrobust, "serve", "--model-repo", str(tiny_repo.path), "--host", "127.0.0.1",
-            "--port", frontend.rsplit(":", 1)[1], "--workers", "1", "--threads", "2", "--database-url", database,
+            "--port", frontend.rsplit(":", 1)[1], "--metrics-port", frontend_metrics.rsplit(":", 1)[1],
+            "--workers", "1", "--threads", "2", "--database-url", database,
         ], env={**env, "PROMETHEUS_MULTIPROC_DIR": str(tmp / "serve-metrics"), "MEDROBUST_ADMIN_TOKEN": ADMIN_TOKEN,
                 "MEDROBUST_AUDIT_ARTEFACTS": str(tmp / "frontend-artefacts")}, cwd=tmp)
         processes.start("audit", [
@@ -154,13 +157,13 @@ def stack(tiny_repo, tmp_path_factory) -> Iterator[Stack]:
             "--steps", "2", "--queries", "20", "--batch-size", "8", "--database-url", database,
             "--artefacts-dir", str(tmp / "artefacts"), "--no-progress",
         ], env={**env, "MEDROBUST_AUDIT_METRICS_HOST": "127.0.0.1"}, cwd=tmp)
-        config = dq.local_prometheus_config(frontend=frontend, audit=audit, tf_serving=None, scrape_interval="1s")
+        config = dq.local_prometheus_config(frontend=frontend_metrics, audit=audit, tf_serving=None, scrape_interval="1s")
         (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
         processes.start("prometheus", [
             str(PROMETHEUS), f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
             f"--web.listen-address={prometheus}", "--log.level=warn",
         ], env=env, cwd=tmp)
-        live = Stack(f"http://{prometheus}", frontend, audit)
+        live = Stack(f"http://{prometheus}", frontend, frontend_metrics, audit)
 
         _wait_for("Prometheus to be ready", lambda: http(f"{live.prometheus}/-/ready")[0] == 200,
                   STARTUP_SECONDS, processes, ("prometheus",))
@@ -212,7 +215,7 @@ def test_front_end_and_audit_worker_are_scraped(stack) -> None:
     targets = stack.api("targets")["data"]["activeTargets"]
     health = {(t["labels"]["job"], t["labels"]["instance"]): (t["health"], t["lastError"]) for t in targets}
     assert health == {
-        ("medrobust-frontend", stack.frontend): ("up", ""),
+        ("medrobust-frontend", stack.frontend_metrics): ("up", ""),
         ("medrobust-audit", stack.audit): ("up", ""),
     }
 

@@ -71,9 +71,33 @@ def test_predict_answers_label_probabilities_and_overlay_at_upload_size(client, 
     assert list(body["probabilities"]) == card["class_names"]
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
     assert _png_size(base64.b64decode(body["overlay_png"])) == (96, 72)
+    assert body["image_size"] == body["overlay_size"] == [96, 72]
     assert "attention_png" not in body
     assert set(body["timings_ms"]) == {"decode", "model", "overlay", "total"}
     assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_a_huge_upload_is_answered_with_overlays_capped_at_2048_px(client, tiny_repo):
+    body = _post(client, tiny_repo.attention, images.png(4100, 1025)).json
+    assert body["image_size"] == [4100, 1025] and body["overlay_size"] == [2048, 512]
+    for key in ("overlay_png", "attention_png"):
+        assert _png_size(base64.b64decode(body[key])) == (2048, 512)
+
+
+def test_when_every_decode_slot_stays_busy_the_answer_is_503_with_retry_after(client, tiny_repo, monkeypatch):
+    import service.explain
+
+    monkeypatch.setattr(service.explain, "DECODE_WAIT_SECONDS", 0.05)
+    slots = client.application.extensions["medrobust"].decode_slots
+    taken = [slots.acquire(blocking=False) for _ in range(ServiceConfig(model_repo=tiny_repo.path).max_decodes)]
+    try:
+        response = _post(client, tiny_repo.baseline, images.png(40, 30))
+    finally:
+        for _ in taken:
+            slots.release()
+    assert all(taken) and response.status_code == 503 and response.headers["Retry-After"] == "1"
+    assert response.json["error"]["code"] == "busy"
+    assert _post(client, tiny_repo.baseline, images.png(40, 30)).status_code == 200
 
 
 def test_attentive_model_adds_attention_map(client, tiny_repo):
@@ -194,7 +218,7 @@ def test_invented_methods_share_one_label(client, tiny_repo):
     """gunicorn passes any 3-20 letter token as a method; each must not become a new series."""
     for method in ("FOOBAR", "QWERTYUIOP", "BREW"):
         assert client.open("/api/v1/models", method=method).status_code == 405
-    exposition = client.get("/metrics").get_data(as_text=True)
+    exposition = client.application.extensions["medrobust"].metrics.exposition().decode()
     assert "FOOBAR" not in exposition and "BREW" not in exposition
     assert 'medrobust_http_requests_total{endpoint="unmatched",method="other",status="405"} 3.0' in exposition
 
@@ -233,7 +257,7 @@ def test_readyz_and_metrics(client, tiny_repo):
     assert client.get("/readyz").json["status"] == "ready"
     _post(client, tiny_repo.baseline, images.png())
     _post(client, tiny_repo.baseline, b"", "image/png")
-    text = client.get("/metrics").get_data(as_text=True)
+    text = client.application.extensions["medrobust"].metrics.exposition().decode()
     endpoint = "/api/v1/models/<model>/predict"
     assert f'medrobust_http_requests_total{{endpoint="{endpoint}",method="POST",status="200"}} 1.0' in text
     assert f'medrobust_http_requests_total{{endpoint="{endpoint}",method="POST",status="400"}} 1.0' in text
@@ -245,7 +269,7 @@ def test_readyz_and_metrics(client, tiny_repo):
 
 def test_backend_errors_are_counted(client):
     client.post("/api/v1/models/nope-resnet50-baseline/predict", data=images.png(), content_type="image/png")
-    text = client.get("/metrics").get_data(as_text=True)
+    text = client.application.extensions["medrobust"].metrics.exposition().decode()
     assert 'code="NOT_FOUND"' in text
 
 

@@ -1,4 +1,4 @@
-"""`medrobust serve --workers 2` as a real gunicorn process: /metrics sums what every worker counted."""
+"""`medrobust serve --workers 2` as a real gunicorn process: /metrics, on its own port, sums what every worker counted."""
 
 from __future__ import annotations
 
@@ -20,14 +20,14 @@ pytestmark = pytest.mark.system  # gunicorn with several worker processes
 
 @pytest.fixture
 def served(tiny_repo, tmp_path):
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     metrics_dir = tmp_path / "metrics"
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("MEDROBUST_API_TOKEN", None)
     log = open(tmp_path / "serve.log", "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "medrobust", "serve", "--model-repo", str(tiny_repo.path), "--port", str(port),
-         "--workers", "2", "--threads", "1"],
+         "--metrics-port", str(metrics_port), "--workers", "2", "--threads", "1"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
@@ -45,7 +45,7 @@ def served(tiny_repo, tmp_path):
     if process.poll() is not None:
         log.close()
         pytest.fail(f"medrobust serve exited early:\n{(tmp_path / 'serve.log').read_text()[-3000:]}")
-    yield base, metrics_dir, process
+    yield base, f"http://127.0.0.1:{metrics_port}", metrics_dir
     os.killpg(process.pid, signal.SIGTERM)
     try:
         process.wait(timeout=30)
@@ -60,7 +60,7 @@ def _post_png(url: str) -> int:
 
 
 def test_metrics_sum_across_two_workers(served, tiny_repo):
-    base, metrics_dir, process = served
+    base, metrics_base, metrics_dir = served
     url = f"{base}/api/v1/models/{tiny_repo.baseline}/predict"
     # One thread per worker: while one worker is busy with a prediction the other must take the next.
     with ThreadPoolExecutor(4) as pool:
@@ -68,7 +68,7 @@ def test_metrics_sum_across_two_workers(served, tiny_repo):
     assert statuses == [200] * 8
     pids = {int(m.group(1)) for f in metrics_dir.glob("counter_*.db") if (m := re.match(r"counter_(\d+)\.db", f.name))}
     assert len(pids) == 2, f"expected both workers to have answered, counter files from {sorted(pids)}"
-    status, body = http(f"{base}/metrics", timeout=60)
+    status, body = http(f"{metrics_base}/metrics", timeout=60)
     text = body.decode()
     assert status == 200
     line = 'medrobust_http_requests_total{endpoint="/api/v1/models/<model>/predict",method="POST",status="200"} 8.0'
@@ -77,3 +77,5 @@ def test_metrics_sum_across_two_workers(served, tiny_repo):
     predictions = sum(float(v) for v in re.findall(r'medrobust_predictions_total\{[^}]*\} ([0-9.]+)', text))
     assert predictions == 8
     assert re.search(r"medrobust_models_loaded [1-9]", text)
+    # The counts per diagnosis are Prometheus's, on the metrics port only: the API's port has no /metrics.
+    assert http(f"{base}/metrics", timeout=30)[0] == 404

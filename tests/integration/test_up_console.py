@@ -15,10 +15,8 @@ from tests.integration.serving import free_port
 
 pytestmark = pytest.mark.system  # the whole `up` process
 
-# absl's "All log messages before absl::InitializeLog()" line is not gone yet (seen twice in CI on
-# 2026-11-30 with everything else here silenced); it is left out until it is.
 NOISE = ("oneDNN", "cuInit", "unsupported characters", "cpu_feature_guard", "terminate called",
-         "FATAL: exception not rethrown")
+         "FATAL: exception not rethrown", "absl::InitializeLog", "cudart_stub")
 
 
 def test_up_starts_quietly_and_stops_cleanly_on_ctrl_c(copy_repo, tmp_path):

@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 from prometheus_client import CollectorRegistry
 
-from audit.scheduler import BoundedWSGIServer
+from service.metrics_server import BoundedWSGIServer
 
 FLOOD = 4 * BoundedWSGIServer.max_threads
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 
+import pytest
+
 from medrobust.cli import main
 
 
@@ -42,3 +44,19 @@ def test_the_grpc_deadline_reaches_the_audits_predictor(monkeypatch):
 def test_a_bad_value_from_a_flag_names_the_flag(capsys):
     assert main(["serve", "--port", "70000", "--model-repo", "."]) == 2
     assert "medrobust serve: error: --port: expected a port in 0..65535, got 70000" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["audit", "run"], ["serve"]])
+def test_the_tf_serving_batch_limit_is_a_flag_that_reaches_the_predictor(command):
+    from medrobust.cli import build_parser
+    from medrobust.commands import read_service_config
+    from medrobust.commands.audit import config_from_args
+    from medrobust.compose import build_predictor
+
+    args = build_parser().parse_args([*command, "--tf-serving", "127.0.0.1:1", "--models", "m", "--tf-serving-max-batch", "8"])
+    config = config_from_args(args) if command[0] == "audit" else read_service_config(vars(args))
+    predictor = build_predictor(config, start_polling=False)
+    try:
+        assert config.tf_serving_max_batch == 8 and predictor.max_batch_size == 8
+    finally:
+        predictor.close()

@@ -121,7 +121,7 @@ def test_up_allow_anonymous_reaches_the_front_ends_config(tmp_path, monkeypatch,
     from medrobust.commands import up
 
     served: list[ServiceConfig] = []
-    monkeypatch.setattr(up, "train_quick_pair", lambda *args, **kwargs: None)
+    monkeypatch.setattr(up, "_in_child", lambda target, **kwargs: 0)  # the training child
     monkeypatch.setattr(up, "_serve", lambda args, config, *rest: served.append(config) or 0)
     with caplog.at_level(logging.WARNING):
         status = main(["up", "--host", "0.0.0.0", "--allow-anonymous", "--model-repo", str(tmp_path / "repo"),

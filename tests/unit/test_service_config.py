@@ -13,6 +13,8 @@ def test_defaults_match_the_issue():
     config = ServiceConfig(model_repo=Path("/models"))
     assert (config.max_upload_bytes, config.max_pixels) == (20_000_000, 50_000_000)
     assert config.tf_serving is None and config.api_token is None and config.admin_token is None
+    # /metrics apart from the API, on the API's host unless told otherwise; two decodes at once.
+    assert (config.metrics_port, config.metrics_host, config.max_decodes) == (9102, None, 2)
 
 
 def test_from_env_and_overrides():
@@ -35,6 +37,10 @@ def test_from_env_and_overrides():
         ({"MEDROBUST_MODEL_REPO": "/m", "MEDROBUST_WORKERS": "0"}, "^MEDROBUST_WORKERS: expected at least 1, got 0$"),
         ({"MEDROBUST_MODEL_REPO": "/m", "MEDROBUST_MAX_LOADED": "0"}, "^MEDROBUST_MAX_LOADED: expected at least 1, got 0$"),
         ({}, "expected a model repository"),
+        ({"MEDROBUST_MODEL_REPO": "/m", "MEDROBUST_MAX_DECODES": "0"}, "^MEDROBUST_MAX_DECODES: expected at least 1, got 0$"),
+        ({"MEDROBUST_MODEL_REPO": "/m", "MEDROBUST_METRICS_PORT": "8000"},
+         r"^MEDROBUST_METRICS_PORT: expected a port other than the API's \(8000\), got 8000$"),
+        ({"MEDROBUST_MODEL_REPO": "/m", "MEDROBUST_METRICS_PORT": "70000"}, "^MEDROBUST_METRICS_PORT: expected a port in 0..65535, got 70000$"),
     ],
 )
 def test_refusals(env, message):
