@@ -1,4 +1,4 @@
-"""TF Serving specifics: deadlines, retries on UNAVAILABLE, status mapping, cards without a repository."""
+"""TF Serving specifics: deadlines, retries on UNAVAILABLE within a budget, status mapping, cards without a repository."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from service.app import create_app
 from training.contract.config import ServiceConfig
 from training.contract.errors import BackendTimeout, BackendUnavailable, ModelNotFound
-from service.tfserving import TFServingPredictor
+from service.tfserving import RETRY_MAX_TOKENS, TFServingPredictor
 from tests.integration import service_images as images
 from tests.integration.serving import free_port
 
@@ -20,26 +20,42 @@ def _x() -> np.ndarray:
 
 @pytest.fixture
 def fresh(tiny_repo, tfserving_server):
-    """A predictor of its own (fault tests must not leave cached state in the shared one)."""
-    sleeps: list[float] = []
-    p = TFServingPredictor(tfserving_server, deadline_seconds=5, model_repo=tiny_repo.path, retries=3,
-                           backoff_seconds=0.01, sleep=sleeps.append)
-    p.sleeps = sleeps
+    """A predictor of its own: fault tests must not leave cached state, or a spent retry budget (one
+    per channel), in the shared one."""
+    p = TFServingPredictor(tfserving_server, deadline_seconds=5, model_repo=tiny_repo.path, retries=3, backoff_seconds=0.01)
+    p.model_info(tiny_repo.baseline)  # warm the status cache so only Predict meets the faults
     yield p
     p.close()
 
 
-def test_unavailable_is_retried_with_backoff(fresh, tfserving_fake, tiny_repo):
-    fresh.model_info(tiny_repo.baseline)  # warm the status cache so only Predict meets the fault
+def test_unavailable_is_retried(fresh, tfserving_fake, tiny_repo):
+    before = tfserving_fake.calls["Predict"]
     with tfserving_fake.faults(status=grpc.StatusCode.UNAVAILABLE, count=2):
         assert fresh.predict(tiny_repo.baseline, _x()).version == 1
-    assert fresh.sleeps == [0.01, 0.02]
+    assert tfserving_fake.calls["Predict"] - before == 3  # two refused attempts, then the answer
 
 
-def test_persistent_unavailable_is_503(fresh, tfserving_fake, tiny_repo):
+def test_persistent_unavailable_is_503_after_the_retries(fresh, tfserving_fake, tiny_repo):
+    before = tfserving_fake.calls["Predict"]
     with tfserving_fake.faults(status=grpc.StatusCode.UNAVAILABLE), pytest.raises(BackendUnavailable) as caught:
         fresh.predict(tiny_repo.baseline, _x())
-    assert caught.value.http_status == 503 and len(fresh.sleeps) == 3
+    assert caught.value.http_status == 503 and caught.value.details == {"grpc_code": "UNAVAILABLE"}
+    assert tfserving_fake.calls["Predict"] - before == 4  # the first attempt and 3 retries
+
+
+def test_an_overloaded_server_gets_at_most_the_budgets_share_of_retries(fresh, tfserving_fake, tiny_repo):
+    # Without a budget, 3 retries per call would make 4 attempts of each of these 40 calls (160):
+    # a server shedding load would get four times the load it sheds.
+    calls = 40
+    before = tfserving_fake.calls["Predict"]
+    with tfserving_fake.faults(status=grpc.StatusCode.UNAVAILABLE):
+        for _ in range(calls):
+            with pytest.raises(BackendUnavailable):
+                fresh.predict(tiny_repo.baseline, _x())
+    attempts = tfserving_fake.calls["Predict"] - before
+    assert calls < attempts <= calls + RETRY_MAX_TOKENS // 2
+    # Once the server recovers, calls succeed at once; successes earn the budget back.
+    assert fresh.predict(tiny_repo.baseline, _x()).version == 1
 
 
 def test_deadline_exceeded_is_504(tiny_repo, tfserving_server, tfserving_fake):
@@ -71,7 +87,7 @@ def test_server_down_through_the_app(tiny_repo):
     assert client.get("/readyz").status_code == 503
     assert client.get("/healthz").status_code == 200
     assert client.get("/").status_code == 200  # the page says the backend is down instead of failing
-    assert 'medrobust_backend_errors_total{backend="tfserving",code="UNAVAILABLE"}' in client.get("/metrics").get_data(as_text=True)
+    assert 'medrobust_backend_errors_total{backend="tfserving",code="UNAVAILABLE"}' in client.application.extensions["medrobust"].metrics.exposition().decode()
     predictor.close()
 
 

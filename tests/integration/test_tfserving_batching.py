@@ -119,13 +119,15 @@ def test_a_ragged_gradcam_batch_is_split_and_equals_the_unsplit_answer(clients, 
     np.testing.assert_array_equal(got.class_id, want.class_id)
 
 
-def test_every_chunk_is_answered_by_the_version_that_answered_the_first(tiny_repo, tfserving_fake):
+def test_every_chunk_is_answered_by_the_version_the_batch_was_resolved_to(tiny_repo, tfserving_fake):
     client = TFServingPredictor(tfserving_fake.address, deadline_seconds=60, model_repo=tiny_repo.path, max_batch_size=16)
     try:
         with tfserving_fake.rollout(tiny_repo.baseline, after_predicts=1) as answered:
             assert client.predict(tiny_repo.baseline, _batch(40)).version == 1
             assert answered == [(1, 16), (1, 16), (1, 8)]
-            # The pick-up did happen: an unpinned request is now answered by the new version.
+            # The pick-up did happen: once the status is asked again, an unpinned request is
+            # resolved to the new version and answered by it.
+            assert client.model_info(tiny_repo.baseline).latest == 2
             assert client.predict(tiny_repo.baseline, _batch(1)).version == 2
     finally:
         client.close()

@@ -16,7 +16,9 @@ execution batches (bundle_factory_util.h sets the input limit to max_batch_size 
 `batching_config=None` is TF Serving without --enable_batching: no limit.
 
 `loading()` reports models as GetModelStatus does while TF Serving loads them; `rollout()` makes a
-new version the newest mid-way, as a pick-up does; `calls` counts the RPCs per method.
+new version the newest mid-way, as a pick-up does; `ignoring_pins()` answers every Predict from the
+newest version whatever the request pinned, naming the version that did answer (as a proxy or a
+server that drops the pin would); `calls` counts the RPCs per method, every attempt included.
 """
 
 from __future__ import annotations
@@ -56,11 +58,13 @@ class _Rollout:
 
 @dataclass
 class Faults:
-    """What the next calls suffer: a delay, or an immediate error status (optionally only `count` times)."""
+    """What the next calls suffer: a delay, or an immediate error status (optionally only `count` times,
+    optionally only calls of `methods`)."""
 
     delay_seconds: float = 0.0
     status: grpc.StatusCode | None = None
     count: int | None = None  # None: every call
+    methods: frozenset[str] | None = None  # None: every method
     calls: int = field(default=0)
 
 
@@ -83,6 +87,7 @@ class FakeTFServing:
             self.max_batch_size = batching.max_batch_size.value if batching.HasField("max_batch_size") else SCHEDULER_DEFAULT_LIMIT
         self.calls: Counter[str] = Counter()
         self._loading: set[str] = set()
+        self._ignore_pins = False
         self._rollouts: list[_Rollout] = []
         self._faults = Faults()
         self._faults_lock = threading.Lock()
@@ -105,10 +110,14 @@ class FakeTFServing:
 
     # -- fault injection ---------------------------------------------------------------------
     @contextlib.contextmanager
-    def faults(self, *, delay_seconds: float = 0.0, status: grpc.StatusCode | None = None, count: int | None = None) -> Iterator[Faults]:
-        """Within the block, calls are delayed and/or fail with `status` (the first `count` calls only)."""
+    def faults(
+        self, *, delay_seconds: float = 0.0, status: grpc.StatusCode | None = None, count: int | None = None,
+        methods: tuple[str, ...] | None = None,
+    ) -> Iterator[Faults]:
+        """Within the block, calls (of `methods` only, when given) are delayed and/or fail with `status`
+        (the first `count` of them only)."""
         with self._faults_lock:
-            self._faults = Faults(delay_seconds, status, count)
+            self._faults = Faults(delay_seconds, status, count, frozenset(methods) if methods is not None else None)
             active = self._faults
         try:
             yield active
@@ -120,6 +129,8 @@ class FakeTFServing:
         with self._faults_lock:
             self.calls[method] += 1
             f = self._faults
+            if f.methods is not None and method not in f.methods:
+                return
             f.calls += 1
             applies = f.count is None or f.calls <= f.count
         if not applies:
@@ -158,6 +169,18 @@ class FakeTFServing:
                 if rollout.version is not None:
                     del self.servables[model][rollout.version]
 
+    @contextlib.contextmanager
+    def ignoring_pins(self) -> Iterator[None]:
+        """Within the block, Predict answers from the model's newest version whatever version the
+        request pinned; the response names the version that answered."""
+        with self._faults_lock:
+            self._ignore_pins = True
+        try:
+            yield
+        finally:
+            with self._faults_lock:
+                self._ignore_pins = False
+
     def _answered(self, servable: _Servable, batch: int) -> None:
         with self._faults_lock:
             for rollout in self._rollouts:
@@ -194,6 +217,9 @@ class FakeTFServing:
 
         self._suffer("Predict", context)
         servable = self._servable(request.model_spec, context)
+        if self._ignore_pins:
+            versions = self.servables[servable.name]
+            servable = versions[max(versions)]
         name = request.model_spec.signature_name or "serving_default"
         fn = servable.signatures.get(name)
         if fn is None:
