@@ -37,7 +37,7 @@ def test_every_audit_cronjob_writes_where_the_front_end_reads():
     (frontend,) = [d for d in yaml.safe_load_all((DEPLOY / "k8s" / "frontend-deployment.yaml").read_text())
                    if d["kind"] == "Deployment"]
     pod = frontend["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
+    (container,) = [c for c in pod["containers"] if c["name"] == "frontend"]  # not its nginx sidecar
     assert _env(container)["MEDROBUST_AUDIT_ARTEFACTS"] == "/artefacts"
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts["/artefacts"] == {"name": "audit-artefacts", "mountPath": "/artefacts", "readOnly": True}

@@ -25,9 +25,13 @@ OFFICIAL_IMAGES = {
     "postgres": "postgres",
     "prometheus": "prom/prometheus",
     "grafana": "grafana/grafana",
+    "nginx": "nginx",
 }
 MEDROBUST_SERVICES = {"model-repo-init", "frontend", "audit-worker", "train"}
 MODEL_NAME = re.compile(r"(derm|dr|pneumothorax)-(resnet50|inception_resnet_v2)-(attention|baseline)")
+NGINX_TEMPLATE = DEPLOY / "nginx" / "medrobust.conf.template"
+# What the nginx image's entrypoint substitutes with NGINX_ENVSUBST_FILTER=MEDROBUST_ (braced or not).
+TEMPLATE_VARIABLE = re.compile(r"\$\{?(MEDROBUST_\w+)")
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +112,7 @@ def test_train_is_a_one_shot_profile_that_writes_the_repository(services: dict) 
 
 def test_front_end_and_audit_reach_tf_serving_over_grpc(services: dict) -> None:
     tf_flags = _flags(services["tf-serving"]["command"])
-    grpc = f"tf-serving:{tf_flags['port']}"
+    grpc = f"dns:///tf-serving:{tf_flags['port']}"  # every replica's address, balanced round robin
     frontend = services["frontend"]
     assert frontend["command"][0] == "serve" and _flags(frontend["command"])["tf-serving"] == grpc
     assert frontend["environment"]["MEDROBUST_TF_SERVING"] == grpc
@@ -197,3 +201,86 @@ def test_the_init_service_seeds_a_models_config_tf_serving_accepts(services: dic
     config = text_format.Parse(written, model_server_config_pb2.ModelServerConfig())
     assert config.HasField("model_config_list") and len(config.model_config_list.config) == 0
     compile(script, "<model-repo-init>", "exec")
+
+
+def _nginx_directives() -> list[tuple[str, str]]:
+    """(name, arguments) of every directive in the nginx template, in order (each sits on one line)."""
+    directives = []
+    for line in NGINX_TEMPLATE.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and line.endswith(";"):
+            name, _, arguments = line[:-1].partition(" ")
+            directives.append((name, arguments.strip()))
+    return directives
+
+
+def _seconds(value: str) -> int:
+    assert re.fullmatch(r"\d+s", value), f"expected a time in seconds like 10s, got {value!r}"
+    return int(value[:-1])
+
+
+def test_users_reach_the_front_end_only_through_nginx(services: dict) -> None:
+    frontend, nginx = services["frontend"], services["nginx"]
+    assert "ports" not in frontend, "gunicorn must not be published: slow clients would reach its threads"
+    listen = nginx["environment"]["MEDROBUST_PROXY_LISTEN"]
+    assert nginx["ports"] == [f"8000:{listen}"]  # where users found the front end before
+    assert nginx["environment"]["MEDROBUST_PROXY_UPSTREAM"] == f"frontend:{_flags(frontend['command'])['port']}"
+    assert f"http://127.0.0.1:{listen}/healthz" in nginx["healthcheck"]["test"]
+    # nginx resolves `frontend` once: it starts after the front end and restarts with it.
+    assert nginx["depends_on"]["frontend"] == {"condition": "service_healthy", "restart": True}
+    assert "./nginx/medrobust.conf.template:/etc/nginx/templates/medrobust.conf.template:ro" in nginx["volumes"]
+    # Beyond loopback only the proxy and Grafana (which has its own login).
+    public = {name for name, service in services.items()
+              for port in service.get("ports", []) if not port.startswith("127.0.0.1:")}
+    assert public == {"nginx", "grafana"}
+
+
+def test_nginx_sets_every_variable_of_its_template_and_only_those(services: dict) -> None:
+    text = NGINX_TEMPLATE.read_text()
+    # Braced only: the one form the system test renders too (tests/integration/test_service_slow_clients.py).
+    assert len(TEMPLATE_VARIABLE.findall(text)) == len(re.findall(r"\$\{MEDROBUST_\w+\}", text)) > 0
+    environment = services["nginx"]["environment"]
+    # Only MEDROBUST_ variables are substituted: nginx's $host, $scheme... stay nginx's.
+    assert environment["NGINX_ENVSUBST_FILTER"] == "MEDROBUST_"
+    assert set(TEMPLATE_VARIABLE.findall(text)) == {name for name in environment if name.startswith("MEDROBUST_")}
+
+
+def test_the_nginx_template_buffers_whole_requests_and_times_out_slow_clients() -> None:
+    directives = _nginx_directives()
+    single = {name: arguments for name, arguments in directives if name not in ("proxy_set_header", "error_page", "return")}
+    assert single["listen"] == "${MEDROBUST_PROXY_LISTEN}"
+    assert single["proxy_pass"] == "http://${MEDROBUST_PROXY_UPSTREAM}"
+    # Whole requests before gunicorn sees them, up to the front end's own limit.
+    assert single["proxy_request_buffering"] == "on" and single["proxy_buffering"] == "on"
+    assert single["client_max_body_size"] == "${MEDROBUST_MAX_UPLOAD_BYTES}"
+    # Slow clients are closed soon: well before a person would give up on an answer.
+    assert _seconds(single["client_header_timeout"]) <= 15 and _seconds(single["client_body_timeout"]) <= 15
+    # gunicorn's own request timeout decides, not nginx's.
+    gunicorn_timeout = int(re.search(r'"timeout": (\d+)', (ROOT / "medrobust" / "web_server.py").read_text())[1])
+    assert _seconds(single["proxy_read_timeout"]) > gunicorn_timeout
+    # A response that must stream can still opt out of buffering.
+    assert "proxy_ignore_headers" not in single and single.get("proxy_intercept_errors", "off") == "off"
+    headers = dict(arguments.split(None, 1) for name, arguments in directives if name == "proxy_set_header")
+    assert headers == {
+        "Host": "$http_host", "X-Forwarded-For": "$proxy_add_x_forwarded_for", "X-Forwarded-Proto": "$scheme",
+        "X-Forwarded-Host": "$http_host", "X-Real-IP": "$remote_addr",
+    }
+
+
+def test_the_errors_nginx_makes_itself_are_the_apis_json() -> None:
+    from service.errors import _HTTP_CODES
+
+    text = NGINX_TEMPLATE.read_text().replace("${MEDROBUST_MAX_UPLOAD_BYTES}", "20000000")
+    pages = dict(re.findall(r"^\s*error_page (\d+) (@\w+);", text, re.MULTILINE))
+    assert set(pages) == {"413", "502", "504"}
+    errors = {}
+    for status, location in pages.items():
+        block = re.search(rf"location {location} \{{(.*?)\}}\n", text, re.DOTALL)[1]
+        assert "default_type application/json;" in block, location
+        code, answer = re.search(r"return (\d+) '(.*)';", block).groups()
+        assert code == status, location
+        errors[status] = json.loads(answer.replace("\\n", ""))["error"]
+        assert set(errors[status]) == {"code", "message"} and errors[status]["message"], location
+    # A body over the limit reads the same whether nginx or the front end refuses it.
+    assert errors["413"]["code"] == _HTTP_CODES[413]
+    assert "at most 20000000 bytes (MEDROBUST_MAX_UPLOAD_BYTES)" in errors["413"]["message"]

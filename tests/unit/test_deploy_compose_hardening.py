@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from medrobust.cli import build_parser
-from training.contract.config import ConfigError, ServiceConfig, read_config
+from training.contract.config import ConfigError, ServiceConfig, default_of, read_config
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "deploy" / "compose.yaml"
@@ -63,13 +63,13 @@ def test_the_stack_does_not_start_without_an_api_token(services):
     # The helper reads the forms compose.yaml uses as Compose does.
     assert substitute("${A:-x}", {}) == "x" and substitute("${A:-x}", {"A": ""}) == "x" and substitute("${A:-x}", {"A": "y"}) == "y"
     assert substitute("a$${B}", {}) == "a${B}" and substitute("${A:?say so}", {"A": "t"}) == "t"
-    for environ in ({}, {"MEDROBUST_API_TOKEN": ""}):
+    for environ in ({"MEDROBUST_DB_PASSWORD": "pw"}, {"MEDROBUST_API_TOKEN": "", "MEDROBUST_DB_PASSWORD": "pw"}):
         with pytest.raises(Unset, match="MEDROBUST_API_TOKEN: set MEDROBUST_API_TOKEN"):
             substitute(services["frontend"]["environment"], environ)
 
 
 def test_with_a_token_the_front_ends_command_and_environment_read_as_a_closed_api(services):
-    config = _frontend_config(services, {"MEDROBUST_API_TOKEN": "t0ken"})
+    config = _frontend_config(services, {"MEDROBUST_API_TOKEN": "t0ken", "MEDROBUST_DB_PASSWORD": "pw"})
     assert (config.host, config.api_token, config.allow_anonymous) == ("0.0.0.0", "t0ken", False)
 
 
@@ -80,7 +80,7 @@ def test_the_front_end_does_not_allow_anonymous_access(services):
     assert "--allow-anonymous" not in frontend["command"]
     optional = {**services, "frontend": {**frontend, "environment": {**frontend["environment"], "MEDROBUST_API_TOKEN": "${MEDROBUST_API_TOKEN:-}"}}}
     with pytest.raises(ConfigError, match=r"^--host: .*set MEDROBUST_API_TOKEN"):
-        _frontend_config(optional, {})
+        _frontend_config(optional, {"MEDROBUST_DB_PASSWORD": "pw"})
 
 
 @pytest.mark.parametrize("environ", [{}, {"GRAFANA_ADMIN_PASSWORD": ""}], ids=["unset", "empty"])
@@ -89,6 +89,15 @@ def test_grafana_has_no_default_admin_password(services, environ):
     with pytest.raises(Unset, match="GRAFANA_ADMIN_PASSWORD: set GRAFANA_ADMIN_PASSWORD"):
         substitute(grafana["GF_SECURITY_ADMIN_PASSWORD"], environ)
     assert substitute(grafana, {"GRAFANA_ADMIN_PASSWORD": "s3cret"})["GF_SECURITY_ADMIN_PASSWORD"] == "s3cret"
+
+
+@pytest.mark.parametrize("environ", [{}, {"MEDROBUST_DB_PASSWORD": ""}], ids=["unset", "empty"])
+def test_the_audit_store_has_no_default_password(services, environ):
+    for value in (services["postgres"]["environment"]["POSTGRES_PASSWORD"], services["frontend"]["environment"]["MEDROBUST_DATABASE_URL"]):
+        with pytest.raises(Unset, match="MEDROBUST_DB_PASSWORD: set MEDROBUST_DB_PASSWORD"):
+            substitute(value, environ)
+    url = substitute(services["audit-worker"]["environment"]["MEDROBUST_DATABASE_URL"], {"MEDROBUST_DB_PASSWORD": "s3cret"})
+    assert url == "postgresql+psycopg2://medrobust:s3cret@postgres:5432/medrobust"
 
 
 def test_every_service_is_read_only_without_capabilities_or_new_privileges(services):
@@ -128,13 +137,30 @@ def test_what_each_service_writes_is_a_volume_or_a_tmpfs(services):
         "prometheus": [next(a.split("=", 1)[1] for a in services["prometheus"]["command"] if a.startswith("--storage.tsdb.path="))],
         "grafana": ["/var/lib/grafana", "/tmp"],
         "tf-serving": ["/tmp"],
+        # the rendered configuration, buffered bodies and responses (temp paths), the pid file
+        "nginx": ["/etc/nginx/conf.d", "/var/cache/nginx/client_temp", "/var/cache/nginx/proxy_temp", "/run/nginx.pid"],
     }
     assert set(writes) == set(services)
     for name, paths in writes.items():
         writable = _writable(services[name])
         for path in paths:
             assert _under(path, writable), f"{name} writes {path}, which is neither a volume nor a tmpfs"
-    # The medrobust image's user owns its tmpfs mounts.
+    # The medrobust image's user owns its tmpfs mounts; nginx runs as its image's nginx user and
+    # owns its own.
     for name in ("frontend", "audit-worker", "train"):
         for entry in services[name]["tmpfs"]:
             assert "uid=10001" in entry, (name, entry)
+    assert services["nginx"]["user"] == "101:101"
+    assert all("uid=101,gid=101" in entry for entry in services["nginx"]["tmpfs"])
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({}, default_of(ServiceConfig, "max_upload_bytes")),
+    ({"MEDROBUST_MAX_UPLOAD_BYTES": "5000000"}, 5_000_000),
+], ids=["default", "set"])
+def test_the_front_end_and_nginx_read_one_upload_limit(services, environ, expected):
+    """nginx refuses what the front end would refuse, and passes everything the front end accepts."""
+    environ = {"MEDROBUST_API_TOKEN": "t0ken", "MEDROBUST_DB_PASSWORD": "pw", **environ}
+    assert _frontend_config(services, environ).max_upload_bytes == expected
+    nginx = substitute(services["nginx"]["environment"], environ)
+    assert nginx["MEDROBUST_MAX_UPLOAD_BYTES"] == str(expected)

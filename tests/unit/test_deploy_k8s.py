@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
 import yaml
+
+from training.contract.config import ServiceConfig, default_of
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -80,7 +83,7 @@ def test_one_audit_cronjob_per_task_runs_audit_run_against_tf_serving() -> None:
         (container,) = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
         args = container["args"]
         assert args[:2] == ["audit", "run"] and container["image"] == "medrobust"
-        assert "--tf-serving=$(MEDROBUST_TF_SERVING)" in args and config["MEDROBUST_TF_SERVING"] == "tf-serving:8500"
+        assert "--tf-serving=$(MEDROBUST_TF_SERVING)" in args and config["MEDROBUST_TF_SERVING"] == "dns:///tf-serving:8500"
         dataset_variable = f"AUDIT_DATASET_{task.upper()}"
         assert f"--dataset=$({dataset_variable})" in args and dataset_variable in config
         assert args[args.index("--models") + 1:] == [f"{task}-{variant}" for variant in VARIANTS]
@@ -95,19 +98,30 @@ def test_pods_have_resources_probes_and_run_as_non_root() -> None:
         for container in spec["containers"]:
             resources = container["resources"]
             assert {"cpu", "memory"} <= set(resources["requests"]) and {"cpu", "memory"} <= set(resources["limits"]), name
-            assert container["securityContext"]["allowPrivilegeEscalation"] is False, name
+            security = container["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False, name
+            assert security["readOnlyRootFilesystem"] is True and security["capabilities"] == {"drop": ["ALL"]}, name
+            assert security.get("runAsUser", spec["securityContext"].get("runAsUser")) != 0, name
             if name in _by_kind("Deployment"):
                 assert container.get("readinessProbe") and container.get("livenessProbe"), name
 
 
 def test_services_are_scraped_through_annotations_on_their_metrics_ports() -> None:
-    expected = {"tf-serving": ("8501", "/monitoring/prometheus/metrics"), "frontend": ("8000", "/metrics")}
+    expected = {"tf-serving": ("8501", "/monitoring/prometheus/metrics"), "frontend": ("9102", "/metrics")}
     for name, deployment in _by_kind("Deployment").items():
         annotations = deployment["spec"]["template"]["metadata"]["annotations"]
         assert annotations["prometheus.io/scrape"] == "true"
         assert (annotations["prometheus.io/port"], annotations["prometheus.io/path"]) == expected[name]
         ports = {str(p["containerPort"]) for c in deployment["spec"]["template"]["spec"]["containers"] for p in c["ports"]}
         assert annotations["prometheus.io/port"] in ports, name
+
+
+def test_the_front_ends_metrics_port_is_scraped_but_not_exposed_by_its_service() -> None:
+    (frontend,) = (c for c in _by_kind("Deployment")["frontend"]["spec"]["template"]["spec"]["containers"] if c["name"] == "frontend")
+    assert "--metrics-port=9102" in frontend["args"]
+    assert {"name": "metrics", "containerPort": 9102} in frontend["ports"]
+    exposed = {str(p.get("targetPort")) for p in _by_kind("Service")["frontend"]["spec"]["ports"]}
+    assert not exposed & {"9102", "metrics"}
 
 
 def test_services_select_their_pods() -> None:
@@ -129,3 +143,56 @@ def test_tf_serving_matches_the_compose_stack_and_its_configmap_the_files() -> N
         assert text == (ROOT / "deploy" / "tf-serving" / name).read_text(), f"{name} differs from deploy/tf-serving/"
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     assert mounts["/etc/tf-serving"] == "config" and mounts["/models"] == "model-repo"
+
+
+def _containers(deployment: str) -> dict[str, dict]:
+    return {c["name"]: c for c in _by_kind("Deployment")[deployment]["spec"]["template"]["spec"]["containers"]}
+
+
+def _env(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def test_the_front_ends_service_leads_through_its_nginx_sidecar_to_gunicorn_over_loopback() -> None:
+    containers = _containers("frontend")
+    assert set(containers) == {"frontend", "nginx"}
+    gunicorn, nginx = containers["frontend"], containers["nginx"]
+    ports = {p["name"]: (name, p["containerPort"]) for name, c in containers.items() for p in c["ports"]}
+    (service_port,) = _by_kind("Service")["frontend"]["spec"]["ports"]
+    assert ports[service_port["targetPort"]][0] == "nginx", "the Service must lead to nginx, not to gunicorn's threads"
+    env = {name: e["value"] for name, e in _env(nginx).items() if "value" in e}
+    assert env["MEDROBUST_PROXY_LISTEN"] == str(ports[service_port["targetPort"]][1])
+    gunicorn_port = next(a.split("=", 1)[1] for a in gunicorn["args"] if a.startswith("--port="))
+    assert env["MEDROBUST_PROXY_UPSTREAM"] == f"127.0.0.1:{gunicorn_port}"
+    # The same image as the compose stack's default.
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    assert nginx["image"] == re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", compose["services"]["nginx"]["image"])
+
+
+def test_the_nginx_sidecar_runs_the_projects_template_with_every_variable_set() -> None:
+    template = (ROOT / "deploy" / "nginx" / "medrobust.conf.template").read_text()
+    config = _by_kind("ConfigMap")["frontend-nginx"]["data"]
+    assert config == {"medrobust.conf.template": template}, "differs from deploy/nginx/medrobust.conf.template"
+    spec = _by_kind("Deployment")["frontend"]["spec"]["template"]["spec"]
+    nginx = _containers("frontend")["nginx"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in nginx["volumeMounts"]}
+    assert mounts["/etc/nginx/templates/medrobust.conf.template"]["configMap"]["name"] == "frontend-nginx"
+    env = _env(nginx)
+    assert env["NGINX_ENVSUBST_FILTER"]["value"] == "MEDROBUST_"
+    used = set(re.findall(r"\$\{(MEDROBUST_\w+)\}", template))
+    assert used == {name for name in env if name.startswith("MEDROBUST_")}
+    # Read-only root: the rendered configuration, the temp paths and the pid file are emptyDirs,
+    # buffered uploads (patient data) in memory.
+    for path in ("/etc/nginx/conf.d", "/var/cache/nginx", "/run"):
+        assert mounts[path]["emptyDir"]["medium"] == "Memory", path
+    assert nginx["securityContext"]["runAsUser"] == 101
+
+
+def test_the_front_end_and_its_nginx_read_one_upload_limit() -> None:
+    data = _by_kind("ConfigMap")["medrobust"]["data"]
+    assert data["MEDROBUST_MAX_UPLOAD_BYTES"] == str(default_of(ServiceConfig, "max_upload_bytes"))
+    containers = _containers("frontend")
+    assert {"configMapRef": {"name": "medrobust"}} in containers["frontend"]["envFrom"]
+    reference = _env(containers["nginx"])["MEDROBUST_MAX_UPLOAD_BYTES"]["valueFrom"]["configMapKeyRef"]
+    assert reference == {"name": "medrobust", "key": "MEDROBUST_MAX_UPLOAD_BYTES"}

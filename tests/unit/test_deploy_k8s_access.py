@@ -71,7 +71,7 @@ def test_the_policy_covers_both_of_tf_servings_ports():
 
 
 def test_the_front_end_does_not_start_without_its_api_token():
-    (container,) = _pod_templates()["frontend"]["spec"]["containers"]
+    (container,) = [c for c in _pod_templates()["frontend"]["spec"]["containers"] if c["name"] == "frontend"]
     env = {e["name"]: e for e in container["env"]}
     reference = env["MEDROBUST_API_TOKEN"]["valueFrom"]["secretKeyRef"]
     assert reference["name"] == "medrobust-tokens" and reference["key"] == "api"

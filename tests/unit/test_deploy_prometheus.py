@@ -106,7 +106,7 @@ def test_scrape_targets_match_the_compose_services() -> None:
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     targets = {name: job["static_configs"][0]["targets"] for name, job in jobs.items()}
     assert targets == {
-        "medrobust-frontend": ["frontend:8000"],
+        "medrobust-frontend": ["frontend:9102"],  # the metrics port, not the API's
         "medrobust-audit": ["audit-worker:9101"],
         "tf-serving": ["tf-serving:8501"],
     }
@@ -114,6 +114,8 @@ def test_scrape_targets_match_the_compose_services() -> None:
     services = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())["services"]
     for target in (t for ts in targets.values() for t in ts):
         assert target.split(":")[0] in services, target
+    frontend = services["frontend"]
+    assert "--metrics-port=9102" in frontend["command"] and "ports" not in frontend, "the metrics port is not published"
     # The alert on scrape health names exactly these jobs.
     down = next(r for r in _rules() if r["alert"] == "MedrobustTargetDown")
     assert set(re.search(r'job=~"([^"]+)"', down["expr"]).group(1).split("|")) == set(jobs)
