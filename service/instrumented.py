@@ -34,21 +34,35 @@ class InstrumentedPredictor:
 
     def predict(self, model: str, images: np.ndarray, *, version: int | str | None = None) -> Prediction:
         with self.metrics.backend_call(self.backend_name, "serving_default"):
-            return self.inner.predict(model, images, version=version)
+            result = self.inner.predict(model, images, version=version)
+        self._note_loaded()
+        return result
 
     def gradcam(self, model: str, images: np.ndarray, *, version: int | str | None = None) -> GradcamResult:
         with self.metrics.backend_call(self.backend_name, "gradcam"):
-            return self.inner.gradcam(model, images, version=version)
+            result = self.inner.gradcam(model, images, version=version)
+        self._note_loaded()
+        return result
 
     def vjp(
         self, model: str, images: np.ndarray, cotangent: np.ndarray, *, version: int | str | None = None
     ) -> VjpResult:
         with self.metrics.backend_call(self.backend_name, "vjp"):
-            return self.inner.vjp(model, images, cotangent, version=version)
+            result = self.inner.vjp(model, images, cotangent, version=version)
+        self._note_loaded()
+        return result
 
     def model_states(self) -> Mapping[str, str]:
         with self.metrics.backend_call(self.backend_name, "model_states"):
             return self.inner.model_states()
+
+    def _note_loaded(self) -> None:
+        # A model call may have loaded or evicted a version. /metrics is served apart from the
+        # workers (by gunicorn's master), so the gauge is kept current here, where it changes;
+        # only a backend's own cheap count is used, never a listing per request.
+        own = getattr(self.inner, "loaded_count", None)
+        if callable(own):
+            self.metrics.models_loaded.set(own())
 
     def ready(self) -> bool:
         return self.inner.ready()

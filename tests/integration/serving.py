@@ -29,4 +29,7 @@ def http(
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+        try:
+            return exc.code, exc.read()
+        finally:
+            exc.close()  # its socket, else a ResourceWarning surfaces in some later test

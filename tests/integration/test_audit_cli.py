@@ -99,6 +99,7 @@ def test_up_on_an_existing_repository_serves_everything_and_stops_cleanly(copy_r
         assert "medrobust_http_requests_total{" in text and "medrobust_audit_runs_total" in text
         with pytest.raises(urllib.error.HTTPError) as api_port:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30)
+        api_port.value.close()
         assert api_port.value.code == 404
     finally:
         proc.send_signal(signal.SIGINT)
