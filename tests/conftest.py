@@ -28,7 +28,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # The quick tier is pyproject's `-m 'not slow and not system'`; --all-tiers drops the filter
+    # The quick tier is pyproject's `-m QUICK_TIER` (no slow, system or container tests); --all-tiers drops the filter
     # (an explicit -m given after it still narrows the run).
     if config.getoption("--all-tiers") and config.option.markexpr == QUICK_TIER:
         config.option.markexpr = ""

@@ -10,4 +10,4 @@ from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT.parent / "shared" / "data"
-QUICK_TIER = "not slow and not system"  # pyproject's addopts; kept equal by test_architecture
+QUICK_TIER = "not slow and not system and not container"  # pyproject's addopts; kept equal by test_architecture

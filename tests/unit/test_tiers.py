@@ -9,11 +9,12 @@ import tomllib
 from tests.project import PROJECT, QUICK_TIER
 
 SYSTEM_MODULE = "tests/integration/test_audit_worker_signals.py"  # two tests, both marked system
+CONTAINER_MODULE = "tests/container/test_frontend.py"  # every test marked container
 
 
-def _collect(*args: str) -> str:
+def _collect(*args: str, module: str = SYSTEM_MODULE) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:randomly", SYSTEM_MODULE, *args],
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:randomly", module, *args],
         cwd=PROJECT, capture_output=True, text=True, timeout=120,
     )
     return done.stdout
@@ -28,6 +29,13 @@ def test_system_tests_run_only_with_all_tiers():
     assert "2 deselected" in _collect()
     everything = _collect("--all-tiers")
     assert "2 tests collected" in everything and "deselected" not in everything
+
+
+def test_container_tests_run_only_with_all_tiers():
+    quick = _collect(module=CONTAINER_MODULE)
+    assert "no tests collected" in quick and "deselected" in quick, quick
+    everything = _collect("--all-tiers", module=CONTAINER_MODULE)
+    assert "tests collected" in everything and "deselected" not in everything, everything
 
 
 def test_ci_runs_the_readmes_command_for_every_tier():

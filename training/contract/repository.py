@@ -1,7 +1,9 @@
 """The model repository as TF Serving polls it: `<repo>/<model>/<version>/` plus `models.config`.
 
 Versions appear atomically (written beside, then renamed into place) so a server polling the
-repository never loads half a version; numbers only ever increase.
+repository never loads half a version; numbers only ever increase. Everything published is
+world-readable (folders 0755, files 0644): the servers reading a repository (the front end as uid
+10001, TF Serving, the audit) run as other users than whoever exported into it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from training.contract.card import BACKBONES, read_card
 MODEL_NAME = re.compile(rf"^[a-z0-9_]+-({'|'.join(BACKBONES)})-(attention|baseline)$")
 WARMUP_PATH = Path("assets.extra") / "tf_serving_warmup_requests"
 MODELS_CONFIG = "models.config"
+READABLE_DIR, READABLE_FILE = 0o755, 0o644
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ def list_models(repo: str | os.PathLike) -> tuple[RepoModel, ...]:
 @contextlib.contextmanager
 def locked(repo: Path) -> Iterator[None]:
     """Serialise writers (two trainings exporting at once must not take the same version)."""
-    repo.mkdir(parents=True, exist_ok=True)
+    _make_readable_dir(repo)
     with open(repo / ".lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -76,17 +79,33 @@ def publish_version(repo: Path, model: str, staged: Path) -> tuple[int, Path]:
     if not MODEL_NAME.match(model):
         raise ValueError(f"model names are <task>-<{'|'.join(BACKBONES)}>-<attention|baseline>, got {model!r}")
     model_dir = repo / model
-    model_dir.mkdir(parents=True, exist_ok=True)
+    _make_readable_dir(model_dir)
     version = (versions_of(model_dir) or (0,))[-1] + 1
     target = model_dir / str(version)
+    # mkdtemp made `staged` 0700 and the process's umask decided its files' modes: open both up
+    # before the version becomes visible, so no server ever sees it unreadable.
+    for root, dirs, files in os.walk(staged):
+        os.chmod(root, READABLE_DIR)
+        for name in files:
+            os.chmod(os.path.join(root, name), READABLE_FILE)
     os.rename(staged, target)  # atomic on one filesystem: staged lives inside the repository
     return version, target
 
 
 def staging_dir(repo: Path) -> Path:
     """A fresh folder inside the repository (same filesystem, so the final rename is atomic)."""
-    repo.mkdir(parents=True, exist_ok=True)
+    _make_readable_dir(repo)
     return Path(tempfile.mkdtemp(prefix=".staging-", dir=repo))
+
+
+def _make_readable_dir(path: Path) -> None:
+    """Create `path` world-readable whatever the umask; an existing folder (perhaps another
+    user's, such as a mounted volume) is left as its owner made it."""
+    try:
+        path.mkdir(parents=True)
+    except FileExistsError:
+        return
+    os.chmod(path, READABLE_DIR)
 
 
 def read_models_config(repo: str | os.PathLike):
@@ -152,5 +171,6 @@ def write_models_config(repo: str | os.PathLike, serving_root: str | None = None
     path = Path(repo) / MODELS_CONFIG
     tmp = path.with_name(f".{MODELS_CONFIG}.tmp")
     tmp.write_text(models_config_text(repo, serving_root))
+    os.chmod(tmp, READABLE_FILE)
     os.replace(tmp, path)
     return path

@@ -1,0 +1,127 @@
+"""The images the container tests run, built here from what a Debian machine has.
+
+No image registry is reachable from CI, so `python:3.11-slim-bookworm` cannot be pulled: a stand-in
+with Debian's Python 3.11 is made by mmdebstrap and imported into podman once, tagged by a hash of
+its package list (a changed list is a new image; an unchanged one is never rebuilt). The project's
+image is then built from the unchanged Dockerfile, overriding only `PYTHON_IMAGE`; podman's layer
+cache makes a rebuild on unchanged sources a matter of seconds.
+
+The build reaches the package index over the host's network, with the host's pip configuration
+(its files and PIP_* variables, as `pip config list` reports them) and CA certificates mounted
+read-only, so it installs from wherever the host's pip does.
+"""
+
+from __future__ import annotations
+
+import configparser
+import hashlib
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.project import PROJECT
+
+SUITE = "bookworm"  # the Debian release of python:3.11-slim-bookworm, whose place the stand-in takes
+PYTHON_PACKAGES = ("python3", "python3-venv", "python-is-python3", "ca-certificates")
+PROJECT_IMAGE = "localhost/medrobust:test"
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"  # where Debian (host and stand-in alike) keeps it
+
+
+@dataclass(frozen=True)
+class Built:
+    """An image and what building it cost."""
+
+    tag: str
+    seconds: float
+    size_bytes: int
+
+
+def podman(*args: str, timeout: float = 120, check: bool = True, nice: bool = False) -> subprocess.CompletedProcess:
+    """`podman ARGS`, its output captured; a failure names the command and what podman said.
+    `nice`: at low priority (builds share the machine's cores with the tests)."""
+    done = subprocess.run(["nice"] * nice + ["podman", *args], capture_output=True, text=True, timeout=timeout, check=False)
+    if check and done.returncode != 0:
+        raise RuntimeError(
+            f"expected `podman {shlex.join(args)}` to succeed, got exit status {done.returncode}:\n"
+            f"{done.stdout[-4000:]}{done.stderr[-4000:]}"
+        )
+    return done
+
+
+def image_size(tag: str) -> int:
+    return int(podman("image", "inspect", "--format", "{{.Size}}", tag).stdout.strip())
+
+
+def base_image(packages: tuple[str, ...] = PYTHON_PACKAGES) -> str:
+    """A minimal Debian image with `packages`, made once per package list; returns its tag."""
+    key = hashlib.sha256(" ".join([SUITE, *sorted(packages)]).encode()).hexdigest()[:12]
+    tag = f"localhost/medrobust-base:{SUITE}-{key}"
+    if podman("image", "exists", tag, check=False).returncode == 0:
+        return tag
+    with tempfile.TemporaryDirectory(prefix="medrobust-base-") as scratch:
+        tarball = Path(scratch) / "rootfs.tar"
+        command = ["nice", "mmdebstrap", "--variant=minbase", f"--include={','.join(packages)}", SUITE, str(tarball)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=1200, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"expected `{shlex.join(command)}` to build a root filesystem, got:\n{done.stderr[-4000:]}")
+        podman("import", "--change", "CMD [\"/bin/bash\"]", str(tarball), tag, timeout=600)
+    return tag
+
+
+def pip_mounts(scratch: Path) -> list[str]:
+    """`-v` arguments giving a build the host's pip configuration and certificates, read-only.
+
+    The settings pip reports (every configuration file and PIP_* variable, the variables winning as
+    they do for pip) go into one file mounted as the build's /etc/pip.conf. Local files they name
+    (a CA bundle, a constraints file) are mounted at the same place, since pip stops without them;
+    local folders (find-links, file:// indexes) are not: pip passes over a missing one, and the
+    network index has every package. The host's CA bundle replaces the base image's, for pip's
+    system trust store.
+    """
+    listed = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60, check=True,
+    ).stdout
+    sections: dict[str, dict[str, str]] = {}
+    from_env: dict[str, str] = {}
+    for line in listed.splitlines():
+        name, _, quoted = line.partition("=")
+        section, _, key = name.rpartition(".")
+        value = " ".join(shlex.split(quoted))
+        if section == ":env:":
+            from_env[key] = value
+        elif section and key:
+            sections.setdefault(section, {})[key] = value
+    sections.setdefault("global", {}).update(from_env)
+    config = configparser.ConfigParser(interpolation=None)
+    config.read_dict(sections)
+    generated = scratch / "pip.conf"
+    with generated.open("w") as handle:
+        config.write(handle)
+    mounts = {str(generated): "/etc/pip.conf"}
+    for values in sections.values():
+        for value in values.values():
+            for word in value.split():
+                if os.path.isabs(word) and os.path.isfile(word):
+                    mounts[word] = word
+    if os.path.isfile(os.environ.get("SSL_CERT_FILE", "")):
+        mounts[os.environ["SSL_CERT_FILE"]] = CA_BUNDLE
+    elif os.path.isfile(CA_BUNDLE):
+        mounts[CA_BUNDLE] = CA_BUNDLE
+    return [arg for host, inside in sorted(mounts.items()) for arg in ("-v", f"{host}:{inside}:ro")]
+
+
+def project_image(base: str, tag: str = PROJECT_IMAGE) -> Built:
+    """The project's image from its own Dockerfile on `base`, with HEALTHCHECK kept (docker format)."""
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="medrobust-pip-") as scratch:
+        command = [
+            "build", "--network", "host", "--format", "docker", "--build-arg", f"PYTHON_IMAGE={base}",
+            *pip_mounts(Path(scratch)), "--tag", tag, "--file", str(PROJECT / "Dockerfile"), str(PROJECT),
+        ]
+        podman(*command, timeout=3600, nice=True)
+    return Built(tag, time.monotonic() - started, image_size(tag))
