@@ -192,7 +192,10 @@ def test_the_scheduler_never_runs_one_model_twice_at_once(audit_app, tiny_repo):
     assert worker.check_new_versions() == []  # both versions now audited
 
 
-def test_a_new_version_is_audited_once(tiny_repo, copy_repo, tmp_path):
+@pytest.fixture
+def polling_worker(tiny_repo, copy_repo, tmp_path):
+    """A worker (no scheduler started) over a private copy of the repository, auditing the baseline
+    only, and a function that adds the next version to that copy."""
     import shutil
 
     from audit.runner import AuditRunner
@@ -210,45 +213,37 @@ def test_a_new_version_is_audited_once(tiny_repo, copy_repo, tmp_path):
     store = AuditStore(config.database_url)
     predictor = EmbeddedPredictor(repo, poll_seconds=0.01)
     worker = AuditWorker(config, AuditRunner(config, predictor, store), CollectorRegistry(), serve_metrics=False)
+
+    def add_version_2() -> None:
+        shutil.copytree(repo / tiny_repo.baseline / "1", repo / tiny_repo.baseline / "2")
+        write_models_config(repo)
+
+    yield worker, store, add_version_2
+    worker.runner.join(120)
+    store.close()
+    predictor.close()
+
+
+def test_a_new_version_is_audited_once(polling_worker):
+    worker, store, add_version_2 = polling_worker
     assert len(worker.check_new_versions()) == 1  # version 1 was never audited
     worker.runner.join(120)
     assert worker.check_new_versions() == []
-    shutil.copytree(repo / tiny_repo.baseline / "1", repo / tiny_repo.baseline / "2")
-    write_models_config(repo)
+    add_version_2()
     ids = worker.check_new_versions()
     assert len(ids) == 1 and store.get_run(ids[0]).version == 2 and store.get_run(ids[0]).trigger == "new_version"
     worker.runner.join(120)
     assert store.get_run(ids[0]).status == "succeeded"
-    store.close()
 
 
-def test_versions_skipped_at_start_wait_for_the_schedule_but_a_later_one_is_audited(tiny_repo, copy_repo, tmp_path):
+def test_versions_skipped_at_start_wait_for_the_schedule_but_a_later_one_is_audited(polling_worker):
     """`up --no-audit`: the models there are at start are not audited on the first poll."""
-    import shutil
-
-    from audit.runner import AuditRunner
-    from audit.scheduler import AuditWorker
-    from audit.store import AuditStore
-    from service.embedded import EmbeddedPredictor
-    from training.contract.repository import write_models_config
-
-    repo = copy_repo()
-    config = AuditConfig(
-        model_repo=repo, dataset=tiny_repo.dataset_spec, samples=4, progress=False, database_url=f"sqlite:///{tmp_path / 'a.sqlite'}",
-        artefacts_dir=tmp_path / "art", attack=AttackConfig(epsilons=("0", "0.01"), steps=1, batch_size=4, noise_check=False, queries=20),
-        models=(tiny_repo.baseline,),
-    )
-    store = AuditStore(config.database_url)
-    predictor = EmbeddedPredictor(repo, poll_seconds=0.01)
-    worker = AuditWorker(config, AuditRunner(config, predictor, store), CollectorRegistry(), serve_metrics=False)
+    worker, store, add_version_2 = polling_worker
     worker.skip_served_versions()
     assert worker.check_new_versions() == [] and store.audited_versions() == set()
-    shutil.copytree(repo / tiny_repo.baseline / "1", repo / tiny_repo.baseline / "2")
-    write_models_config(repo)
+    add_version_2()
     ids = worker.check_new_versions()
     assert len(ids) == 1 and store.get_run(ids[0]).version == 2
-    worker.runner.join(120)
-    store.close()
 
 
 def test_a_front_end_given_a_database_shows_its_runs_read_only(tmp_path):
