@@ -148,11 +148,11 @@ def explain_upload(
         result = predictor.predict(model, batch, version=version)
         heatmap, attention = None, None
     t2 = clock()
-    overlay, attention_png = _overlays(rgb, heatmap, attention)
-    t3 = clock()
     # The labels come from the card of the version that answered: during a rollout the version
     # resolved for `card` (before the upload was read) may not be the one the backend used.
     card = predictor.model_card(result.model, int(result.version))
+    overlay, attention_png = _overlays(rgb, heatmap, attention)
+    t3 = clock()
     names = [str(n) for n in card["class_names"]]
     probabilities = [float(p) for p in result.probabilities[0]]
     index = int(result.class_id[0])

@@ -44,9 +44,6 @@ _EXPECTED = "PNG, JPEG, BMP, TIFF or DICOM"
 
 # PIL reports multi-picture JPEGs (most phone and camera photos) as MPO; they are JPEGs to a user.
 _FORMAT_ALIASES = {"MPO": "JPEG"}
-# warnings.catch_warnings swaps process-wide state; serialise our header reads (and pydicom's)
-# so concurrent decodes in a thread pool never restore each other's filters.
-_OPEN_LOCK = WARNINGS_LOCK
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError)
 
 
@@ -55,7 +52,9 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     if not data:
         raise InvalidImage(f"expected image bytes ({_EXPECTED}), got 0 bytes")
     try:
-        with _OPEN_LOCK, warnings.catch_warnings():
+        # warnings.catch_warnings swaps process-wide state: the lock pydicom's parse shares keeps
+        # concurrent decodes from restoring each other's filters.
+        with WARNINGS_LOCK, warnings.catch_warnings():
             # PIL only warns about bombs below twice its own limit; a warning is not a refusal.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
