@@ -34,6 +34,29 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.markexpr = ""
 
 
+# The modules that take longest on 2 cores (setup and calls, from a CI run's --durations=0), longest first.
+# .ci/run hands whole modules to its workers in collection order (--no-loadscope-reorder); started first, they
+# run beside the many quick modules instead of ending the run alone on one worker. The image build and the tiny
+# repository are each built once under a lock, so the modules that build them are spread, not back to back.
+LONGEST_FIRST = (
+    "tests/container/test_frontend.py",  # builds the project's image: about 6 minutes cold
+    "tests/integration/test_reproduce.py",  # trains, exports and audits a grid of two cells
+    "tests/integration/test_service_api.py",  # builds the tiny repository when no worker has yet
+    "tests/container/test_train.py",
+    "tests/integration/test_audit_attack.py",
+    "tests/container/test_audit_worker.py",
+    "tests/unit/test_bench_audit.py",
+    "tests/integration/test_train_cli.py",
+    "tests/unit/test_bench_training.py",
+    "tests/integration/test_deploy_live_prometheus.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {module: i for i, module in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable: the rest keep order
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """`../shared/data` (real clinical images); tests using it skip when it is absent."""

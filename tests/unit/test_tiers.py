@@ -42,3 +42,16 @@ def test_ci_runs_the_readmes_command_for_every_tier():
     command = (PROJECT / ".ci" / "run").read_text().rstrip().splitlines()[-1]
     assert command.startswith("python -m pytest --all-tiers")
     assert f"`{command}`" in (PROJECT / "README.md").read_text()
+
+
+def test_the_longest_modules_listed_to_start_first_exist():
+    from tests.conftest import LONGEST_FIRST
+
+    missing = [module for module in LONGEST_FIRST if not (PROJECT / module).is_file()]
+    assert not missing, f"LONGEST_FIRST names modules that are not there: {missing}"
+    assert len(set(LONGEST_FIRST)) == len(LONGEST_FIRST)
+
+
+def test_ci_keeps_the_collection_order_so_the_longest_modules_start_first():
+    command = (PROJECT / ".ci" / "run").read_text().rstrip().splitlines()[-1]
+    assert "--dist loadscope --no-loadscope-reorder" in command
