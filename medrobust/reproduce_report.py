@@ -232,6 +232,16 @@ def reproduction_figure(summary: dict[str, Any], backbone: str, path: Path) -> P
 
     Means over seeds, with a band of one standard deviation; attention and baseline together.
     """
+    import matplotlib.pyplot as plt
+
+    fig = draw_reproduction_figure(summary, backbone)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def draw_reproduction_figure(summary: dict[str, Any], backbone: str):
+    """`reproduction_figure`'s matplotlib figure, not yet saved (the caller closes it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -271,7 +281,8 @@ def reproduction_figure(summary: dict[str, Any], backbone: str, path: Path) -> P
         for r in results
     )
     ax.set_title(
-        f"{summary['task']} / {backbone} at {size} px: {attacks}, {summary['audit_set_size']} images\n"
+        # The attacks on a line of their own: with two budgets the one-line title ran off the figure.
+        f"{summary['task']} / {backbone} at {size} px, {summary['audit_set_size']} images\n{attacks}\n"
         "mean over seeds, band = 1 std",
         fontsize=9,
     )
@@ -281,9 +292,7 @@ def reproduction_figure(summary: dict[str, Any], backbone: str, path: Path) -> P
     else:
         ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def _cell(stats: dict[str, Any] | None, signed: bool = False) -> str:

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from medrobust.reproduce_report import (
-    MANIFEST, RESULTS_JSON, RESULTS_MD, figure_name, manifest, markdown_table, summarise, write_report,
+    MANIFEST, RESULTS_JSON, RESULTS_MD, draw_reproduction_figure, figure_name, manifest, markdown_table, summarise,
+    write_report,
 )
 
 EPSILONS = ["0", "0.01", "0.04"]
@@ -189,3 +190,20 @@ def test_the_manifest_sums_a_cells_audits_and_marks_unaudited_cells_unfinished(b
     finished, unaudited = cells["resnet50/baseline/seed-0"], cells["resnet50/attention/seed-1"]
     assert (finished["audit_seconds"], finished["finished"]) == (4.0, True)
     assert (unaudited["audit_seconds"], unaudited["audits"], unaudited["finished"]) == (None, {}, False)
+
+
+def test_the_figures_title_fits_with_both_attacks_at_real_budgets(both):
+    import matplotlib.pyplot as plt
+
+    for cell in both["cells"].values():  # the budgets of docs/results: their labels are the longest drawn
+        cell["audit"]["budget"] = {"restarts": 1, "steps": 10}
+        cell["audit:ensemble"]["budget"] = {"restarts": 1, "steps": 25, "queries": 300}
+    fig = draw_reproduction_figure(summarise(both, CLASSES), "resnet50")
+    try:
+        fig.canvas.draw()
+        title = fig.axes[0].title
+        assert "10-step PGD solid, ensemble (25 it., 300 queries) dashed" in title.get_text()
+        box = title.get_window_extent(fig.canvas.get_renderer())
+        assert box.x0 >= 0 and box.x1 <= fig.bbox.width, f"the title runs off the figure: {box} in {fig.bbox}"
+    finally:
+        plt.close(fig)
