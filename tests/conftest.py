@@ -36,12 +36,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # The modules that take longest on 2 cores (setup and calls, from a CI run's --durations=0), longest first.
 # .ci/run hands whole modules to its workers in collection order (--no-loadscope-reorder); started first, they
-# run beside the many quick modules instead of ending the run alone on one worker. The image build and the tiny
-# repository are each built once under a lock, so the modules that build them are spread, not back to back.
+# run beside the many quick modules instead of ending the run alone on one worker. The tiny repository and the
+# project's image are each built once, under a lock, by the first module that needs them: the first module
+# builds the repository while the second builds the image (which needs the repository only after its build).
 LONGEST_FIRST = (
-    "tests/container/test_frontend.py",  # builds the project's image: about 6 minutes cold
+    "tests/integration/test_service_api.py",  # builds the tiny repository: 3-6 minutes
+    "tests/container/test_frontend.py",  # builds the project's image: 6-7 minutes cold
     "tests/integration/test_reproduce.py",  # trains, exports and audits a grid of two cells
-    "tests/integration/test_service_api.py",  # builds the tiny repository when no worker has yet
     "tests/container/test_train.py",
     "tests/integration/test_audit_attack.py",
     "tests/container/test_audit_worker.py",

@@ -19,7 +19,8 @@ from tests.conftest import TINY_DATASET
 from tests.container.containers import HARDENED
 from tests.container.images import podman
 
-pytestmark = pytest.mark.container
+# The first test here usually waits for the image build (6-7 minutes cold on 2 cores), inside its timeout.
+pytestmark = [pytest.mark.container, pytest.mark.timeout(1800)]
 
 TOKEN = "container-test-token"
 GRACE_SECONDS = 30  # gunicorn's graceful_timeout (medrobust/web_server.py)
