@@ -46,6 +46,8 @@ LONGEST_FIRST = (
     "tests/container/test_train.py",
     "tests/integration/test_audit_attack.py",
     "tests/container/test_audit_worker.py",
+    "tests/container/test_audit_postgres.py",  # builds the PostgreSQL image: about 40 s
+    "tests/container/test_tfserving_backend.py",
     "tests/unit/test_bench_audit.py",
     "tests/integration/test_train_cli.py",
     "tests/unit/test_bench_training.py",

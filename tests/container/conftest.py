@@ -4,11 +4,13 @@ once per session, and containers that are removed whatever the test's outcome.""
 from __future__ import annotations
 
 import fcntl
+import io
 import shutil
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import TINY_DATASET
 from tests.container import containers, images
 
 
@@ -41,10 +43,21 @@ def medrobust_image(podman_engine, request) -> images.Built:
     return built
 
 
+@pytest.fixture(scope="session")
+def postgres_image(podman_engine, request) -> images.Built:
+    """Debian's PostgreSQL on the project's stand-in base, holding the audit store's database (built
+    once, under the project image's lock: both make that base when it is missing)."""
+    cache = getattr(request.config, "cache", None)
+    lock_dir = Path(cache.mkdir("medrobust-images")) if cache is not None else Path(request.config.rootpath)
+    with (lock_dir / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return images.postgres_image(images.base_image())
+
+
 @pytest.fixture
 def start(medrobust_image):
-    """`start(*args, options=..., publish=..., image=...)`: a container of the project's image by
-    default; every one is removed when the test ends."""
+    """`start(*args, options=..., publish=..., host_network=..., image=...)`: a container of the
+    project's image by default; every one is removed when the test ends."""
     started: list[containers.Container] = []
 
     def run(*args: str, image: str | None = None, **kwargs) -> containers.Container:
@@ -53,5 +66,17 @@ def start(medrobust_image):
         return container
 
     yield run
-    for container in started:
-        container.remove()
+    containers.remove_all(started)
+
+
+@pytest.fixture(scope="session")
+def held_in_png() -> bytes:
+    """An image the tiny models were trained on, as a client would upload it."""
+    from PIL import Image
+
+    from training.datasets import load_dataset
+
+    image = load_dataset(TINY_DATASET, seed=0).train.images[0]
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,15 +1,19 @@
 """Running the project's image under podman for a test: one container, its published ports on
-loopback, its log, and a stop that a failing test cannot skip."""
+loopback (or the host's own network), its log, and a stop that a failing test cannot skip."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
+import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from tests.container.images import podman
 
@@ -17,14 +21,44 @@ from tests.container.images import podman
 # Prometheus' multiprocess files), no capabilities, no privilege escalation; the image's user 10001.
 HARDENED = ("--read-only", "--tmpfs", "/tmp:rw,size=64m,mode=1777", "--cap-drop", "ALL", "--security-opt", "no-new-privileges")
 _names = itertools.count()
+T = TypeVar("T")
+
+
+def loopback_ports(count: int) -> list[int]:
+    """`count` different TCP ports of 127.0.0.1 that nothing listened on a moment ago, for servers
+    on the host's network (held together while drawn, so no two are the same)."""
+    with contextlib.ExitStack() as held:
+        sockets = [held.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+
+
+def wait_until(check: Callable[[], T], *, seconds: float, expected: str, context: Callable[[], str] = lambda: "") -> T:
+    """`check()` every second until it returns something true, which is returned; else an
+    AssertionError naming what was `expected`, the last value and `context()` (a log)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"expected {expected} within {seconds:g} s, got {value!r}\n{context()}")
+        time.sleep(1)
 
 
 @dataclass
 class Container:
     name: str
+    # On the host's network namespace: its ports are the host's own, nothing is published. For
+    # servers the tests start on the host's loopback (the TF Serving stand-in), and for ports that
+    # must stay the same across `podman restart`.
+    host_network: bool = False
 
     def port(self, inside: int) -> int:
         """The loopback port on the host that publishes the container's port `inside`."""
+        if self.host_network:
+            return inside
         published = podman("port", self.name, f"{inside}/tcp").stdout.strip()
         return int(published.rsplit(":", 1)[1])
 
@@ -60,13 +94,40 @@ class Container:
             time.sleep(1)
         raise AssertionError(f"expected {path} on {self.name}:{inside} to answer {status} within {seconds:g} s, got {last}:\n{self.logs()}")
 
+    def restart(self, *, stop_seconds: int = 30) -> None:
+        """`podman restart`: the same container (its layer, options and command), its process anew."""
+        podman("restart", "--time", str(stop_seconds), self.name, timeout=stop_seconds + 60)
+
     def remove(self) -> None:
-        podman("rm", "--force", "--time", "5", self.name, check=False)
+        remove_all([self])
 
 
-def run(image: str, *args: str, options: tuple[str, ...] = (), publish: tuple[int, ...] = ()) -> Container:
-    """Start `image` detached with `args` as its command; `publish`ed ports go to random loopback ports."""
+def remove_all(containers: Iterable[Container]) -> None:
+    """Remove the containers with one `podman rm`: podman stops them in parallel, so a test's
+    teardown waits for the slowest, not for the sum."""
+    names = [container.name for container in containers]
+    if names:
+        podman("rm", "--force", "--time", "5", *names, check=False)
+
+
+def metrics(container: Container, inside: int) -> list:
+    """Every sample the container's /metrics on port `inside` exposes, parsed by prometheus_client."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(container.url(inside, "/metrics"), timeout=10) as answer:
+        text = answer.read().decode()
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def run(
+    image: str, *args: str, options: tuple[str, ...] = (), publish: tuple[int, ...] = (), host_network: bool = False,
+) -> Container:
+    """Start `image` detached with `args` as its command; `publish`ed ports go to random loopback
+    ports; `host_network`: on the host's network instead (its servers must bind loopback themselves)."""
+    if host_network and publish:
+        raise ValueError(f"expected either published ports or the host's network, got both (publish={publish})")
     name = f"medrobust-test-{os.getpid()}-{next(_names)}"
     ports = [arg for inside in publish for arg in ("--publish", f"127.0.0.1::{inside}")]
-    podman("run", "--detach", "--name", name, *ports, *options, image, *args)
-    return Container(name)
+    network = ["--network", "host"] if host_network else []
+    podman("run", "--detach", "--name", name, *ports, *network, *options, image, *args)
+    return Container(name, host_network)

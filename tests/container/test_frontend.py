@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import TINY_DATASET
 from tests.container.containers import HARDENED
 from tests.container.images import podman
 
@@ -29,17 +28,6 @@ GRACE_SECONDS = 30  # gunicorn's graceful_timeout (medrobust/web_server.py)
 def serve_options(tiny_repo) -> tuple[str, ...]:
     """The image's default command (serve on 0.0.0.0:8000) as compose runs it."""
     return (*HARDENED, "--env", f"MEDROBUST_API_TOKEN={TOKEN}", "--volume", f"{tiny_repo.path}:/models:ro")
-
-
-@pytest.fixture(scope="module")
-def held_in_png() -> bytes:
-    """An image the tiny models were trained on, as a client would upload it."""
-    from training.datasets import load_dataset
-
-    image = load_dataset(TINY_DATASET, seed=0).train.images[0]
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")

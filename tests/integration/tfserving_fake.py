@@ -18,7 +18,8 @@ execution batches (bundle_factory_util.h sets the input limit to max_batch_size 
 `loading()` reports models as GetModelStatus does while TF Serving loads them; `rollout()` makes a
 new version the newest mid-way, as a pick-up does; `ignoring_pins()` answers every Predict from the
 newest version whatever the request pinned, naming the version that did answer (as a proxy or a
-server that drops the pin would); `calls` counts the RPCs per method, every attempt included.
+server that drops the pin would); `calls` counts the RPCs per method, every attempt included;
+`predicted` the Predicts answered per model (which of several clients called, when each uses its own).
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ class FakeTFServing:
             batching = batching_parameters(batching_config.read_text())
             self.max_batch_size = batching.max_batch_size.value if batching.HasField("max_batch_size") else SCHEDULER_DEFAULT_LIMIT
         self.calls: Counter[str] = Counter()
+        self.predicted: Counter[str] = Counter()
         self._loading: set[str] = set()
         self._ignore_pins = False
         self._rollouts: list[_Rollout] = []
@@ -183,6 +185,7 @@ class FakeTFServing:
 
     def _answered(self, servable: _Servable, batch: int) -> None:
         with self._faults_lock:
+            self.predicted[servable.name] += 1
             for rollout in self._rollouts:
                 if rollout.model != servable.name:
                     continue
@@ -300,8 +303,8 @@ class FakeTFServing:
         return response
 
     # -- the server -------------------------------------------------------------------------------
-    def start(self) -> str:
-        """Listen on a free port of 127.0.0.1; returns "127.0.0.1:PORT"."""
+    def start(self, port: int = 0) -> str:
+        """Listen on `port` of 127.0.0.1 (0: a free one); returns "127.0.0.1:PORT"."""
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=[
@@ -310,10 +313,12 @@ class FakeTFServing:
         ])
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_Prediction(self), server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(_Models(self), server)
-        port = server.add_insecure_port("127.0.0.1:0")
+        bound = server.add_insecure_port(f"127.0.0.1:{port}")
+        if bound == 0:  # a port grpc could not bind (newer releases raise instead)
+            raise OSError(f"expected to listen on 127.0.0.1:{port or 'a free port'}, grpc could not bind it")
         server.start()
         self._server = server
-        self.address = f"127.0.0.1:{port}"
+        self.address = f"127.0.0.1:{bound}"
         return self.address
 
     def stop(self) -> None:
