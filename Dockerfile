@@ -15,6 +15,13 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 
+# binutils, for the `strip` below: in the builder only (the runtime stage copies the venv, not the
+# tool). Unpinned: whatever the base's Debian release ships removes the same sections.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends binutils \
+    && rm -rf /var/lib/apt/lists/*
+
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
@@ -25,6 +32,17 @@ WORKDIR /src
 # size: the image went from 2.8 GB to the size deploy/README.md gives). tensorflow-serving-api
 # requires the package named `tensorflow`, so it is installed without its dependencies (grpcio
 # and protobuf come in through the other requirements), and medrobust itself likewise below.
+# Then, what runs nothing (the image's size, deploy/README.md):
+# - libclang (64 MB): a requirement of tensorflow-cpu that nothing in TensorFlow imports (`clang`
+#   is imported by no module but its own); `pip check` names it missing, and nothing runs that.
+# - the static symbol tables and debug sections of the shared libraries (346 MB, 205 MB of them
+#   libtensorflow_cc.so's `.symtab`): `strip --strip-unneeded` keeps `.dynsym`, all the dynamic
+#   loader and dlsym read; only a debugger's or a crash symbolizer's names go. `--strip-debug` alone
+#   would save 79 MB: TensorFlow's libraries have no debug sections, only symbol tables. Not the
+#   `*.libs/` folders: auditwheel's grafted copies (numpy's and scipy's OpenBLAS, gfortran), which
+#   patchelf rewrote, no longer load once stripped ("ELF load command address/offset not
+#   page-aligned"); the import check below loads scipy.linalg and the rest to catch that.
+# - the test suites of numpy, scipy, matplotlib and h5py (`tests/`, 54 MB): run only by pytest.
 COPY pyproject.toml README.md* ./
 RUN python -c "import re, tomllib; \
 deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
@@ -32,7 +50,14 @@ name = lambda d: re.match(r'[A-Za-z0-9_.-]+', d)[0]; \
 open('/tmp/requirements.txt', 'w').write('\n'.join('tensorflow-cpu' + d[len('tensorflow'):] if name(d) == 'tensorflow' else d for d in deps if name(d) != 'tensorflow-serving-api')); \
 open('/tmp/no-deps.txt', 'w').write('\n'.join(d for d in deps if name(d) == 'tensorflow-serving-api'))" \
     && pip install --no-cache-dir --requirement /tmp/requirements.txt \
-    && pip install --no-cache-dir --no-deps --requirement /tmp/no-deps.txt
+    && pip install --no-cache-dir --no-deps --requirement /tmp/no-deps.txt \
+    && pip uninstall --yes libclang \
+    && find /opt/venv -type f \( -name '*.so' -o -name '*.so.*' \) -not -path '*.libs/*' \
+        -exec strip --strip-unneeded {} + \
+    && site="$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
+    && for package in numpy scipy matplotlib h5py; do \
+        find "$site/$package" -type d -name tests -prune -exec rm -r {} +; \
+    done
 
 COPY medrobust/ medrobust/
 COPY training/ training/
@@ -40,10 +65,12 @@ COPY service/ service/
 COPY audit/ audit/
 # psycopg2 is the driver behind MEDROBUST_DATABASE_URL=postgresql+psycopg2://... in the stack;
 # it is not a dependency of the package itself (SQLite needs none). TensorFlow's C++ headers
-# (290 MB) only serve compiling custom ops, which nothing in the image does.
+# (290 MB) only serve compiling custom ops, which nothing in the image does. The imports load the
+# stripped libraries the processes use (TensorFlow, gRPC, scipy's BLAS, Pillow, imagecodecs, the
+# DICOM decoders, h5py) and the psycopg2 driver.
 RUN pip install --no-cache-dir --no-deps . "psycopg2-binary==2.9.13" \
     && medrobust --help > /dev/null \
-    && python -c "import tensorflow, tensorflow_serving.apis.prediction_service_pb2_grpc, service.tfserving, audit.sweep" \
+    && python -c "import tensorflow, tensorflow_serving.apis.prediction_service_pb2_grpc, service.tfserving, service.overlay, audit.sweep, scipy.linalg, h5py, libjpeg, openjpeg, rle, psycopg2" \
     && rm -r "$(python -c 'import os, tensorflow; print(os.path.dirname(tensorflow.__file__))')/include"
 
 # ---- runtime: slim Python, the venv, a non-root user -----------------------------------------------
