@@ -36,21 +36,21 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # The modules that take longest on 2 cores (setup and calls, from a CI run's --durations=0), longest first.
 # .ci/run hands whole modules to its workers in collection order (--no-loadscope-reorder); started first, they
-# run beside the many quick modules instead of ending the run alone on one worker. The tiny repository and the
-# project's image are each built once, under a lock, by the first module that needs them: the first module
-# builds the repository while the second builds the image (which needs the repository only after its build).
+# run beside the many quick modules instead of ending the run alone on one worker. The tiny repository is built
+# once, under a lock, by the first module. The container modules come after the longest CPU-bound ones: .ci/run
+# builds their images in the background from its start, and by the time a worker reaches them they are built.
 LONGEST_FIRST = (
-    "tests/integration/test_service_api.py",  # builds the tiny repository: 3-6 minutes
-    "tests/container/test_frontend.py",  # builds the project's image: 6-7 minutes cold
+    "tests/integration/test_service_api.py",  # builds the tiny repository: 3-7 minutes
     "tests/integration/test_reproduce.py",  # trains, exports and audits a grid of two cells
-    "tests/container/test_train.py",
     "tests/integration/test_audit_attack.py",
-    "tests/container/test_audit_worker.py",
-    "tests/container/test_audit_postgres.py",  # builds the PostgreSQL image: about 40 s
-    "tests/container/test_tfserving_backend.py",
     "tests/unit/test_bench_audit.py",
     "tests/integration/test_train_cli.py",
     "tests/unit/test_bench_training.py",
+    "tests/container/test_frontend.py",  # the image: 6-12 minutes cold, mostly waited for in the background
+    "tests/container/test_train.py",
+    "tests/container/test_audit_worker.py",
+    "tests/container/test_audit_postgres.py",
+    "tests/container/test_tfserving_backend.py",
     "tests/integration/test_deploy_live_prometheus.py",
 )
 

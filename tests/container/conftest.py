@@ -3,10 +3,8 @@ once per session, and containers that are removed whatever the test's outcome.""
 
 from __future__ import annotations
 
-import fcntl
 import io
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -27,12 +25,10 @@ def podman_engine() -> None:
 
 @pytest.fixture(scope="session")
 def medrobust_image(podman_engine, request) -> images.Built:
-    """The project's image, built from its Dockerfile on the Debian stand-in base (once per session:
-    the workers of a parallel run take turns, and all but the first find podman's layers cached)."""
-    cache = getattr(request.config, "cache", None)
-    lock_dir = Path(cache.mkdir("medrobust-images")) if cache is not None else Path(request.config.rootpath)
-    with (lock_dir / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    """The project's image, built from its Dockerfile on the Debian stand-in base (once per machine:
+    the workers of a parallel run and .ci/run's early build take turns, and all but the first find
+    podman's layers cached)."""
+    with images.build_lock():
         built = images.project_image(images.base_image())
     # The size deploy/README.md reports, and the build's share of CI's time, in every run's output.
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
@@ -47,10 +43,7 @@ def medrobust_image(podman_engine, request) -> images.Built:
 def postgres_image(podman_engine, request) -> images.Built:
     """Debian's PostgreSQL on the project's stand-in base, holding the audit store's database (built
     once, under the project image's lock: both make that base when it is missing)."""
-    cache = getattr(request.config, "cache", None)
-    lock_dir = Path(cache.mkdir("medrobust-images")) if cache is not None else Path(request.config.rootpath)
-    with (lock_dir / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with images.build_lock():
         return images.postgres_image(images.base_image())
 
 

@@ -17,6 +17,8 @@ its cluster made when the image is built.
 from __future__ import annotations
 
 import configparser
+import contextlib
+import fcntl
 import hashlib
 import os
 import shlex
@@ -40,6 +42,19 @@ POSTGRES_IMAGE = "localhost/medrobust-postgres:test"
 POSTGRES_DB = POSTGRES_USER = "medrobust"
 POSTGRES_PASSWORD = "container-test-password"
 POSTGRES_SOCKETS = "/var/lib/postgresql"  # the postgres user's home: /run may be a fresh tmpfs in a container
+
+
+# One build at a time per machine, as podman's image store is per machine: the test workers, and
+# .ci/run's build started ahead of pytest, take turns on this lock; whoever comes second finds the
+# images there (podman's layer cache makes the rebuild a matter of seconds).
+BUILD_LOCK = Path(tempfile.gettempdir()) / "medrobust-podman-images.lock"
+
+
+@contextlib.contextmanager
+def build_lock():
+    with BUILD_LOCK.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 @dataclass(frozen=True)
@@ -179,3 +194,20 @@ def postgres_image(base: str, tag: str = POSTGRES_IMAGE) -> Built:
         (Path(context) / "Containerfile").write_text(containerfile)
         podman("build", "--network", "host", "--format", "docker", "--tag", tag, context, timeout=900, nice=True)
     return Built(tag, time.monotonic() - started, image_size(tag))
+
+
+def main() -> int:
+    """`python -m tests.container.images`: build the stand-in base, the project's image and the
+    PostgreSQL image, as the container tests would. .ci/run starts it before pytest, so the build
+    (network and disk, mostly) overlaps the tests that need no container instead of holding a worker."""
+    started = time.monotonic()
+    with build_lock():
+        base = base_image()
+        for built in (project_image(base), postgres_image(base)):
+            print(f"image {built.tag}: {built.size_bytes / 1e9:.2f} GB, built in {built.seconds:.0f} s", flush=True)
+    print(f"images ready in {time.monotonic() - started:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
