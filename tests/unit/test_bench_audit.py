@@ -82,6 +82,7 @@ def _consistent(section: dict) -> None:
 
 
 @pytest.mark.slow  # exports a ResNet-50 and traces three compiled loops: one to several minutes on 2 shared cores
+@pytest.mark.bench
 def test_a_tiny_run_prints_tables_then_one_json_line_whose_ratios_match_its_times(capsys):
     argv = [
         "--samples", "6", "--compare-samples", "6", "--image-size", "32", "--steps", "2", "--apgd-steps", "2",

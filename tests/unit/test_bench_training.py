@@ -23,6 +23,7 @@ def image_folder(tmp_path):
 
 
 @pytest.mark.slow  # two ResNet-50s traced for training: about a minute on 2 cores
+@pytest.mark.bench
 def test_a_tiny_run_prints_a_table_then_one_json_line(image_folder, capsys):
     argv = ["--images", "6", "--image-size", "32", "--batch-size", "3", "--epochs", "1", "--dataset", f"folder:{image_folder}"]
     assert bench.main(argv) == 0
