@@ -37,8 +37,9 @@ def pytest_configure(config: pytest.Config) -> None:
 # The modules that take longest on 2 cores (setup and calls, from a CI run's --durations=0), longest first.
 # .ci/run hands whole modules to its workers in collection order (--no-loadscope-reorder); started first, they
 # run beside the many quick modules instead of ending the run alone on one worker. The tiny repository is built
-# once, under a lock, by the first module. The container modules come after the longest CPU-bound ones: .ci/run
-# builds their images in the background from its start, and by the time a worker reaches them they are built.
+# once, under a lock, by the first module. The container modules come after the CPU-bound ones: .ci/run builds
+# their images in the background from its start, at low priority, and a CI run showed that build still going
+# after 12 minutes of busy workers; placed here, they are reached after about 15.
 LONGEST_FIRST = (
     "tests/integration/test_service_api.py",  # builds the tiny repository: 3-7 minutes
     "tests/integration/test_reproduce.py",  # trains, exports and audits a grid of two cells
@@ -46,12 +47,18 @@ LONGEST_FIRST = (
     "tests/unit/test_bench_audit.py",
     "tests/integration/test_train_cli.py",
     "tests/unit/test_bench_training.py",
-    "tests/container/test_frontend.py",  # the image: 6-12 minutes cold, mostly waited for in the background
+    "tests/integration/test_export_contract.py",
+    "tests/integration/test_deploy_live_prometheus.py",
+    "tests/integration/test_service_embedded.py",
+    "tests/integration/test_audit_sanity.py",
+    "tests/integration/test_attacks_reference.py",
+    "tests/integration/test_audit_api.py",
+    "tests/integration/test_audit_cli.py",
+    "tests/container/test_frontend.py",  # the image: 6-14 minutes cold, built in the background meanwhile
     "tests/container/test_train.py",
     "tests/container/test_audit_worker.py",
     "tests/container/test_audit_postgres.py",
     "tests/container/test_tfserving_backend.py",
-    "tests/integration/test_deploy_live_prometheus.py",
 )
 
 
