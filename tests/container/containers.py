@@ -3,11 +3,9 @@ loopback (or the host's own network), its log, and a stop that a failing test ca
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import os
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -22,16 +20,6 @@ from tests.container.images import podman
 HARDENED = ("--read-only", "--tmpfs", "/tmp:rw,size=64m,mode=1777", "--cap-drop", "ALL", "--security-opt", "no-new-privileges")
 _names = itertools.count()
 T = TypeVar("T")
-
-
-def loopback_ports(count: int) -> list[int]:
-    """`count` different TCP ports of 127.0.0.1 that nothing listened on a moment ago, for servers
-    on the host's network (held together while drawn, so no two are the same)."""
-    with contextlib.ExitStack() as held:
-        sockets = [held.enter_context(socket.socket()) for _ in range(count)]
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
 
 
 def wait_until(check: Callable[[], T], *, seconds: float, expected: str, context: Callable[[], str] = lambda: "") -> T:

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import pytest
 
 from tests.container import images
-from tests.container.containers import HARDENED, Container, loopback_ports, metrics, wait_until
+from tests.container.containers import HARDENED, Container, metrics, wait_until
 from tests.container.images import podman
+from tests.integration.serving import free_ports
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(1500)]
 
@@ -122,7 +123,7 @@ def _runs_counted(worker: Container, port: int) -> dict[tuple[str, str], float]:
 
 def test_the_workers_runs_survive_restarts_of_the_worker_and_of_the_database(start, postgres_image, tiny_repo):
     audited, other = tiny_repo.attention, tiny_repo.baseline
-    database_port, port = loopback_ports(2)
+    database_port, port = free_ports(2)
     database = _start_database(start, postgres_image.tag, database_port)
     worker = _start_worker(start, tiny_repo, database, audited, port)
     runs = wait_until(lambda: _finished_runs(database, worker), seconds=AUDIT_SECONDS,

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 import pytest
 
 from tests.container import containers
-from tests.container.containers import HARDENED, Container, loopback_ports, metrics, wait_until
+from tests.container.containers import HARDENED, Container, metrics, wait_until
 from tests.container.test_frontend import predict, serve_options
+from tests.integration.serving import free_ports
 from tests.integration.tfserving_fake import FakeTFServing
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(1500)]
@@ -67,7 +68,7 @@ def _run_worker(image: str, tiny_repo, address: str, port: int) -> Container:
 
 @pytest.fixture(scope="module")
 def stack(medrobust_image, tiny_repo):
-    grpc_port, api_port, frontend_metrics_port, worker_port = loopback_ports(4)
+    grpc_port, api_port, frontend_metrics_port, worker_port = free_ports(4)
     address = f"127.0.0.1:{grpc_port}"
     started: list[Container] = []
     fake = None
