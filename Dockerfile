@@ -93,10 +93,14 @@ ENV PATH=/opt/venv/bin:$PATH \
     MPLCONFIGDIR=/tmp/matplotlib
 
 # A fixed uid/gid so volumes (the model repository) can be chowned to it from outside the image.
+# The home, which deployments mount a tmpfs on, is mode 1777: Docker's tmpfs is a fresh 1777 folder,
+# but podman's copies the image's folder up and keeps its mode, not its owner, so a 0755 home would
+# become root's and unwritable to uid 10001. The server makes PROMETHEUS_MULTIPROC_DIR itself.
 RUN groupadd --system --gid 10001 medrobust \
     && useradd --system --uid 10001 --gid medrobust --home-dir /home/medrobust --create-home \
        --shell /usr/sbin/nologin medrobust \
-    && install -d -o medrobust -g medrobust /models /tmp/medrobust-metrics
+    && install -d -o medrobust -g medrobust /models \
+    && chmod 1777 /home/medrobust
 
 COPY --from=builder /opt/venv /opt/venv
 
