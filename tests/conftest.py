@@ -58,7 +58,8 @@ LONGEST_FIRST = (
     "tests/container/test_train.py",
     "tests/container/test_audit_worker.py",
     "tests/container/test_audit_postgres.py",
-    "tests/container/test_tfserving_backend.py",
+    "tests/container/test_compose.py",
+    "tests/container/test_kube.py",
 )
 
 

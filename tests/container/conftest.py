@@ -47,6 +47,13 @@ def postgres_image(podman_engine, request) -> images.Built:
         return images.postgres_image(images.base_image())
 
 
+@pytest.fixture(scope="session")
+def prometheus_image(podman_engine) -> images.Built:
+    """Debian's Prometheus in prom/prometheus' shape, for compose's `prometheus` service."""
+    with images.build_lock():
+        return images.prometheus_image(images.base_image())
+
+
 @pytest.fixture
 def start(medrobust_image):
     """`start(*args, options=..., publish=..., host_network=..., image=...)`: a container of the

@@ -6,11 +6,14 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
+import tarfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 from tests.container.images import podman
@@ -119,3 +122,19 @@ def run(
     network = ["--network", "host"] if host_network else []
     podman("run", "--detach", "--name", name, *ports, *network, *options, image, *args)
     return Container(name, host_network)
+
+
+def import_model_repo(volume: str, repo: Path, scratch: Path) -> None:
+    """A copy of the model repository `repo` in the podman volume `volume` (made here), its
+    models.config pointing at /models as a deployment's `train` writes it: the volume a compose
+    stack or a pod's PersistentVolumeClaim mounts."""
+    from training.contract.repository import write_models_config
+
+    copy = scratch / "model-repo"
+    shutil.copytree(repo, copy, ignore=shutil.ignore_patterns(".lock"))
+    write_models_config(copy, "/models")
+    archive = scratch / "model-repo.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(copy, arcname=".")
+    podman("volume", "create", volume)
+    podman("volume", "import", volume, str(archive))

@@ -41,7 +41,13 @@ CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"  # where Debian (host and stand
 POSTGRES_IMAGE = "localhost/medrobust-postgres:test"
 POSTGRES_DB = POSTGRES_USER = "medrobust"
 POSTGRES_PASSWORD = "container-test-password"
-POSTGRES_SOCKETS = "/var/lib/postgresql"  # the postgres user's home: /run may be a fresh tmpfs in a container
+# The socket's folder: /tmp, a tmpfs in compose's `postgres` service (the official image's
+# /var/run/postgresql, also a tmpfs there, is unwritable under podman, which makes a tmpfs nested in
+# its own /run tmpfs root's, mode 1755).
+POSTGRES_SOCKETS = "/tmp"
+
+# Prometheus for compose's `prometheus` service: Debian's package on the same stand-in.
+PROMETHEUS_IMAGE = "localhost/medrobust-prometheus:test"
 
 
 # One build at a time per machine, as podman's image store is per machine: the test workers, and
@@ -158,7 +164,8 @@ def project_image(base: str, tag: str = PROJECT_IMAGE) -> Built:
 # off the PATH (the wrappers in /usr/bin want clusters made by pg_createcluster); the glob fails the
 # build if two versions are installed. The cluster is made at build time, so every container starts
 # with the database and its user, and keeps what it writes in its own layer across `podman restart`.
-# SIGINT is PostgreSQL's fast shutdown: SIGTERM (smart) waits for the worker's pooled connections
+# It listens on 127.0.0.1 unless told `-c listen_addresses=*` (compose's service on its network),
+# and takes password logins from any address it listens on. SIGINT is PostgreSQL's fast shutdown: SIGTERM (smart) waits for the worker's pooled connections
 # to close, which they never do, until podman kills the server.
 _POSTGRES_CONTAINERFILE = """\
 FROM {base}
@@ -166,13 +173,14 @@ RUN apt-get update --quiet \\
     && DEBIAN_FRONTEND=noninteractive apt-get install --quiet --yes --no-install-recommends postgresql \\
     && rm -rf /var/lib/apt/lists/* \\
     && ln -s /usr/lib/postgresql/*/bin /opt/postgresql-bin && /opt/postgresql-bin/postgres --version
-ENV PATH=/opt/postgresql-bin:$PATH PGDATA=/var/lib/postgresql/data
+ENV PATH=/opt/postgresql-bin:$PATH PGDATA=/var/lib/postgresql/data PGHOST={sockets}
 USER postgres
 RUN printf '%s\\n' '{password}' > /tmp/password \\
     && initdb --username={user} --pwfile=/tmp/password --auth-local=trust --auth-host=scram-sha-256 \\
        --encoding=UTF8 --locale=C \\
     && rm /tmp/password \\
     && printf "listen_addresses = '127.0.0.1'\\nunix_socket_directories = '{sockets}'\\n" >> "$PGDATA/postgresql.conf" \\
+    && printf 'host all all all scram-sha-256\\n' >> "$PGDATA/pg_hba.conf" \\
     && pg_ctl --wait --options="-c listen_addresses=''" start \\
     && createdb --host={sockets} --username={user} --owner={user} {database} \\
     && pg_ctl --wait --mode=fast stop
@@ -196,14 +204,40 @@ def postgres_image(base: str, tag: str = POSTGRES_IMAGE) -> Built:
     return Built(tag, time.monotonic() - started, image_size(tag))
 
 
+# prom/prometheus' layout: the binary as entrypoint (compose gives the flags), the data in
+# /prometheus (a fresh named volume copies the folder up with its owner), run unprivileged (the
+# image's `nobody`, here the package's own user); wget for compose's healthcheck.
+_PROMETHEUS_CONTAINERFILE = """\
+FROM {base}
+RUN apt-get update --quiet \\
+    && DEBIAN_FRONTEND=noninteractive apt-get install --quiet --yes --no-install-recommends prometheus wget \\
+    && rm -rf /var/lib/apt/lists/* \\
+    && mkdir /prometheus && chown prometheus:prometheus /prometheus && prometheus --version
+USER prometheus
+WORKDIR /prometheus
+EXPOSE 9090
+ENTRYPOINT ["/usr/bin/prometheus"]
+"""
+
+
+def prometheus_image(base: str, tag: str = PROMETHEUS_IMAGE) -> Built:
+    """Prometheus from Debian's package on `base`, in the shape of prom/prometheus (entrypoint,
+    /prometheus), for compose's `prometheus` service. Podman's layer cache makes a rebuild instant."""
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="medrobust-prometheus-") as context:
+        (Path(context) / "Containerfile").write_text(_PROMETHEUS_CONTAINERFILE.format(base=base))
+        podman("build", "--network", "host", "--format", "docker", "--tag", tag, context, timeout=900, nice=True)
+    return Built(tag, time.monotonic() - started, image_size(tag))
+
+
 def main() -> int:
     """`python -m tests.container.images`: build the stand-in base, the project's image and the
-    PostgreSQL image, as the container tests would. .ci/run starts it before pytest, so the build
+    PostgreSQL and Prometheus images, as the container tests would. .ci/run starts it before pytest, so the build
     (network and disk, mostly) overlaps the tests that need no container instead of holding a worker."""
     started = time.monotonic()
     with build_lock():
         base = base_image()
-        for built in (project_image(base), postgres_image(base)):
+        for built in (project_image(base), postgres_image(base), prometheus_image(base)):
             print(f"image {built.tag}: {built.size_bytes / 1e9:.2f} GB, built in {built.seconds:.0f} s", flush=True)
     print(f"images ready in {time.monotonic() - started:.0f} s", flush=True)
     return 0

@@ -303,8 +303,8 @@ class FakeTFServing:
         return response
 
     # -- the server -------------------------------------------------------------------------------
-    def start(self, port: int = 0) -> str:
-        """Listen on `port` of 127.0.0.1 (0: a free one); returns "127.0.0.1:PORT"."""
+    def start(self, port: int = 0, host: str = "127.0.0.1") -> str:
+        """Listen on `port` of `host` (0: a free one); returns "HOST:PORT"."""
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=[
@@ -313,12 +313,12 @@ class FakeTFServing:
         ])
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_Prediction(self), server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(_Models(self), server)
-        bound = server.add_insecure_port(f"127.0.0.1:{port}")
+        bound = server.add_insecure_port(f"{host}:{port}")
         if bound == 0:  # a port grpc could not bind (newer releases raise instead)
-            raise OSError(f"expected to listen on 127.0.0.1:{port or 'a free port'}, grpc could not bind it")
+            raise OSError(f"expected to listen on {host}:{port or 'a free port'}, grpc could not bind it")
         server.start()
         self._server = server
-        self.address = f"127.0.0.1:{bound}"
+        self.address = f"{host}:{bound}"
         return self.address
 
     def stop(self) -> None:
@@ -351,3 +351,74 @@ def _Models(fake: FakeTFServing):
     from tensorflow_serving.apis import model_service_pb2_grpc
 
     return _servicer(model_service_pb2_grpc.ModelServiceServicer, fake, ("GetModelStatus",))
+
+
+MONITORING_PATH = "/monitoring/prometheus/metrics"
+
+
+def monitoring_page(fake: FakeTFServing) -> str:
+    """TF Serving's monitoring page as its text exposition writes it, with the one series this
+    stand-in can honestly report: `:tensorflow:serving:request_count`, the Predicts answered per
+    model. Written out rather than through prometheus_client, which would rename a counter without
+    `_total` (or escape its colons under OpenMetrics) where TF Serving does neither."""
+    name = ":tensorflow:serving:request_count"
+    with fake._faults_lock:
+        counts = sorted(fake.predicted.items())
+    lines = [f"# TYPE {name} counter"] + [f'{name}{{model_name="{model}",status="OK"}} {count}' for model, count in counts]
+    return "\n".join(lines) + "\n"
+
+
+def serve_monitoring(fake: FakeTFServing, port: int, host: str = "0.0.0.0"):
+    """The monitoring page on `port` (TF Serving's --rest_api_port), in a daemon thread; 404 elsewhere."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            found = self.path == MONITORING_PATH
+            body = monitoring_page(fake).encode() if found else b"Not found\n"
+            self.send_response(200 if found else 404)
+            self.send_header("Content-Type", "text/plain; version=0.0.4" if found else "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):  # one line per scrape would drown the container's log
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tests.integration.tfserving_fake` takes `tensorflow_model_server`'s command line
+    (the flags deploy/compose.yaml gives it), so the container tests run compose's own `tf-serving`
+    service with this stand-in as its image: gRPC on --port of every interface, the monitoring page
+    on --rest_api_port (TF Serving's path; this stand-in's own request counts), the models of
+    --model_config_file as they are at start (it does not poll), the batch limit of
+    --batching_parameters_file when --enable_batching. The other flags are accepted and ignored."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(prog="tfserving_fake", description=main.__doc__)
+    parser.add_argument("--port", type=int, default=8500)
+    parser.add_argument("--rest_api_port", type=int, default=8501)
+    parser.add_argument("--model_config_file", type=Path, required=True)
+    parser.add_argument("--enable_batching", action="store_true")
+    parser.add_argument("--batching_parameters_file", type=Path)
+    known, ignored = parser.parse_known_args(argv)
+    fake = FakeTFServing(known.model_config_file, batching_config=known.batching_parameters_file if known.enable_batching else None)
+    serve_monitoring(fake, known.rest_api_port)
+    print(f"TF Serving stand-in: gRPC on 0.0.0.0:{known.port}, monitoring on {known.rest_api_port}, models "
+          f"{sorted(fake.servables)}; ignored {ignored}", flush=True)
+    fake.start(known.port, host="0.0.0.0")
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    stopped.wait()
+    fake.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
