@@ -21,6 +21,7 @@ from tests.container.images import podman
 # Every medrobust container in the image's own stance: read-only root, a tmpfs /tmp (gunicorn's and
 # Prometheus' multiprocess files), no capabilities, no privilege escalation; the image's user 10001.
 HARDENED = ("--read-only", "--tmpfs", "/tmp:rw,size=64m,mode=1777", "--cap-drop", "ALL", "--security-opt", "no-new-privileges")
+TOKEN = "container-test-token"  # the API token the front-end containers are started with
 _names = itertools.count()
 T = TypeVar("T")
 
@@ -138,3 +139,20 @@ def import_model_repo(volume: str, repo: Path, scratch: Path) -> None:
         tar.add(copy, arcname=".")
     podman("volume", "create", volume)
     podman("volume", "import", volume, str(archive))
+
+
+def serve_options(tiny_repo) -> tuple[str, ...]:
+    """The image's default command (serve on 0.0.0.0:8000) as compose runs it, on the tiny repository."""
+    return (*HARDENED, "--env", f"MEDROBUST_API_TOKEN={TOKEN}", "--volume", f"{tiny_repo.path}:/models:ro")
+
+
+def predict(url: str, png: bytes, *, token: str | None = TOKEN) -> tuple[int, dict]:
+    """POST `png` to a predict URL; the status and the JSON answer, error answers included."""
+    headers = {"Content-Type": "image/png"} | ({"Authorization": f"Bearer {token}"} if token else {})
+    request = urllib.request.Request(url, data=png, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.loads(exc.read())

@@ -16,9 +16,8 @@ import pytest
 import yaml
 
 from tests import deploy_queries as dq
-from tests.container.containers import HARDENED
+from tests.container.containers import HARDENED, serve_options
 from tests.container.images import podman
-from tests.container.test_frontend import serve_options
 from tests.integration.serving import free_port
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"

@@ -36,9 +36,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.container.containers import import_model_repo, wait_until
+from tests.container.containers import TOKEN, import_model_repo, wait_until
 from tests.container.images import POSTGRES_PASSWORD, podman
-from tests.container.test_frontend import TOKEN
 from tests.project import PROJECT
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(1800)]

@@ -15,19 +15,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.container.containers import HARDENED
+from tests.container.containers import predict, serve_options
 from tests.container.images import podman
 
 # The first test here usually waits for the image build (6-7 minutes cold on 2 cores), inside its timeout.
 pytestmark = [pytest.mark.container, pytest.mark.timeout(1800)]
 
-TOKEN = "container-test-token"
 GRACE_SECONDS = 30  # gunicorn's graceful_timeout (medrobust/web_server.py)
-
-
-def serve_options(tiny_repo) -> tuple[str, ...]:
-    """The image's default command (serve on 0.0.0.0:8000) as compose runs it."""
-    return (*HARDENED, "--env", f"MEDROBUST_API_TOKEN={TOKEN}", "--volume", f"{tiny_repo.path}:/models:ro")
 
 
 @pytest.fixture(scope="module")
@@ -40,17 +34,6 @@ def frontend(medrobust_image, tiny_repo):
         yield container
     finally:
         container.remove()
-
-
-def predict(url: str, png: bytes, *, token: str | None = TOKEN) -> tuple[int, dict]:
-    headers = {"Content-Type": "image/png"} | ({"Authorization": f"Bearer {token}"} if token else {})
-    request = urllib.request.Request(url, data=png, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=120) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.loads(exc.read())
 
 
 def inside(container, code: str) -> str:

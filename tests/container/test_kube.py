@@ -20,15 +20,12 @@ import base64
 import copy
 import json
 import re
-import urllib.error
-from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.container.containers import import_model_repo, wait_until
+from tests.container.containers import TOKEN, import_model_repo, wait_until
 from tests.container.images import podman
-from tests.container.test_frontend import TOKEN
 from tests.project import PROJECT
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(1200)]

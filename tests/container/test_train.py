@@ -13,8 +13,8 @@ import urllib.request
 
 import pytest
 
+from tests.container.containers import TOKEN, predict, serve_options
 from tests.container.images import podman
-from tests.container.test_frontend import TOKEN, predict, serve_options
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(1800)]
 
