@@ -89,7 +89,8 @@ class Compose:
 
 
 def _standins(images: dict[str, str]) -> dict:
-    """The override: images (and the stand-in's entrypoint and code) only."""
+    """The override: images (with the TF Serving stand-in's entrypoint and code), and the size of
+    the worker's audit; nothing else of compose's."""
     return {"services": {
         "tf-serving": {
             "image": images["medrobust"],
