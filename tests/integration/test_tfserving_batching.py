@@ -106,7 +106,10 @@ def test_a_vjp_batch_is_split_with_its_cotangent_and_equals_the_unsplit_answer(c
     want = whole.vjp(tiny_repo.baseline, images, cotangent)
     assert got.gradient.shape == (20, 64, 64, 3)
     np.testing.assert_allclose(got.logits, want.logits, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(got.gradient, want.gradient, rtol=1e-3, atol=1e-6)
+    # A convolution's float32 sums are ordered differently for a batch of 8 than for one of 20,
+    # so tiny elements differ by a few 1e-6 (CI saw 4.8e-6). The tolerance scales with the
+    # gradient: a cotangent sent with the wrong chunk moves elements by the gradient's own size.
+    np.testing.assert_allclose(got.gradient, want.gradient, rtol=1e-3, atol=1e-3 * float(np.abs(want.gradient).max()))
 
 
 def test_a_ragged_gradcam_batch_is_split_and_equals_the_unsplit_answer(clients, tiny_repo):
@@ -115,7 +118,7 @@ def test_a_ragged_gradcam_batch_is_split_and_equals_the_unsplit_answer(clients, 
     got, want = (c.gradcam(tiny_repo.baseline, images) for c in (split, whole))
     assert got.heatmap.shape == (DEPLOYED_LIMIT + 8, 64, 64) and got.attention_map is None
     np.testing.assert_allclose(got.probabilities, want.probabilities, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(got.heatmap, want.heatmap, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(got.heatmap, want.heatmap, rtol=1e-3, atol=1e-4 * float(np.abs(want.heatmap).max()))
     np.testing.assert_array_equal(got.class_id, want.class_id)
 
 
