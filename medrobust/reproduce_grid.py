@@ -179,6 +179,30 @@ class GridState:
         state.save()
         return state
 
+    def close_abandoned(self, alive: Callable[[int], bool] | None = None) -> list[dict[str, Any]]:
+        """Mark the invocations a vanished process left `running` as interrupted; returns them.
+
+        A process that is killed outright (SIGKILL, the end of a session, the machine stopping)
+        never records its end, so without this its invocation would read `running` for ever. Its
+        finished stages are kept in the cells either way. An invocation is taken as ended when its
+        process is gone, when it ran before the machine last booted (its pid may name another
+        process now), or when it predates recorded pids: one --out is never run by two processes
+        at once (parallel parts use their own --out and --merge).
+        """
+        alive = alive or _pid_alive
+        boot = boot_id()
+        marked = []
+        for invocation in self.doc.get("invocations", []):
+            if invocation.get("status") != "running":
+                continue
+            pid = invocation.get("pid")
+            if pid is None or invocation.get("boot_id") != boot or not alive(pid):
+                invocation["status"] = "interrupted: its process ended without recording an end (killed, or the machine stopped)"
+                marked.append(invocation)
+        if marked:
+            self.save()
+        return marked
+
     def save(self) -> None:
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(self.doc, indent=2, sort_keys=True) + "\n")
@@ -216,6 +240,24 @@ class GridState:
     def done(self, cell: Cell, attacks: tuple[str, ...] = (DEFAULT_ATTACK,)) -> bool:
         """Trained and audited with every one of `attacks`."""
         return all(self.audited(cell, a) for a in attacks)
+
+
+def boot_id() -> str | None:
+    """This boot's random id (Linux); a pid recorded under another boot names no process of ours."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def _budget_text(budget: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -151,7 +152,7 @@ def _jsonable(value):
 
 def _reproduce(args: argparse.Namespace) -> int:
     from medrobust.commands import UsageError
-    from medrobust.reproduce_grid import GridState, StateMismatch, cell_audits, merged, run_grid
+    from medrobust.reproduce_grid import GridState, StateMismatch, boot_id, cell_audits, merged, run_grid
     from medrobust.reproduce_report import environment, write_report
     from training.dataset_types import DatasetError
     from training.datasets import load_dataset
@@ -171,8 +172,12 @@ def _reproduce(args: argparse.Namespace) -> int:
         others = [GridState.open(other, config) for other in args.merge]
     except StateMismatch as exc:
         raise UsageError(str(exc)) from None
+    for part in (state, *others):
+        part.close_abandoned()
     invocation = {
         "argv": list(sys.argv),
+        "pid": os.getpid(),
+        "boot_id": boot_id(),
         "arguments": {k: _jsonable(v) for k, v in vars(args).items() if k != "handler"},
         "seeds": list(config.seeds),
         "backbones": list(config.backbones),

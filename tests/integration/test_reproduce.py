@@ -203,6 +203,31 @@ def test_report_only_merges_seeds_run_in_other_out_directories(tmp_path):
     assert manifest["cells"]["resnet50/baseline/seed-1"]["out"] == str(tmp_path / "b")
 
 
+def test_an_invocation_whose_process_vanished_is_recorded_as_interrupted_not_running(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    assert _reproduce(out, "--report-only") == 0  # stores the settings
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid, boot = int(ended.stdout), grid.boot_id()
+    state = json.loads((out / grid.STATE_FILE).read_text())
+    state["invocations"] = [
+        {"status": "running", "pid": dead_pid, "boot_id": boot},  # killed outright: never wrote its end
+        {"status": "running"},  # stored before invocations carried a pid
+        {"status": "running", "pid": os.getpid(), "boot_id": "an-earlier-boot"},  # the pid is another process now
+        {"status": "running", "pid": os.getpid(), "boot_id": boot},  # alive: left alone
+        {"status": "succeeded", "pid": dead_pid, "boot_id": boot},
+    ]
+    (out / grid.STATE_FILE).write_text(json.dumps(state))
+    assert _reproduce(out, "--report-only") == 0
+    invocations = json.loads((out / grid.STATE_FILE).read_text())["invocations"]
+    assert [i["status"].split(":")[0] for i in invocations] == [
+        "interrupted", "interrupted", "interrupted", "running", "succeeded", "succeeded",
+    ]
+    assert invocations[-1]["pid"] == os.getpid() and invocations[-1]["boot_id"] == boot
+
+
 def test_the_learning_rate_reaches_every_cells_recipe(tmp_path, monkeypatch):
     recipes = []
 
