@@ -116,6 +116,7 @@ def test_the_other_attacks_run_and_stay_in_their_balls(embedded_predictor, tiny_
     assert robust == sorted(robust, reverse=True) and robust[0] == result.clean_accuracy
 
 
+@pytest.mark.slow  # ~30 s; the quick tier runs the ensemble on the sanity fixtures and against ART
 def test_the_ensemble_through_tf_serving_is_never_weaker_than_pgd(tfserving_predictor, tiny_repo, dataset):
     """AutoAttack's order on the survivors, each example verified as served; fooled_by adds up to what fell."""
     from audit.attacks import ENSEMBLE

@@ -17,6 +17,7 @@ from medrobust.cli import main
 from tests.integration.serving import free_port
 
 
+@pytest.mark.slow  # a whole audit and its report through the command: ~25 s
 def test_audit_run_json_then_report(tiny_repo, tmp_path, capsys):
     url = f"sqlite:///{tmp_path / 'a.sqlite'}"
     code = main([

@@ -73,6 +73,7 @@ def _config(tiny_repo):
     )
 
 
+@pytest.mark.slow  # exports a model of its own: ~40 s
 def test_a_masked_gradient_fails_the_gradient_check_and_is_exported(masked_repo, tiny_repo, tmp_path):
     from audit.metrics import AuditMetrics
     from audit.runner import AuditRunner

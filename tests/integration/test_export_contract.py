@@ -150,6 +150,7 @@ def test_card_rejects_wrong_class_names(exported, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow  # loads and checks every signature of every version: ~25 s
 def test_shared_contract_checker_accepts_the_repository(exported):
     checker = SHARED_DATA.parent / "tools" / "check_contract.py"
     if not checker.is_file():

@@ -37,6 +37,7 @@ def counting_loads(monkeypatch):
     return calls
 
 
+@pytest.mark.slow  # requests under load through a swap: ~20 s
 def test_background_polling_swaps_in_a_new_version_without_failing_requests(copy_repo, tiny_repo, counting_loads):
     repo = copy_repo()
     p = EmbeddedPredictor(repo, poll_seconds=0.2)

@@ -9,6 +9,8 @@ import pytest
 from medrobust.cli import main
 from training.contract import repository
 
+# The tests on `trained` share a real training run: a minute of CPU, so --all-tiers (and CI), not the quick tier.
+SLOW = pytest.mark.slow
 
 def _train(repo, workdir, *extra):
     return main([
@@ -26,6 +28,7 @@ def trained(tmp_path_factory):
     return repo, workdir
 
 
+@SLOW
 def test_train_exports_a_version_with_metrics_and_the_recipe(trained):
     repo, workdir = trained
     (model,) = repository.list_models(repo)
@@ -42,6 +45,7 @@ def test_train_exports_a_version_with_metrics_and_the_recipe(trained):
     assert (repo / "models.config").read_text().count("config {") == 1
 
 
+@SLOW
 def test_models_lists_the_repository(trained, capsys):
     repo, _ = trained
     assert main(["models", "--model-repo", str(repo), "--json"]) == 0
@@ -51,6 +55,7 @@ def test_models_lists_the_repository(trained, capsys):
     assert "demo-resnet50-baseline" in capsys.readouterr().out
 
 
+@SLOW
 def test_export_re_exports_a_checkpoint_as_the_next_version(trained):
     repo, workdir = trained
     before = repository.versions_of(repo / "demo-resnet50-baseline")

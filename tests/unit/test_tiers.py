@@ -14,7 +14,7 @@ CONTAINER_MODULE = "tests/container/test_frontend.py"  # every test marked conta
 
 def _collect(*args: str, module: str = SYSTEM_MODULE) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:randomly", module, *args],
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:randomly", "-n", "0", module, *args],
         cwd=PROJECT, capture_output=True, text=True, timeout=120,
     )
     return done.stdout
@@ -23,6 +23,7 @@ def _collect(*args: str, module: str = SYSTEM_MODULE) -> str:
 def test_the_quick_tier_is_pyprojects_default():
     addopts = tomllib.loads((PROJECT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["addopts"]
     assert f"-m '{QUICK_TIER}'" in addopts
+    assert "-n auto --dist loadscope" in addopts  # one worker per core: the quick tier's 5 minutes need both
 
 
 def test_system_tests_run_only_with_all_tiers():
