@@ -13,11 +13,12 @@ and per-image outcomes); a run an older process finishes later is filled on read
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import socket
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from audit.results import DEGENERATE_SHARE, AuditResult, AuditSet, max_share, wilson_interval, worst_class
+
+log = logging.getLogger(__name__)
 
 metadata = sa.MetaData()
 
@@ -212,6 +215,45 @@ def _parse_owner(owner: str) -> tuple[str, int | None, str | None]:
     return (host, int(pid), last) if pid.isdigit() else (owner, None, None)
 
 
+class StoreUnavailable(RuntimeError):
+    """The audit database did not accept a connection within the wait it was given."""
+
+
+def wait_for_database(
+    engine: sa.Engine,
+    wait_seconds: float,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> int:
+    """Connect, retrying for up to `wait_seconds` while the server is not there yet; returns the retries.
+
+    A database server may start after its clients: compose under podman does not wait for a
+    healthcheck, and Kubernetes starts pods in any order. Failing at once would leave the process
+    to its restart policy and an operator a page of tracebacks; waiting, and saying so, lets it
+    start when the database does. SQLite is a file: there is nothing to wait for.
+    """
+    if engine.dialect.name == "sqlite":
+        return 0
+    where = engine.url.render_as_string(hide_password=True)
+    deadline, delay, retries = clock() + wait_seconds, 0.5, 0
+    while True:
+        try:
+            with engine.connect():
+                return retries
+        except sa.exc.OperationalError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+            left = deadline - clock()
+            if left <= 0:
+                raise StoreUnavailable(
+                    f"expected the audit database at {where} to accept connections within {wait_seconds:g} s "
+                    f"(MEDROBUST_DATABASE_WAIT_SECONDS); the last attempt said: {reason}"
+                ) from None
+            log.warning("audit database at %s not reachable yet (%s); retrying for up to %.0f s more", where, reason, left)
+            sleep(min(delay, left))
+            delay, retries = min(delay * 2, 5.0), retries + 1
+
+
 def make_engine(url: str) -> sa.Engine:
     """An engine for `url`; SQLite files get their folder, a busy timeout and cross-thread use."""
     if url.startswith("sqlite"):
@@ -330,9 +372,10 @@ def _backfill(engine: sa.Engine) -> int:
 class AuditStore:
     """Audit runs in a SQL database (tables created, missing columns added and filled, on first use)."""
 
-    def __init__(self, url: str, *, recover: bool = True):
+    def __init__(self, url: str, *, recover: bool = True, wait_seconds: float = 0.0):
         self.url = url
         self.engine = make_engine(url)
+        wait_for_database(self.engine, wait_seconds)
         _create_tables(self.engine)
         _add_missing_columns(self.engine)
         _backfill(self.engine)

@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from medrobust.commands import UsageError
+from medrobust.commands import StartupError, UsageError
 from training.contract.card import package_version
 
 # Order here is the order `medrobust --help` lists the commands in.
@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"medrobust {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except StartupError as exc:
+        print(f"medrobust {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -98,7 +98,7 @@ def build_audit_stack(
     if metrics:
         _single_process_metrics()
     registry = registry if registry is not None else CollectorRegistry()
-    store = AuditStore(config.database_url)
+    store = AuditStore(config.database_url, wait_seconds=config.database_wait_seconds)
     audit_metrics = None
     if metrics:
         audit_metrics = AuditMetrics(registry)
@@ -134,7 +134,7 @@ def build_audit_reader(config: ServiceConfig):
     from audit.web_reader import StoreReader
 
     artefacts = config.audit_artefacts or default_of(AuditConfig, "artefacts_dir")
-    return StoreReader(AuditStore(config.database_url, recover=False), artefacts)
+    return StoreReader(AuditStore(config.database_url, recover=False, wait_seconds=config.database_wait_seconds), artefacts)
 
 
 def build_app(config: ServiceConfig, *, predictor=None, registry=None, audits=None, read_audits: bool = True):

@@ -14,6 +14,10 @@ class UsageError(Exception):
     """A command was given arguments it cannot work with; printed without a traceback."""
 
 
+class StartupError(Exception):
+    """Something the command needs (its database, a server) did not answer; printed without a traceback, exit 1."""
+
+
 def read_service_config(flags: Mapping[str, Any]):
     """The front end's ServiceConfig from flags over MEDROBUST_*; a bad value is a UsageError.
 

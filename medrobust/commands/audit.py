@@ -79,14 +79,18 @@ def config_from_args(args: argparse.Namespace) -> AuditConfig:
 
 
 def _build(args, *, worker: bool = False):
-    from medrobust.commands import UsageError
+    from medrobust.commands import StartupError, UsageError
     from medrobust.compose import build_audit_stack
 
     config = config_from_args(args)
     if not config.dataset:
         raise UsageError("expected --dataset KIND:PATH (or MEDROBUST_AUDIT_DATASET) to draw the audit set from, got none")
+    from audit.store import StoreUnavailable
+
     try:
         return build_audit_stack(config, worker=worker, metrics=worker)
+    except StoreUnavailable as exc:
+        raise StartupError(str(exc)) from None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 

@@ -30,6 +30,8 @@ DEFAULT_STEPS = {"linf_pgd": 20, "l2_pgd": 20, "apgd_ce": 100, "apgd_dlr": 100, 
 DEFAULT_SCHEDULE = "0 3 * * *"  # nightly at 03:00
 DEFAULT_DATABASE_URL = "sqlite:///.medrobust/audits.sqlite"
 DEFAULT_ARTEFACTS = ".medrobust/audits"
+# How long a process waits at start for its database server (it may start later: compose, Kubernetes).
+DATABASE_WAIT_SECONDS = 60.0
 MAX_PIXELS = 50_000_000  # the largest decoded image, everywhere an image is decoded
 GRPC_DEADLINE_SECONDS = 10.0  # per TF Serving call, for the front end and the audit alike
 # The largest batch one Predict may carry: TF Serving rejects a larger one (INVALID_ARGUMENT, "Task size
@@ -237,6 +239,8 @@ class ServiceConfig:
     # The audit store to show on the Audits page (runs come from a separate `medrobust audit worker`);
     # None: no Audits page. Reports drawn for the page go under audit_artefacts.
     database_url: str | None = setting(None, "DATABASE_URL")
+    # How long to wait at start for a database server that is not up yet (it may start after us).
+    database_wait_seconds: float = setting(DATABASE_WAIT_SECONDS, "DATABASE_WAIT_SECONDS")
     audit_artefacts: Path | None = setting(None, "AUDIT_ARTEFACTS", parse=Path)
 
     def __post_init__(self) -> None:
@@ -254,6 +258,7 @@ class ServiceConfig:
             raise FieldError("metrics_port", f"expected a port other than the API's ({self.port}), got {self.metrics_port}")
         for name in ("workers", "threads", "max_upload_bytes", "max_pixels", "max_decodes", "max_loaded", "tf_serving_max_batch"):
             _positive(name, getattr(self, name))
+        _positive("database_wait_seconds", self.database_wait_seconds, low=0)
         for name in ("grpc_deadline_seconds", "poll_seconds"):
             if getattr(self, name) <= 0:
                 raise FieldError(name, f"expected a number of seconds > 0, got {getattr(self, name)}")
@@ -377,6 +382,7 @@ class AuditConfig:
     samples: int = setting(256, "AUDIT_SAMPLES")
     seed: int = setting(0, "AUDIT_SEED")
     database_url: str = setting(DEFAULT_DATABASE_URL, "DATABASE_URL")
+    database_wait_seconds: float = setting(DATABASE_WAIT_SECONDS, "DATABASE_WAIT_SECONDS")
     artefacts_dir: Path = setting(Path(DEFAULT_ARTEFACTS), "AUDIT_ARTEFACTS")
     schedule: str = setting(DEFAULT_SCHEDULE, "AUDIT_SCHEDULE")
     poll_seconds: float = setting(30.0, "AUDIT_POLL_SECONDS")
@@ -399,6 +405,7 @@ class AuditConfig:
         object.__setattr__(self, "models", tuple(self.models))
         _positive("samples", self.samples)
         _positive("tf_serving_max_batch", self.tf_serving_max_batch)
+        _positive("database_wait_seconds", self.database_wait_seconds, low=0)
         if not 0 <= self.metrics_port < 65536:
             raise FieldError("metrics_port", f"expected a port in 0..65535, got {self.metrics_port}")
         for name in ("poll_seconds", "grpc_deadline_seconds"):
