@@ -209,7 +209,7 @@ def test_an_invocation_whose_process_vanished_is_recorded_as_interrupted_not_run
 
     out = tmp_path / "out"
     assert _reproduce(out, "--report-only") == 0  # stores the settings
-    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
     dead_pid, boot = int(ended.stdout), grid.boot_id()
     state = json.loads((out / grid.STATE_FILE).read_text())
     state["invocations"] = [
