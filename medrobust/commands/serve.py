@@ -58,6 +58,23 @@ def _serve(args: argparse.Namespace) -> int:
     config = read_service_config(vars(args))
     if config.model_repo is not None and not config.model_repo.is_dir():
         raise UsageError(f"--model-repo: expected a directory, got {str(config.model_repo)!r}")
+    if config.database_url:
+        _wait_for_the_audit_database(config)
     from medrobust.web_server import serve
 
     return serve(config)
+
+
+def _wait_for_the_audit_database(config) -> None:
+    """Wait for the Audits pages' database here, before gunicorn starts: a server that never comes
+    up is then one line and exit 1, not a traceback in every worker's boot."""
+    from audit.store import StoreUnavailable, make_engine, wait_for_database
+    from medrobust.commands import StartupError
+
+    engine = make_engine(config.database_url)
+    try:
+        wait_for_database(engine, config.database_wait_seconds)
+    except StoreUnavailable as exc:
+        raise StartupError(str(exc)) from None
+    finally:
+        engine.dispose()

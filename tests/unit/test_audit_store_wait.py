@@ -74,6 +74,14 @@ def test_the_worker_command_says_what_it_waited_for_and_exits_1(monkeypatch, cap
     assert "error: expected the audit database at" in err and "Traceback" not in err
 
 
+def test_serve_says_what_it_waited_for_before_starting_gunicorn(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("MEDROBUST_DATABASE_WAIT_SECONDS", "0")
+    code = main(["serve", "--model-repo", str(tmp_path), "--port", str(free_port()), "--database-url", _unreachable_url()])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "medrobust serve: error: expected the audit database at" in err and "Traceback" not in err
+
+
 def test_a_negative_wait_is_refused_naming_its_variable(monkeypatch, capsys):
     monkeypatch.setenv("MEDROBUST_DATABASE_WAIT_SECONDS", "-1")
     assert main(["audit", "worker", "--dataset", "synthetic:40"]) == 2
