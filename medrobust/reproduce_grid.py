@@ -179,7 +179,7 @@ class GridState:
         state.save()
         return state
 
-    def close_abandoned(self, alive: Callable[[int], bool] | None = None) -> list[dict[str, Any]]:
+    def close_abandoned(self) -> list[dict[str, Any]]:
         """Mark the invocations a vanished process left `running` as interrupted; returns them.
 
         A process that is killed outright (SIGKILL, the end of a session, the machine stopping)
@@ -189,14 +189,13 @@ class GridState:
         process now), or when it predates recorded pids: one --out is never run by two processes
         at once (parallel parts use their own --out and --merge).
         """
-        alive = alive or _pid_alive
         boot = boot_id()
         marked = []
         for invocation in self.doc.get("invocations", []):
             if invocation.get("status") != "running":
                 continue
             pid = invocation.get("pid")
-            if pid is None or invocation.get("boot_id") != boot or not alive(pid):
+            if pid is None or invocation.get("boot_id") != boot or not _pid_alive(pid):
                 invocation["status"] = "interrupted: its process ended without recording an end (killed, or the machine stopped)"
                 marked.append(invocation)
         if marked:
