@@ -160,3 +160,79 @@ def write(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
+
+
+# --- crafted compressed files: codestreams whose own header disagrees with the DICOM's -------------
+
+
+def compressed(frame: bytes, syntax: str, *, rows: int, columns: int, samples: int = 1, bits: int = 8) -> bytes:
+    """A Part 10 file whose one frame is `frame`, encapsulated under `syntax`, with a header of rows x columns."""
+    from pydicom.encaps import encapsulate
+
+    shape = (rows, columns) if samples == 1 else (rows, columns, samples)
+    ds = dataset(np.zeros(shape, np.uint8 if bits == 8 else np.uint16), photometric="MONOCHROME2" if samples == 1 else "RGB")
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    return encode(ds)
+
+
+def jpeg_frame(rows: int = 256, columns: int = 256) -> bytes:
+    """A real baseline JPEG of a grey ramp (Pillow's encoder)."""
+    from PIL import Image
+
+    y, x = np.mgrid[0:rows, 0:columns]
+    buffer = io.BytesIO()
+    Image.fromarray(((x + y) % 256).astype(np.uint8)).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def with_jpeg_size(frame: bytes, rows: int, columns: int) -> bytes:
+    """`frame` with its SOF0 (or JPEG-LS SOF55) marker patched to declare rows x columns."""
+    for marker in (b"\xff\xc0", b"\xff\xf7"):
+        at = frame.find(marker)
+        if at > 0:
+            return frame[: at + 5] + rows.to_bytes(2, "big") + columns.to_bytes(2, "big") + frame[at + 9 :]
+    raise ValueError("expected a JPEG frame with an SOF0 or SOF55 marker")
+
+
+def j2k_frame(rows: int = 256, columns: int = 256) -> bytes:
+    """A real lossless JPEG 2000 codestream of a grey ramp (openjpeg through imagecodecs)."""
+    import imagecodecs
+
+    y, x = np.mgrid[0:rows, 0:columns]
+    return imagecodecs.jpeg2k_encode(((x + y) % 256).astype(np.uint8), level=0, codecformat=imagecodecs.JPEG2K.CODEC.J2K)
+
+
+def with_j2k_size(frame: bytes, rows: int, columns: int) -> bytes:
+    """`frame` with its SIZ marker's Xsiz and Ysiz patched (offsets left at 0)."""
+    at = frame.index(b"\xff\x51") + 2 + 2 + 2  # marker, Lsiz, Rsiz
+    return frame[:at] + columns.to_bytes(4, "big") + rows.to_bytes(4, "big") + frame[at + 8 :]
+
+
+def deflate_bomb(padding: int) -> bytes:
+    """A Deflated Explicit VR Little Endian file: a 64 x 64 image, then `padding` zero bytes of Data Set
+    Trailing Padding (FFFC,FFFC), deflated as it is made, so the bomb never exists inflated here."""
+    import zlib
+
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = dataset(grey_ramp(64, 64))
+    body = io.BytesIO()
+    pydicom.dcmwrite(body, ds, implicit_vr=False, little_endian=True, enforce_file_format=False)
+    meta = io.BytesIO()
+    meta.write(b"\x00" * 128 + b"DICM")
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    parts = [deflater.compress(body.getvalue())]
+    if padding:
+        parts.append(deflater.compress(b"\xfc\xff\xfc\xffOB\x00\x00" + padding.to_bytes(4, "little")))
+        chunk = bytes(16 << 20)
+        for start in range(0, padding, len(chunk)):
+            parts.append(deflater.compress(chunk[: min(len(chunk), padding - start)]))
+    parts.append(deflater.flush())
+    return meta.getvalue() + b"".join(parts)

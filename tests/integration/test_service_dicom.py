@@ -176,3 +176,24 @@ def test_no_header_value_reaches_an_answer_a_log_line_or_a_metric(make_client, t
     assert files.leaks(caplog.text) == []
     exposition = client.application.extensions["medrobust"].metrics.exposition().decode()
     assert "medrobust_predictions_total" in exposition and files.leaks(exposition) == []
+
+
+@pytest.mark.parametrize("body, status, code", [
+    (lambda: files.compressed(files.with_j2k_size(files.j2k_frame(), 40000, 40000), "1.2.840.10008.1.2.4.90", rows=256, columns=256),
+     413, "image_too_large"),
+    (lambda: files.compressed(files.with_jpeg_size(files.jpeg_frame(), 30000, 30000), "1.2.840.10008.1.2.4.50", rows=256, columns=256),
+     413, "image_too_large"),
+    (lambda: files.compressed(files.with_jpeg_size(files.jpeg_frame(), 200, 300), "1.2.840.10008.1.2.4.50", rows=256, columns=256),
+     400, "invalid_image"),
+])
+def test_a_codestream_that_lies_about_its_size_is_refused_as_json(client, tiny_repo, body, status, code):
+    response = _post(client, tiny_repo.attention, body())
+    assert response.status_code == status and response.json["error"]["code"] == code, response.json
+    assert "declaring" in response.json["error"]["message"]
+
+
+def test_a_deflate_bomb_is_413_and_an_honest_deflated_file_is_answered(make_client, tiny_repo):
+    client = make_client(max_pixels=1_000_000)  # an inflation budget of about 20 MB
+    refused = _post(client, tiny_repo.attention, files.deflate_bomb(64 << 20))
+    assert refused.status_code == 413 and refused.json["error"]["code"] == "image_too_large"
+    assert _post(client, tiny_repo.attention, files.deflate_bomb(0)).status_code == 200

@@ -24,11 +24,14 @@ import math
 import os
 import re
 import warnings
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
+from training.contract import codestream
+from training.contract.confined import Limits, run_confined
 from training.contract.image_errors import (
     ImageError,
     ImageTooLarge,
@@ -64,6 +67,13 @@ _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 # whole float64 copy; the percentile window is estimated from at most about this many pixels.
 _STRIP_ROWS = 256
 _SAMPLE_PIXELS = 1 << 20
+DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: the data set is one raw deflate stream
+_INFLATE_CHUNK = 1 << 20
+# A compressed frame is decoded in a child under a memory ceiling (see confined.py) and this time limit:
+# the largest honest frame (50 megapixels of JPEG 2000) decodes in a few seconds on one core.
+DECODE_SECONDS = 30.0
+# Explicit VR elements whose length takes 4 bytes after 2 reserved ones (PS3.5 7.1.2); the rest take 2.
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 
 
 @dataclass(frozen=True)
@@ -330,15 +340,148 @@ def _colour(stored: np.ndarray, ds, photometric: str) -> np.ndarray:
     return _rgb_to_eight(stored, _whole(ds, "BitsStored", "Bits Stored", default=8 * stored.dtype.itemsize))
 
 
-def read_dicom(data: bytes, *, max_pixels: int, min_side: int) -> DicomPicture:
+def inflation_budget(max_pixels: int) -> int:
+    """The most a deflated data set may inflate to: the largest allowed image at four bytes a pixel
+    (RGBA or 32-bit grey; the PNG path's own ceiling) plus 16 MiB of header."""
+    return 4 * max_pixels + (16 << 20)
+
+
+def _meta_transfer_syntax(data: bytes) -> tuple[str | None, int]:
+    """A Part 10 file's transfer syntax UID from its meta group, and where the data set begins.
+
+    Read by hand because pydicom, given a deflated file, inflates all of it before returning anything.
+    """
+    at, uid = MAGIC_OFFSET + len(MAGIC), None
+    while at + 8 <= len(data) and data[at : at + 2] == b"\x02\x00":
+        element, vr = int.from_bytes(data[at + 2 : at + 4], "little"), data[at + 4 : at + 6]
+        if vr in _LONG_VRS:
+            length, value_at = int.from_bytes(data[at + 8 : at + 12], "little"), at + 12
+        else:
+            length, value_at = int.from_bytes(data[at + 6 : at + 8], "little"), at + 8
+        if element == 0x0010:
+            uid = data[value_at : value_at + length].rstrip(b"\x00 ").decode("ascii", "replace")
+        at = value_at + length
+    return uid, at
+
+
+def _check_inflation(data: bytes, max_pixels: int) -> None:
+    """Refuse a deflated data set that inflates past the budget, counted 1 MiB at a time, never held whole."""
+    uid, start = _meta_transfer_syntax(data)
+    if uid != DEFLATED:
+        return
+    budget = inflation_budget(max_pixels)
+    inflater, pending, total = zlib.decompressobj(-zlib.MAX_WBITS), data[start:], 0
+    try:
+        while not inflater.eof:
+            out = inflater.decompress(pending, _INFLATE_CHUNK)
+            pending, total = inflater.unconsumed_tail, total + len(out)
+            if total > budget:
+                raise ImageTooLarge(
+                    f"expected a deflated DICOM data set that inflates to at most {budget:,} bytes "
+                    f"(from the {max_pixels:,}-pixel limit), got {len(data):,} bytes inflating past it"
+                )
+            if not out and not pending:
+                break
+    except zlib.error:
+        raise InvalidImage("expected a deflated DICOM data set, got a deflate stream that does not inflate") from None
+
+
+def _frames(ds, frames: int):
+    """The encapsulated pixel data's frames, as pydicom splits them, at most `frames` of them."""
+    from pydicom.encaps import generate_frames
+
+    extended = None
+    if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+        extended = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+    for index, frame in enumerate(generate_frames(ds.PixelData, number_of_frames=frames, extended_offsets=extended)):
+        if index >= frames:
+            return
+        yield index, frame
+
+
+def _check_codestreams(ds, uid, *, rows: int, columns: int, frames: int, max_pixels: int) -> None:
+    """Every frame's codestream declares the header's size and samples, before any decoder sees it.
+
+    The decoders size their output from the codestream, not from Rows and Columns.
+    """
+    from pydicom.uid import JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes, RLELossless
+
+    samples = _whole(ds, "SamplesPerPixel", "Samples per Pixel", default=1)
+    if uid in JPEGTransferSyntaxes or uid in JPEGLSTransferSyntaxes:
+        geometry = codestream.jpeg_geometry
+    elif uid in JPEG2000TransferSyntaxes:
+        geometry = codestream.j2k_geometry
+    elif uid == RLELossless:
+        bits = _whole(ds, "BitsAllocated", "Bits Allocated")
+        expected_segments = samples * math.ceil(bits / 8)
+        try:
+            for index, frame in _frames(ds, frames):
+                count = codestream.rle_segments(frame)
+                if count != expected_segments:
+                    raise InvalidImage(
+                        f"expected {expected_segments} RLE segments per frame ({samples} samples of {bits} bits), "
+                        f"got {count} in frame {index}"
+                    )
+        except ImageError:
+            raise
+        except Exception as exc:  # pydicom's fragment parser: its message is not repeated
+            raise InvalidImage(f"expected encapsulated RLE frames, got fragments pydicom cannot split ({type(exc).__name__})") from None
+        return
+    else:  # a decoder we know, but no size check for it: not decoded at all
+        raise UnsupportedImage(f"expected a transfer syntax whose frame size can be checked before decoding, got {_uid_text(uid)}")
+    try:
+        for index, frame in _frames(ds, frames):
+            found = geometry(frame)
+            if (found.rows, found.columns) != (rows, columns):
+                refusal = ImageTooLarge if found.rows * found.columns > max_pixels else InvalidImage
+                raise refusal(
+                    f"expected frame {index}'s codestream to hold the header's {columns}x{rows} pixels, "
+                    f"got one declaring {found.columns}x{found.rows}"
+                )
+            if found.components != samples:
+                raise InvalidImage(
+                    f"expected frame {index}'s codestream to hold {samples} component{'s' if samples > 1 else ''}, "
+                    f"got one declaring {found.components}"
+                )
+    except ImageError:
+        raise
+    except Exception as exc:  # as above
+        raise InvalidImage(f"expected encapsulated frames, got fragments pydicom cannot split ({type(exc).__name__})") from None
+
+
+def _decode_first_frame(data: bytes, force: bool) -> np.ndarray:
+    """Frame 0's stored values, the file parsed afresh: what the confined child runs."""
+    from pydicom.pixels import pixel_array
+
+    _pydicom()
+    ds = _parse(io.BytesIO(data), force=force)
+    _transfer_syntax(ds)
+    return pixel_array(ds, index=0, as_rgb=False)
+
+
+def _decode_limits(ds, *, rows: int, columns: int, size: int) -> Limits:
+    """The frame's own bytes four times over (decoder buffers, colour conversion, the answer's copy),
+    the file's four times (parsed and split), and 256 MiB for the codecs' fixed costs."""
+    samples = _whole(ds, "SamplesPerPixel", "Samples per Pixel", default=1)
+    bits = _whole(ds, "BitsAllocated", "Bits Allocated", default=16)
+    frame = rows * columns * samples * math.ceil(bits / 8)
+    return Limits(memory_bytes=4 * frame + 4 * size + (256 << 20), seconds=DECODE_SECONDS)
+
+
+def read_dicom(data: bytes, *, max_pixels: int, min_side: int, confine: bool = False) -> DicomPicture:
     """The first frame of DICOM `data` as 8-bit grey or RGB pixels; the size is checked first.
 
     Frames x rows x columns must stay within `max_pixels`, checked from the header before any
-    pixel is decoded; both sides must be at least `min_side`.
+    pixel is decoded, and every compressed frame's codestream must declare that size too; both
+    sides must be at least `min_side`. With `confine` (uploads), a compressed frame is decoded in
+    a child process under a memory ceiling and a time limit.
     """
     _pydicom()
     from pydicom.pixels import pixel_array
+    from pydicom.uid import RLELossless
 
+    if has_part10_marker(data):
+        _check_inflation(data, max_pixels)
     try:
         ds = _parse(io.BytesIO(data), force=not has_part10_marker(data))
     except Exception as exc:  # pydicom's message may quote the header: name the type only
@@ -369,9 +512,19 @@ def read_dicom(data: bytes, *, max_pixels: int, min_side: int) -> DicomPicture:
         )
     if min(rows, columns) < min_side:
         raise ImageTooSmall(f"expected both sides at least {min_side} pixels, got {columns}x{rows}")
+    if uid.is_encapsulated:
+        _check_codestreams(ds, uid, rows=rows, columns=columns, frames=frames, max_pixels=max_pixels)
 
     try:
-        stored = pixel_array(ds, index=0, as_rgb=False)
+        # RLE is left out: its decoder sizes its output from Rows and Columns, already checked.
+        if confine and uid.is_encapsulated and uid != RLELossless:
+            stored = run_confined(
+                _decode_first_frame, data, not has_part10_marker(data),
+                limits=_decode_limits(ds, rows=rows, columns=columns, size=len(data)),
+                what=f"a {columns}x{rows} {_uid_text(uid)} frame to decode",
+            )
+        else:
+            stored = pixel_array(ds, index=0, as_rgb=False)
         if photometric in GREY:
             pixels, window = _grey(stored, ds, photometric)
         else:

@@ -155,8 +155,8 @@ def _fit(eight: Image.Image, max_side: int | None) -> Image.Image:
     return eight
 
 
-def _dicom(data: bytes, max_pixels: int) -> dicom.DicomPicture:
-    return dicom.read_dicom(data, max_pixels=max_pixels, min_side=MIN_SIDE)
+def _dicom(data: bytes, max_pixels: int, *, confine: bool = False) -> dicom.DicomPicture:
+    return dicom.read_dicom(data, max_pixels=max_pixels, min_side=MIN_SIDE, confine=confine)
 
 
 def _decoded(image: Image.Image, max_side: int | None) -> Image.Image:
@@ -212,7 +212,8 @@ def decode_upload(data: bytes, *, size: int, max_pixels: int, display_side: int)
     if display_side < MIN_SIDE:
         raise ValueError(f"expected display_side >= {MIN_SIDE}, got {display_side}")
     if dicom.is_dicom(data):
-        picture = _dicom(data, max_pixels)
+        # An upload is anyone's file: its compressed frame is decoded under a memory ceiling.
+        picture = _dicom(data, max_pixels, confine=True)
         return _upload(Image.fromarray(picture.pixels), size, display_side, info=picture.info)
     with _open(data, max_pixels) as image:
         # _decoded may return `image` itself: it is used up before the file is closed.
