@@ -236,3 +236,45 @@ def deflate_bomb(padding: int) -> bytes:
             parts.append(deflater.compress(chunk[: min(len(chunk), padding - start)]))
     parts.append(deflater.flush())
     return meta.getvalue() + b"".join(parts)
+
+
+# --- other compressed containers the decode path reads ----------------------------------------------
+
+
+def _zeros_deflated(count: int, *, raw: bool = False) -> bytes:
+    import zlib
+
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS if raw else zlib.MAX_WBITS)
+    chunk = bytes(16 << 20)
+    parts = [deflater.compress(chunk[: min(len(chunk), count - start)]) for start in range(0, count, len(chunk))]
+    return b"".join(parts) + deflater.flush()
+
+
+def png_with_chunk(kind: bytes, inflated: int) -> bytes:
+    """A 64 x 64 PNG carrying a zTXt or iCCP chunk whose compressed text inflates to `inflated` bytes."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(grey_ramp(64, 64)).save(buffer, "PNG")
+    png = buffer.getvalue()
+    payload = (b"Comment\x00\x00" if kind == b"zTXt" else b"icc\x00\x00") + _zeros_deflated(inflated)
+    chunk = struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+    return png[:33] + chunk + png[33:]  # after the signature and IHDR
+
+
+def tiff_with_deflated_strip(inflated: int) -> bytes:
+    """A 64 x 64 grey TIFF whose one deflated strip inflates to `inflated` bytes (the image needs 4,096)."""
+    import struct
+
+    strip = _zeros_deflated(inflated)
+    tags = [(256, 3, 64), (257, 3, 64), (258, 3, 8), (259, 3, 8), (262, 3, 1), (273, 4, None), (277, 3, 1),
+            (278, 3, 64), (279, 4, len(strip))]
+    strip_at = 8 + 2 + 12 * len(tags) + 4
+    out = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(tags))
+    for tag, kind, value in tags:
+        value = strip_at if value is None else value
+        out += struct.pack("<HHI", tag, kind, 1) + (struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value))
+    return out + struct.pack("<I", 0) + strip
