@@ -2,7 +2,8 @@
 
 The app is built in each worker after the fork (TensorFlow and gRPC must not cross a fork).
 Prometheus runs in multiprocess mode; the master serves `/metrics` on its own port
-(`--metrics-port`), summing every worker's files, so the API's port never shows the counts.
+(`--metrics-port`), summing every worker's files, so the API's port never shows the counts. The
+same port answers `/healthz` from the master, the liveness that busy workers cannot delay.
 """
 
 from __future__ import annotations
@@ -111,7 +112,15 @@ class _MasterMetrics:
 
         host = self.config.metrics_host or self.config.host
         registry = multiprocess_registry(str(self.directory))
-        self.server = start_metrics_server(host, self.config.metrics_port, registry, name="frontend-metrics")
+
+        def healthy() -> tuple[bool, dict]:
+            # Liveness, answered by the master's own thread: a burst of uploads or a few slow clients
+            # can hold every worker thread (the API port's /healthz then waits behind them), while
+            # the master, which restarts a hung worker itself, stays free to answer.
+            workers = len(arbiter.WORKERS)
+            return workers > 0, {"workers": workers, "expected_workers": arbiter.num_workers}
+
+        self.server = start_metrics_server(host, self.config.metrics_port, registry, healthy, name="frontend-metrics")
         log.info("metrics on http://%s:%d/metrics", host, self.server.port)
 
     def on_exit(self, arbiter) -> None:

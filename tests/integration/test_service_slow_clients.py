@@ -89,21 +89,29 @@ def request(address: Address, method: str, path: str, *, body: bytes | None = No
         connection.close()
 
 
+class Frontend(tuple):
+    """(host, port) of gunicorn's API; `metrics` is where its master answers /metrics and /healthz."""
+
+    metrics: Address
+
+
 @pytest.fixture(scope="module")
-def frontend(tiny_repo, tmp_path_factory) -> Iterator[Address]:
+def frontend(tiny_repo, tmp_path_factory) -> Iterator[Frontend]:
     """gunicorn with one worker of two threads: two held threads stop it."""
     work = tmp_path_factory.mktemp("frontend")
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(work / "metrics"), "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("MEDROBUST_API_TOKEN", None)
     log_path = work / "serve.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "medrobust", "serve", "--model-repo", str(tiny_repo.path), "--host", "127.0.0.1",
-             "--port", str(port), "--workers", "1", "--threads", "2", "--max-upload-bytes", str(MAX_UPLOAD_BYTES)],
+             "--port", str(port), "--workers", "1", "--threads", "2", "--max-upload-bytes", str(MAX_UPLOAD_BYTES),
+             "--metrics-port", str(metrics_port)],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-    address = ("127.0.0.1", port)
+    address = Frontend(("127.0.0.1", port))
+    address.metrics = ("127.0.0.1", metrics_port)
     try:
         if not _wait_until_listening(address, process, 180):
             pytest.fail(f"medrobust serve did not start:\n{log_path.read_text()[-3000:]}")
@@ -232,6 +240,31 @@ def test_without_the_proxy_two_slow_clients_hold_both_threads(frontend, tiny_rep
         assert all(still_open(sock) for sock in slow)
     # Once they are gone the same request is answered: it was the slow clients that held it.
     assert request(frontend, "GET", "/healthz")[0] == 200
+
+
+def _liveness_timeout() -> float:
+    """The Kubernetes front end's liveness probe timeout: what the kubelet would wait."""
+    import yaml
+
+    deployment = yaml.safe_load((PROJECT / "deploy" / "k8s" / "frontend-deployment.yaml").read_text())
+    for container in deployment["spec"]["template"]["spec"]["containers"]:
+        probe = container.get("livenessProbe", {})
+        if probe.get("httpGet", {}).get("port") == "metrics":
+            return float(probe["timeoutSeconds"])
+    raise AssertionError("expected the front end's liveness probe on its metrics port")
+
+
+@pytest.mark.parametrize("kind", sorted(SLOW))
+def test_liveness_on_the_masters_port_answers_while_slow_clients_hold_every_thread(frontend, tiny_repo, kind):
+    """The probe the kubelet makes: while the API's own /healthz waits, the master's answers in time."""
+    path = "/healthz" if kind == "headers" else f"/api/v1/models/{tiny_repo.baseline}/predict"
+    with slow_clients(frontend, kind, path, count=4) as slow:
+        with pytest.raises(TimeoutError):
+            request(frontend, "GET", "/healthz", timeout=BLOCKED_SECONDS)
+        for _ in range(3):
+            status, body = request(frontend.metrics, "GET", "/healthz", timeout=_liveness_timeout())
+            assert status == 200 and json.loads(body) == {"status": "ok", "workers": 1, "expected_workers": 1}
+        assert all(still_open(sock) for sock in slow)
 
 
 @pytest.mark.parametrize("kind", sorted(SLOW))
