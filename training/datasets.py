@@ -82,10 +82,20 @@ def load_uint8(
         return np.stack([imaging.resize_uint8(split.images[i], size) for i in idx]) if len(idx) else (
             np.zeros((0, size, size, 3), np.uint8)
         )
-    paths = split.paths
+    paths, ids = split.paths, split.ids
 
     def one(i: int) -> np.ndarray:
-        return imaging.resize_uint8(imaging.decode_image_file(paths[i], max_side=max_side), size)
+        # Errors name the sample's id, not its path: a DICOM export's path may hold the patient's name,
+        # and these messages reach the audit store when an audit set fails to load.
+        try:
+            with open(paths[i], "rb") as handle:
+                data = handle.read()
+        except OSError as exc:
+            raise imaging.InvalidImage(f"{ids[i]}: expected a readable image file, got {exc.strerror}") from None
+        try:
+            return imaging.resize_uint8(imaging.decode_image(data, max_side=max_side), size)
+        except imaging.ImageError as exc:
+            raise type(exc)(f"{ids[i]}: {exc}") from None
 
     out = np.zeros((len(idx), size, size, 3), np.uint8)
     # PIL releases the GIL while decoding, so threads overlap the work.

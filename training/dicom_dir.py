@@ -2,7 +2,9 @@
 
 Files are ``*.dcm`` or, as PACS exports name them, without an extension but with the Part 10
 marker; ``DICOMDIR`` indexes are skipped. The PatientID only groups the split: the dataset holds
-its sha256, never the id, and sample ids are the files' paths under DIR.
+its sha256, never the id. PACS exports are often named after the patient (``DOE^JANE_*/...``), so
+a sample's id is its place in the sorted listing (``dicom/00042``), never its path: ids reach the
+audit store, its reports and its logs, the paths stay in memory for reading the files.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def load_dicom_dir(spec: str, root: str, *, seed: int) -> Dataset:
     if len(class_names) < 2:
         raise DatasetError(f"{root}: expected at least 2 classes, got {len(class_names)} ({', '.join(class_names)})")
     paths = tuple(os.path.join(root, *name.split("/")) for name in ids)
+    ids = [f"dicom/{index:05d}" for index in range(len(paths))]
     everything = Split(
         ids=tuple(ids),
         labels=np.asarray([class_names.index(name) for name in label_names], dtype=np.int64),
@@ -50,8 +53,8 @@ def load_dicom_dir(spec: str, root: str, *, seed: int) -> Dataset:
 def _group(path: str, sample_id: str) -> str:
     try:
         key = patient_key(path)
-    except ImageError as exc:
-        raise DatasetError(str(exc)) from None
+    except ImageError as exc:  # named by its id: the path may hold the patient's name
+        raise DatasetError(f"{sample_id}: {exc}") from None
     # A file without a PatientID is its own group: nothing says which other files share its patient.
     return f"patient:{key}" if key else f"file:{sample_id}"
 

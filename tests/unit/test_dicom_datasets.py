@@ -41,15 +41,23 @@ def all_ids(data) -> list[str]:
     return [i for split in ("train", "val", "test") for i in data.split(split).ids]
 
 
+def by_listing(data, root: Path) -> dict[str, str]:
+    """Each sample's id -> its path under `root`: ids number the files in the listing's order."""
+    return {i: str(Path(path).relative_to(root)) for split in ("train", "val", "test")
+            for i, path in zip(data.split(split).ids, data.split(split).paths)}
+
+
 def test_dicom_dir_reads_classes_from_sub_folders_and_splits_by_patient(tmp_path):
     root, patient_of = make_dicom_dir(tmp_path / "Chest Films")
     data = load_dataset(f"dicom:{root}", seed=3)
     assert (data.kind, data.class_names, data.default_task) == ("dicom", CLASSES, "chest_films")
-    assert sorted(all_ids(data)) == sorted(patient_of)
+    path_of = by_listing(data, root)
+    assert sorted(all_ids(data)) == [f"dicom/{i:05d}" for i in range(len(patient_of))]
+    assert sorted(path_of.values()) == sorted(patient_of)
     for split in ("train", "val", "test"):
         for sample, label in zip(data.split(split).ids, data.split(split).labels):
-            assert CLASSES[label] == sample.split("/")[0]
-    sides = [{patient_of[i] for i in data.split(s).ids} for s in ("train", "val", "test")]
+            assert CLASSES[label] == path_of[sample].split("/")[0]
+    sides = [{patient_of[path_of[i]] for i in data.split(s).ids} for s in ("train", "val", "test")]
     assert all(len(side) > 0 for side in sides)
     assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
     again = load_dataset(f"dicom:{root}", seed=3)
@@ -72,9 +80,9 @@ def test_files_without_a_patient_id_are_their_own_group(tmp_path):
         for i in range(4):
             files.write(root / name / f"{i}.dcm", files.encode(files.dataset(files.grey_ramp() + c)))
     data = load_dataset(f"dicom:{root}")
-    assert sorted(g for s in ("train", "val", "test") for g in data.split(s).groups) == sorted(
-        f"file:{name}/{i}.dcm" for name in CLASSES for i in range(4)
-    )
+    assert sorted(g for s in ("train", "val", "test") for g in data.split(s).groups) == [
+        f"file:dicom/{i:05d}" for i in range(8)
+    ]
 
 
 def test_dicom_dir_with_a_labels_csv(tmp_path):
@@ -89,7 +97,8 @@ def test_dicom_dir_with_a_labels_csv(tmp_path):
         csv.writer(handle).writerows([["file", "label"], *rows])
     data = load_dataset(f"dicom:{root}")
     assert data.class_names == ("clear", "effusion")
-    labels = {i: data.class_names[l] for s in ("train", "val", "test") for i, l in zip(data.split(s).ids, data.split(s).labels)}
+    path_of = by_listing(data, root)
+    labels = {path_of[i]: data.class_names[l] for s in ("train", "val", "test") for i, l in zip(data.split(s).ids, data.split(s).labels)}
     assert labels == {rel: ("effusion" if i % 3 == 0 else "clear") for i, rel in enumerate(ids)}
 
 
@@ -196,7 +205,7 @@ BAD = [
     ("no classes", lambda tmp: (tmp / "d").mkdir() or f"dicom:{tmp / 'd'}", r"expected labels\.csv or one sub-folder per class, got neither"),
     ("one class", _one_class, r"expected at least 2 classes, got 1 \(only\)"),
     ("a class without files", _empty_class, r"b: expected DICOM files .* for class 'b', got none"),
-    ("an unreadable file", _unreadable, r"broken\.dcm: expected a DICOM file, got one pydicom cannot parse"),
+    ("an unreadable file", _unreadable, r"dicom/\d{5}: expected a DICOM file, got one pydicom cannot parse"),
     ("csv names a missing file", _csv_missing_file, r"labels\.csv: expected an image file named in column 'file' .* gone\.dcm"),
     ("csv names a file twice", _csv_twice, r"labels\.csv: expected each file once, got s/x\.dcm"),
 ]
@@ -206,3 +215,23 @@ BAD = [
 def test_bad_dicom_dirs_fail_fast_saying_why(tmp_path, make, message):
     with pytest.raises(DatasetError, match=message):
         load_dataset(make(tmp_path))
+
+
+def test_files_named_after_the_patient_leave_no_path_in_ids_groups_or_errors(tmp_path):
+    """PACS exports are often named after the patient: nothing that leaves the dataset (ids, which the
+    audit store and its reports keep; groups; a decode error's message) may carry a path component."""
+    root = tmp_path / "export"
+    for c, name in enumerate(CLASSES):
+        for p in range(3):
+            ds = files.dataset(files.grey_ramp() + c, identifiers=False)  # no PatientID: grouped per file
+            files.write(root / name / f"PHIXDIR_DOE^JANE_{p}" / f"PHIXFILE_Jane_Doe_{p}.dcm", files.encode(ds))
+    data = load_dataset(f"dicom:{root}")
+    kept = [*all_ids(data), *(g for s in ("train", "val", "test") for g in data.split(s).groups)]
+    assert kept and not [k for k in kept if "PHIX" in k or "Jane" in k or "DOE" in k]
+    audit_set, _ = draw_audit_set(data, n=4, seed=0, image_size=8)
+    assert "PHIX" not in repr(audit_set) and "Jane" not in repr(audit_set)
+    broken = data.test.paths[0]
+    Path(broken).write_bytes(b"not a dicom file at all" * 10)
+    with pytest.raises(Exception) as caught:
+        load_uint8(data.test, 8)
+    assert data.test.ids[0] in str(caught.value) and "PHIX" not in str(caught.value) and "Jane" not in str(caught.value)

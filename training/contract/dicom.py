@@ -554,9 +554,7 @@ def patient_key(path: str | os.PathLike) -> str | None:
     """
     try:
         ds = _parse(os.fspath(path), force=True, stop_before_pixels=True, specific_tags=["PatientID"])
-    except Exception as exc:  # as in read_dicom: never the parser's message
-        raise InvalidImage(
-            f"{os.fspath(path)}: expected a DICOM file, got one pydicom cannot parse ({type(exc).__name__})"
-        ) from None
+    except Exception as exc:  # as in read_dicom: never the parser's message, nor the path (a name, often)
+        raise InvalidImage(f"expected a DICOM file, got one pydicom cannot parse ({type(exc).__name__})") from None
     patient = str(ds.get("PatientID") or "").strip()
     return hashlib.sha256(patient.encode("utf-8")).hexdigest() if patient else None
