@@ -20,6 +20,7 @@ from typing import Any
 from training.contract.config import ServiceConfig
 
 log = logging.getLogger(__name__)
+ACCESS_LOG_FORMAT = '%(h)s %(l)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(a)s" %(M)sms'
 
 
 def prepare_metrics_dir() -> Path:
@@ -56,6 +57,9 @@ def run_gunicorn(
                 # Request lines only: bodies (patient images) are never logged. `up` keeps its
                 # console for the banner, progress and URLs.
                 "accesslog": None if quiet else "-",
+                # The path without its query string, and no referer: a token sent as ?token=... is
+                # refused, but gunicorn's default line (%(r)s, %(f)s) would still have written it down.
+                "access_log_format": ACCESS_LOG_FORMAT,
                 "loglevel": "warning" if quiet else "info",
                 "proc_name": "medrobust-serve",
                 # gunicorn's control socket (for `gunicornc`, which nothing here uses) lives in

@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -90,9 +91,11 @@ def request(address: Address, method: str, path: str, *, body: bytes | None = No
 
 
 class Frontend(tuple):
-    """(host, port) of gunicorn's API; `metrics` is where its master answers /metrics and /healthz."""
+    """(host, port) of gunicorn's API; `metrics` is where its master answers /metrics and /healthz,
+    `log` the file its output (the access log included) goes to."""
 
     metrics: Address
+    log: Path
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +114,7 @@ def frontend(tiny_repo, tmp_path_factory) -> Iterator[Frontend]:
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     address = Frontend(("127.0.0.1", port))
-    address.metrics = ("127.0.0.1", metrics_port)
+    address.metrics, address.log = ("127.0.0.1", metrics_port), log_path
     try:
         if not _wait_until_listening(address, process, 180):
             pytest.fail(f"medrobust serve did not start:\n{log_path.read_text()[-3000:]}")
@@ -296,3 +299,15 @@ def test_the_proxy_passes_the_largest_upload_and_refuses_a_larger_one_as_json(pr
     status, body = request(proxy, "POST", predict, headers={**headers, "Content-Length": str(MAX_UPLOAD_BYTES + 1)})
     assert status == 413
     assert json.loads(body)["error"]["code"] == "payload_too_large"
+
+
+def test_the_access_log_never_carries_a_query_strings_token(frontend):
+    secret = "qs-token-4f1d9c"
+    for path in (f"/healthz?token={secret}", f"/api/v1/models?access_token={secret}&x=1"):
+        request(frontend, "GET", path, headers={"Referer": f"http://example.test/audits?token={secret}"})
+    deadline = time.monotonic() + 10
+    while "/api/v1/models" not in frontend.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)  # gunicorn writes the line after the answer
+    text = frontend.log.read_text()
+    assert '"GET /healthz HTTP/1.1"' in text and '"GET /api/v1/models HTTP/1.1"' in text
+    assert secret not in text
