@@ -50,7 +50,7 @@ def run_gunicorn(
             settings = {
                 "bind": f"{config.host}:{config.port}",
                 "workers": workers,
-                "worker_class": "gthread",
+                "worker_class": "medrobust.gunicorn_worker.JsonErrorWorker",  # gthread, JSON for its own 4xx
                 "threads": config.threads,
                 "timeout": 120,  # the first request of a worker may load a SavedModel
                 "graceful_timeout": 30,

@@ -51,6 +51,22 @@ def _declared_dicom(data: bytes, declared_as: str) -> bytes:
     return data
 
 
+def _raw_body(request: Request) -> bytes:
+    """The whole body, or 413 when a chunked one runs past MAX_CONTENT_LENGTH.
+
+    With a Content-Length the limit is checked before reading. A chunked body has none: Werkzeug
+    reads it up to the limit and stops there without complaint, so the truncated bytes would be
+    taken for the upload (and refused as a corrupt image). One more byte from the server's own
+    stream tells a body of exactly the limit from a longer one.
+    """
+    data = request.get_data(cache=False)
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and len(data) >= limit:
+        if request.environ["wsgi.input"].read(1):
+            raise RequestEntityTooLarge()
+    return data
+
+
 def read_upload(request: Request) -> bytes:
     """The image bytes: multipart field `image`, or the raw body sent with an `image/*` or
     `application/dicom` content type. A multipart DICOM is a `.dcm` file or sniffed from its bytes."""
@@ -69,9 +85,9 @@ def read_upload(request: Request) -> bytes:
             return _declared_dicom(data, "a .dcm or application/dicom file")
         return data
     if mimetype.startswith("image/"):
-        return request.get_data(cache=False)
+        return _raw_body(request)
     if mimetype == DICOM_MIMETYPE:
-        return _declared_dicom(request.get_data(cache=False), "an application/dicom body")
+        return _declared_dicom(_raw_body(request), "an application/dicom body")
     raise ApiError(
         "unsupported_media_type",
         f"expected multipart/form-data with an {IMAGE_FIELD!r} field, an image/* body or an {DICOM_MIMETYPE} body, "

@@ -311,3 +311,48 @@ def test_the_access_log_never_carries_a_query_strings_token(frontend):
     text = frontend.log.read_text()
     assert '"GET /healthz HTTP/1.1"' in text and '"GET /api/v1/models HTTP/1.1"' in text
     assert secret not in text
+
+
+def raw_request(address: Address, data: bytes, *, read_seconds: float = 30) -> tuple[int, dict[str, str], bytes]:
+    """Send `data` as it is on a fresh connection; the answer's status, headers and body."""
+    with socket.create_connection(address, timeout=read_seconds) as sock:
+        try:
+            sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):  # refused before the whole body was read
+            pass
+        answer = read_until_closed(sock, read_seconds)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+GUNICORN_REFUSALS = {
+    "a request line over 4 KB": (b"GET /healthz?" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+    "a header over 8 KB": (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431),
+    "a control character in a header": (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Odd: a\x01b\r\n\r\n", 400),
+    "Content-Length and Transfer-Encoding": (
+        b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    "a negative Content-Length": (b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GUNICORN_REFUSALS))
+def test_what_gunicorn_refuses_itself_is_answered_as_json(frontend, case):
+    data, status = GUNICORN_REFUSALS[case]
+    got, headers, body = raw_request(frontend, data)
+    assert got == status and headers["content-type"] == "application/json", (got, headers, body[:300])
+    error = json.loads(body)["error"]
+    assert error["code"] and error["message"].startswith("expected a well-formed HTTP request")
+
+
+def test_a_chunked_body_over_the_limit_is_413(frontend, tiny_repo):
+    chunk = b"\x00" * (1 << 20)
+    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(MAX_UPLOAD_BYTES // len(chunk) + 2)) + b"0\r\n\r\n"
+    head = (f"POST /api/v1/models/{tiny_repo.baseline}/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n").encode()
+    status, headers, answer = raw_request(frontend, head + body, read_seconds=120)
+    assert status == 413 and json.loads(answer)["error"]["code"] == "payload_too_large", (status, answer[:300])
+    png = images.png(48, 48)  # the same way, within the limit: answered
+    status, _, answer = raw_request(frontend, head + b"%x\r\n%s\r\n0\r\n\r\n" % (len(png), png), read_seconds=120)
+    assert status == 200, answer[:300]
