@@ -75,7 +75,32 @@
     return parts.filter(Boolean).join(" ");
   }
 
+  function percent(x) { return (x * 100).toFixed(1) + "%"; }
+
+  // What the model card says beside every answer: task, training set, validation figures, classes,
+  // and the demo notice for a model trained on synthetic images.
+  function describeModel(summary) {
+    var banner = document.getElementById("demo-banner");
+    banner.textContent = summary && summary.notice ? summary.notice : "";
+    banner.hidden = !(summary && summary.notice);
+    var unknown = "not recorded in the model card";
+    document.getElementById("about-task").textContent = (summary && summary.task) || unknown;
+    document.getElementById("about-dataset").textContent = (summary && summary.dataset) || unknown;
+    var v = summary && summary.validation;
+    var parts = [];
+    if (v) {
+      if (v.accuracy !== null) { parts.push("accuracy " + percent(v.accuracy)); }
+      if (v.balanced_accuracy !== null) { parts.push("balanced accuracy " + percent(v.balanced_accuracy)); }
+      if (v.images !== null) { parts.push("on " + v.images + " images"); }
+      if (v.chance !== null) { parts.push("chance " + percent(v.chance)); }
+    }
+    document.getElementById("about-validation").textContent = parts.length ? parts.join(", ") : unknown;
+    document.getElementById("about-classes").textContent =
+      summary && summary.class_names.length ? summary.class_names.join(", ") : unknown;
+  }
+
   function show(answer) {
+    describeModel(answer.model_summary);
     document.getElementById("label").textContent = answer.label;
     document.getElementById("confidence").textContent =
       "(" + (answer.probabilities[answer.label] * 100).toFixed(1) + "%)";
@@ -84,6 +109,13 @@
       (answer.dicom ? " \u00b7 " + describeDicom(answer.dicom) : "");
     // A browser cannot show a DICOM file; the overlays are drawn on the windowed image the model saw.
     document.getElementById("original-figure").hidden = Boolean(answer.dicom);
+    var windowedFigure = document.getElementById("windowed-figure");
+    if (answer.display_png) {
+      document.getElementById("windowed").src = "data:image/png;base64," + answer.display_png;
+      windowedFigure.hidden = false;
+    } else {
+      windowedFigure.hidden = true;
+    }
     var overlayFigure = document.getElementById("overlay-figure");
     if (answer.overlay_png) {
       document.getElementById("overlay").src = "data:image/png;base64," + answer.overlay_png;
