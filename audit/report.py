@@ -323,11 +323,14 @@ def write_report(store: AuditStore, run_id: int, *, artefacts_root: Path, out_di
     examples = examples_figure(load_examples(run), class_names, out / EXAMPLES)
     page = out / PAGE
     with _atomic(page) as tmp:
-        tmp.write_text(render_page(run, partner, has_examples=examples is not None, dominant=dominant_class(store, run)))
+        tmp.write_text(render_page(run, partner, has_examples=examples is not None, dominant=dominant_class(store, run),
+                                   class_names=class_names))
     return page
 
 
-def render_page(run: RunRecord, partner: RunRecord | None, *, has_examples: bool, dominant: str | None = None) -> str:
+def render_page(
+    run: RunRecord, partner: RunRecord | None, *, has_examples: bool, dominant: str | None = None, class_names: Sequence[str] = (),
+) -> str:
     """A self-contained HTML page (the PNGs beside it)."""
     e = html.escape
     header, table = points_table(run)
@@ -340,7 +343,7 @@ def render_page(run: RunRecord, partner: RunRecord | None, *, has_examples: bool
     checks = "".join(
         f"<li>{'passed' if s['passed'] else '<strong>FAILED</strong>'}: {e(s['check'])}: {e(s['detail'])}</li>" for s in run.sanity
     )
-    classes = len({c for p in run.points for c in (p["per_class"] or {})})
+    classes = len(class_names) or len({c for p in run.points for c in (p["per_class"] or {})})
     chance = f" Chance level is 1/{classes} = {1 / classes:.3f}." if classes else ""
     compared = f"<p>Compared with {e(_label(partner))}, run {partner.id}.</p>" if partner else "<p>No partner run with the other attention setting yet.</p>"
     examples = f'<h2>Example perturbations and Grad-CAM</h2><img src="{EXAMPLES}" alt="clean, adversarial, perturbation and Grad-CAM">' if has_examples else "<p>No image was fooled: no examples.</p>"

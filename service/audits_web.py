@@ -169,12 +169,13 @@ def audits_page():
         newest = next((r for r in runs if r.status == "succeeded"), None)
         selected = reader.get_run(newest.id) if newest else None
     page = reader.page(selected) if selected is not None and selected.status == "succeeded" else None
-    classes = sorted({c for p in selected.points for c in (p["per_class"] or {})}) if page else []
+    # Chance is 1/K over the audit set's classes (a class no image stood for still counts).
+    classes = list(getattr(page, "class_names", ())) or sorted({c for p in selected.points for c in (p["per_class"] or {})}) if page else []
     return render_template(
         "audits.html", runs=runs, selected=selected, partner=page.partner if page else None,
         header=page.header if page else [], table=page.table if page else [], warning=page.warning if page else None,
         active=reader.active(), chance=1 / len(classes) if classes else None, classes=classes,
-        example_epsilon=grey_levels(0.01),
+        example_epsilon=grey_levels(0.01), has_examples=page is not None and reader.picture(selected, "examples.png") is not None,
     )
 
 

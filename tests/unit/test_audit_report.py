@@ -63,6 +63,8 @@ def test_the_report_of_a_one_class_model_says_it_is_degenerate(store, tmp_path):
     assert "<th>worst class</th>" in text and "<th>class c</th>" in text and "95% Wilson score interval" in text
     assert "Attack seed 7; apgd-ce fooled 0, square fooled 0." in text
     assert "Compared with attention (demo-resnet50-attention v1), run 2." in text
+    assert "Chance level is 1/3 = 0.333." in text and "0.01 is 2.55/255 grey levels" in text
+    assert "<td>2.55/255</td>" in text and "td { white-space: nowrap; }" in text
     assert "Degenerate model" not in write_report(store, 2, artefacts_root=tmp_path / "artefacts").read_text()
 
 

@@ -57,7 +57,7 @@ def test_the_page_gives_durations_grey_levels_and_chance(client):
     assert f"<td>{duration_text(run.duration_seconds)}</td>" in page and "<th>took</th>" in page
     assert f"0.01 is {grey_levels(0.01)} grey levels" in page
     assert "<th>in 1/255</th>" in page and "<td>2.55/255</td>" in page
-    assert "Chance level, what guessing gets, is 1/1 = 1.000." in page  # make_result's points know one class, a
+    assert "Chance level, what guessing gets, is 1/3 = 0.333." in page  # the audit set's three classes
     assert 'class="table-scroll"' in page and 'id="accuracy-figure"' in page
 
 
