@@ -200,7 +200,9 @@ def examples_figure(examples: dict, class_names: list[str], path: Path) -> Path 
     # 1000 px wide at most (the width the Audits page shows it at on a 1280 px screen).
     width = FIGURE_WIDTH * cols / 5
     fig = Figure(figsize=(width, 2.45 * n + (0.7 if cols == 5 else 0)), dpi=DPI, layout="constrained")
-    axes = fig.subplots(n, cols, squeeze=False)
+    # A thin last row holds the Grad-CAM colour scale under its two columns; every image row keeps its size.
+    grid = fig.add_gridspec(n + (cols == 5), cols, height_ratios=[1.0] * n + ([0.08] if cols == 5 else []))
+    axes = np.array([[fig.add_subplot(grid[r, c]) for c in range(cols)] for r in range(n)])
 
     def name(c) -> str:
         c = int(c)
@@ -230,7 +232,7 @@ def examples_figure(examples: dict, class_names: list[str], path: Path) -> Path 
         for ax in axes[row]:
             ax.axis("off")
     if image is not None:
-        bar = fig.colorbar(image, ax=list(axes[-1, 3:]), location="bottom", shrink=0.9, aspect=25)
+        bar = fig.colorbar(image, cax=fig.add_subplot(grid[n, 3:]), orientation="horizontal")
         bar.set_label("Grad-CAM weight, jet colour map: 0 = low, 1 = high", fontsize=LEGEND_PT)
         bar.ax.tick_params(labelsize=TICK_PT)
         bar.solids.set_alpha(0.45)  # the overlay's own blend, so the bar shows the colours the maps show
