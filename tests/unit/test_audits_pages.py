@@ -13,9 +13,10 @@ from tests.audit_runs import CARD, make_result
 THIRTY_DIGITS = "1" * 30
 
 
-@pytest.fixture
-def client(tmp_path):
-    """A real app over a real SQLite store with one succeeded run (id 1)."""
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    """A real app over a real SQLite store with one succeeded run (id 1); only read, so built once."""
+    tmp_path = tmp_path_factory.mktemp("audits-pages")
     from audit.web_reader import StoreReader
     from service.app import create_app
     from service.audits_web import audits_extension
