@@ -87,7 +87,9 @@ def _axis(ax, run: RunRecord, title: str, *, legend: bool = True) -> None:
 def _chance(ax, classes: int) -> None:
     """Chance level, 1/K: a robust accuracy at or under it is what guessing gets."""
     if classes > 0:
-        ax.axhline(1.0 / classes, color="dimgrey", linestyle="-.", linewidth=1.2, label=f"chance (1/{classes} = {1.0 / classes:.2f})")
+        ax.axhline(
+            1.0 / classes, color="dimgrey", linestyle="-.", linewidth=1.2, label=f"chance (1/{classes} = {1.0 / classes:.2f})"
+        )
 
 
 def _degenerate_note(run: RunRecord) -> str:
@@ -331,7 +333,8 @@ def write_report(store: AuditStore, run_id: int, *, artefacts_root: Path, out_di
 
 
 def render_page(
-    run: RunRecord, partner: RunRecord | None, *, has_examples: bool, dominant: str | None = None, class_names: Sequence[str] = (),
+    run: RunRecord, partner: RunRecord | None, *, has_examples: bool, dominant: str | None = None,
+    class_names: Sequence[str] = (),
 ) -> str:
     """A self-contained HTML page (the PNGs beside it)."""
     e = html.escape

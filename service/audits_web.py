@@ -17,7 +17,7 @@ from flask import Blueprint, Flask, abort, current_app, render_template, request
 
 from service.auth import require_admin, require_page_token, require_token
 from service.errors import api_error
-from service.readable import duration_text, epsilon_text, grey_levels
+from service.readable import duration_text, grey_levels
 from service.state import add_nav_link, add_openapi_paths
 
 bp = Blueprint("audits", __name__)
@@ -140,7 +140,6 @@ def get_audit(run_id: int):
 
 # -- pages --------------------------------------------------------------------------------------
 bp.add_app_template_filter(duration_text, "duration")
-bp.add_app_template_filter(epsilon_text, "epsilon")
 
 
 def _page_error(status: int, title: str, message: str):
@@ -164,18 +163,23 @@ def audits_page():
     if asked is not None:
         selected = reader.get_run(int(asked)) if int(asked) <= MAX_RUN_ID else None
         if selected is None:
-            return _page_error(404, "No such run", f"No audit run has the id {_shown(asked)}; the list of runs is on the Audits page.")
+            return _page_error(
+                404, "No such run", f"No audit run has the id {_shown(asked)}; the list of runs is on the Audits page."
+            )
     else:
         newest = next((r for r in runs if r.status == "succeeded"), None)
         selected = reader.get_run(newest.id) if newest else None
     page = reader.page(selected) if selected is not None and selected.status == "succeeded" else None
     # Chance is 1/K over the audit set's classes (a class no image stood for still counts).
-    classes = list(getattr(page, "class_names", ())) or sorted({c for p in selected.points for c in (p["per_class"] or {})}) if page else []
+    classes: list[str] = []
+    if page is not None:
+        classes = list(getattr(page, "class_names", ())) or sorted({c for p in selected.points for c in (p["per_class"] or {})})
     return render_template(
         "audits.html", runs=runs, selected=selected, partner=page.partner if page else None,
         header=page.header if page else [], table=page.table if page else [], warning=page.warning if page else None,
         active=reader.active(), chance=1 / len(classes) if classes else None, classes=classes,
-        example_epsilon=grey_levels(0.01), has_examples=page is not None and reader.picture(selected, "examples.png") is not None,
+        example_epsilon=grey_levels(0.01),
+        has_examples=page is not None and reader.picture(selected, "examples.png") is not None,
     )
 
 
@@ -187,5 +191,7 @@ def audit_file(run_id: int, name: str):
     run = reader.get_run(run_id) if run_id <= MAX_RUN_ID else None
     path = reader.picture(run, name) if run is not None else None
     if path is None:
-        abort(404, description=f"expected accuracy.png or examples.png of a succeeded audit run, got run {run_id}'s {_shown(name)}")
+        abort(404, description=(
+            f"expected accuracy.png or examples.png of a succeeded audit run, got run {run_id}'s {_shown(name)}"
+        ))
     return send_from_directory(path.parent.resolve(), path.name, mimetype="image/png", max_age=0)

@@ -154,7 +154,7 @@ def openapi_document(extra_paths: Mapping[str, Any] | None = None) -> dict[str, 
                         "class_names": {"type": "array", "items": {"type": "string"}},
                         "dataset": {
                             "type": "string", "nullable": True,
-                            "description": "The training set and its split sizes, e.g. `synthetic:240 (train 144, val 48, test 48)`.",
+                            "description": "The training set and its split sizes: `synthetic:240 (train 144, val 48, test 48)`.",
                         },
                         "synthetic": {"type": "boolean", "nullable": True},
                         "validation": {

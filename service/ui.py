@@ -8,7 +8,7 @@ from collections import defaultdict
 from flask import Blueprint, Response, abort, render_template, send_from_directory
 
 from service.card_summary import card_summary
-from service.overlay import ATTENTION_COLORMAP, HEATMAP_COLORMAP
+from service.overlay import ATTENTION_COLORMAP, HEATMAP_COLORMAP, colour_scale_png
 from training.contract.errors import PredictorError
 
 bp = Blueprint("ui", __name__)  # templates and static files are the app's (service/templates, service/static)
@@ -41,8 +41,6 @@ def index():
 @bp.get("/colour-scale/<name>.png")
 def colour_scale(name: str):
     """The legend bar of an overlay's colour map (only the two the overlays use)."""
-    from service.overlay import colour_scale_png
-
     if name not in (HEATMAP_COLORMAP, ATTENTION_COLORMAP):
         abort(404, description=f"expected a colour map the overlays use ({HEATMAP_COLORMAP}, {ATTENTION_COLORMAP}), got {name}")
     response = Response(colour_scale_png(name), mimetype="image/png")
