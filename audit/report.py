@@ -13,13 +13,16 @@ from __future__ import annotations
 import contextlib
 import html
 import os
+import textwrap
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from audit.results import DEGENERATE_SHARE
 from audit.store import AuditStore, RunRecord
+from service.readable import duration_text, epsilon_text, grey_levels
 
 FIGURE = "accuracy.png"
 EXAMPLES = "examples.png"
@@ -50,18 +53,43 @@ def _worst(ax, pts, colour, label: str, **style) -> None:
                 label=label, **style)
 
 
-def _axis(ax, run: RunRecord, title: str, *, legend_columns: int = 2) -> None:
+# Type sizes in points at the figures' 100 dpi (1 pt = 1.39 px): the PNGs are drawn 1000 px wide,
+# the width the Audits page shows them at on a 1280 px screen, so a 9 pt legend reads as 12.5 px there.
+DPI = 100
+FIGURE_WIDTH = 10.0  # inches: 1000 px
+LEGEND_PT = 9
+TICK_PT = 8.5
+LABEL_PT = 10
+TITLE_PT = 11
+
+
+def _linf(run: RunRecord) -> bool:
+    return run.attack != "l2_pgd"
+
+
+def _axis(ax, run: RunRecord, title: str, *, legend: bool = True) -> None:
     pts = _attacked(run)
     ax.set_xscale("log")
     ax.minorticks_off()
-    if pts:  # the grid's own epsilons, as written, rather than powers of ten
-        ax.set_xticks([p["epsilon_value"] for p in pts], labels=[p["epsilon"] for p in pts], rotation=45, fontsize=7)
+    if pts:  # the grid's own epsilons, as written, rather than powers of ten; L-inf also in grey levels
+        labels = [f"{p['epsilon']}\n{grey_levels(p['epsilon_value'])}" if _linf(run) else p["epsilon"] for p in pts]
+        ax.set_xticks([p["epsilon_value"] for p in pts], labels=labels, rotation=45, fontsize=TICK_PT)
+    ax.tick_params(axis="y", labelsize=TICK_PT)
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("epsilon (L2)" if run.attack == "l2_pgd" else "epsilon (L-inf, pixels in [0, 1])", fontsize=8)
-    ax.set_ylabel("accuracy", fontsize=8)
-    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("epsilon (L2)" if not _linf(run) else "epsilon (L-inf, pixels in [0, 1]; under it, x/255)", fontsize=LABEL_PT)
+    ax.set_ylabel("accuracy", fontsize=LABEL_PT)
+    ax.set_title(title, fontsize=TITLE_PT)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=legend_columns, frameon=False)
+    if legend:
+        ax.legend(fontsize=LEGEND_PT, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2, frameon=False)
+
+
+def _chance(ax, classes: int) -> None:
+    """Chance level, 1/K: a robust accuracy at or under it is what guessing gets."""
+    if classes > 0:
+        ax.axhline(
+            1.0 / classes, color="dimgrey", linestyle="-.", linewidth=1.2, label=f"chance (1/{classes} = {1.0 / classes:.2f})"
+        )
 
 
 def _degenerate_note(run: RunRecord) -> str:
@@ -69,32 +97,46 @@ def _degenerate_note(run: RunRecord) -> str:
     return f"DEGENERATE: {share:.0%} of answers are one class" if run.degenerate and share is not None else ""
 
 
-def draw_accuracy(runs: list[RunRecord]):
+def draw_accuracy(runs: list[RunRecord], class_names: Sequence[str] = ()):
     """The accuracy-against-epsilon figure (a matplotlib Figure, no pyplot: the front end draws in threads).
 
-    Left: per model, mean robust accuracy with its 95% Wilson band, the worst class (dotted) and
-    clean accuracy (dashed). Then one panel per model: every class's robust accuracy beside the
-    mean and the worst class, so a model that keeps one class and loses the others shows as such.
+    Top (or left, for one run): per model, mean robust accuracy with its 95% Wilson band, the worst
+    class (dotted) and clean accuracy (dashed), over chance (1/K, dash-dotted). Then one panel per
+    model: every class's robust accuracy, by name, beside the mean and the worst class, so a model
+    that keeps one class and loses the others shows as such.
     """
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(4.8 * (1 + len(runs)), 6.0), dpi=100, layout="constrained")
-    axes = fig.subplots(1, 1 + len(runs), squeeze=False)[0]
-    ax = axes[0]
+    classes = sorted({c for run in runs for p in run.points for c in (p["per_class"] or {})})
+    k = len(class_names) or len(classes)
+    n = len(runs)
+    if n == 1:  # the summary beside the one run's classes
+        fig = Figure(figsize=(FIGURE_WIDTH, 7.0), dpi=DPI, layout="constrained")
+        grid = fig.add_gridspec(1, 2)
+        ax = summary = fig.add_subplot(grid[0, 0])
+        panels = [fig.add_subplot(grid[0, 1])]
+    else:  # the summary across the top, one panel per run below
+        fig = Figure(figsize=(FIGURE_WIDTH, 11.5), dpi=DPI, layout="constrained")
+        grid = fig.add_gridspec(2, n, height_ratios=(1, 1.15))
+        ax = summary = fig.add_subplot(grid[0, :])
+        panels = [fig.add_subplot(grid[1, i]) for i in range(n)]
     for run, colour in zip(runs, ("tab:red", "tab:blue", "tab:green", "tab:orange")):
         pts = _attacked(run)
         eps = [p["epsilon_value"] for p in pts]
-        note = f", {_degenerate_note(run)}" if run.degenerate else ""
-        ax.plot(eps, [p["robust_accuracy"] for p in pts], "o-", color=colour, label=f"robust: {_label(run)}{note}")
-        _band(ax, pts, colour, f"95% interval: {_label(run)}")
-        _worst(ax, pts, colour, f"worst class: {_label(run)}")
+        short = f"{'attention' if run.attention else 'baseline'} v{run.version}"  # the models are in the title
+        note = " (DEGENERATE)" if run.degenerate else ""
+        ax.plot(eps, [p["robust_accuracy"] for p in pts], "o-", color=colour, label=f"robust: {short}{note}")
+        _band(ax, pts, colour, f"95% interval: {short}")
+        _worst(ax, pts, colour, f"worst class: {short}")
         if eps and run.clean_accuracy is not None:
-            ax.plot([min(eps), max(eps)], [run.clean_accuracy] * 2, "--", color=colour, label=f"clean: {_label(run)}")
+            ax.plot([min(eps), max(eps)], [run.clean_accuracy] * 2, "--", color=colour, label=f"clean: {short}")
+    _chance(ax, k)
     first = runs[0]
-    _axis(ax, first, f"{first.task} / {first.backbone}: {first.attack}, {first.config.get('steps')} steps", legend_columns=1)
-    classes = sorted({c for run in runs for p in run.points for c in (p["per_class"] or {})})
+    models = ", ".join(f"{run.model} v{run.version}" for run in runs)
+    _axis(ax, first, f"{first.task} / {first.backbone}: {first.attack}, {first.config.get('steps')} steps\n{models}",
+          legend=n > 1)
     palette = {c: f"C{i % 10}" for i, c in enumerate(classes)}  # one colour per class in every panel
-    for ax, run in zip(axes[1:], runs):
+    for ax, run in zip(panels, runs):
         pts = _attacked(run)
         eps = [p["epsilon_value"] for p in pts]
         _band(ax, pts, "grey", "95% interval of the mean")
@@ -104,17 +146,26 @@ def draw_accuracy(runs: list[RunRecord]):
         for c in classes:
             if all(c in (p["per_class"] or {}) for p in pts):
                 ax.plot(eps, [p["per_class"][c] for p in pts], ".-", color=palette[c], linewidth=1.2, label=f"class {c}")
+        _chance(ax, k)
         name = f"{'attention' if run.attention else 'baseline'} v{run.version}: per class"
-        _axis(ax, run, name + (f"\n{_degenerate_note(run)}" if run.degenerate else ""))
+        _axis(ax, run, name + (f"\n{_degenerate_note(run)}" if run.degenerate else ""), legend=False)
         if run.degenerate:
             ax.title.set_color("tab:red")
+    # One legend for the per-class panels (a class has one colour in all of them), under them all;
+    # with one run, the summary's entries join it.
+    entries: dict[str, object] = {}
+    for panel in ([] if n > 1 else [summary]) + panels:
+        for handle, label in zip(*panel.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    fig.legend(list(entries.values()), list(entries), loc="outside lower center", ncol=2 if n == 1 else 3,
+               fontsize=LEGEND_PT, frameon=False)
     return fig
 
 
-def accuracy_figure(runs: list[RunRecord], path: Path) -> Path:
-    """`draw_accuracy(runs)` saved as a PNG."""
+def accuracy_figure(runs: list[RunRecord], path: Path, class_names: Sequence[str] = ()) -> Path:
+    """`draw_accuracy(runs, class_names)` saved as a PNG."""
     with _atomic(path) as tmp:
-        draw_accuracy(runs).savefig(tmp, format="png")
+        draw_accuracy(runs, class_names).savefig(tmp, format="png")
     return path
 
 
@@ -140,40 +191,64 @@ def perturbation_image(clean: np.ndarray, adversarial: np.ndarray) -> np.ndarray
 
 
 def examples_figure(examples: dict, class_names: list[str], path: Path) -> Path | None:
-    """One row per example: clean, adversarial, perturbation, Grad-CAM clean, Grad-CAM adversarial."""
+    """One row per example: clean, adversarial, perturbation, Grad-CAM clean, Grad-CAM adversarial,
+    and under the Grad-CAM columns the colour scale (jet, 0 = low to 1 = high)."""
     n = len(examples.get("index", ()))
     if n == 0:
         return None
     from matplotlib.figure import Figure
 
     cols = 5 if "clean_heatmap" in examples else 3
-    fig = Figure(figsize=(2.2 * cols, 2.3 * n), dpi=100, layout="constrained")
-    axes = fig.subplots(n, cols, squeeze=False)
+    # 1000 px wide at most (the width the Audits page shows it at on a 1280 px screen).
+    width = FIGURE_WIDTH * cols / 5
+    fig = Figure(figsize=(width, 2.45 * n + (0.7 if cols == 5 else 0)), dpi=DPI, layout="constrained")
+    # A thin last row holds the Grad-CAM colour scale under its two columns; every image row keeps its size.
+    grid = fig.add_gridspec(n + (cols == 5), cols, height_ratios=[1.0] * n + ([0.08] if cols == 5 else []))
+    axes = np.array([[fig.add_subplot(grid[r, c]) for c in range(cols)] for r in range(n)])
 
     def name(c) -> str:
         c = int(c)
         return class_names[c] if 0 <= c < len(class_names) else str(c)
 
+    def wrapped(text: str) -> str:  # class names such as "synthetic lesion: ring" fit a 200 px column on two lines
+        return textwrap.fill(text, 26)
+
+    image = None
     for row in range(n):
         clean, adv = examples["clean"][row], examples["adversarial"][row]
+        eps = examples["epsilon"][row]
+        shown_eps = epsilon_text(eps) if _is_number(eps) else str(eps)
         panels = [
-            (clean, f"clean: {name(examples['clean_class'][row])}"),
-            (adv, f"eps {examples['epsilon'][row]}: {name(examples['adversarial_class'][row])}"),
+            (clean, wrapped(f"clean: {name(examples['clean_class'][row])}")),
+            (adv, wrapped(f"eps {shown_eps}: {name(examples['adversarial_class'][row])}")),
             (perturbation_image(clean, adv), "perturbation (scaled)"),
         ]
         for col, (img, title) in enumerate(panels):
             axes[row, col].imshow(np.clip(img, 0, 255 if img.dtype == np.uint8 else 1))
-            axes[row, col].set_title(title, fontsize=7)
+            axes[row, col].set_title(title, fontsize=LEGEND_PT)
         if cols == 5:
             for col, (img, key) in enumerate(((clean, "clean_heatmap"), (adv, "adversarial_heatmap")), start=3):
                 axes[row, col].imshow(img)
-                axes[row, col].imshow(examples[key][row], cmap="jet", alpha=0.45, vmin=0, vmax=1)
-                axes[row, col].set_title(f"Grad-CAM {'clean' if key.startswith('clean') else 'adversarial'}", fontsize=7)
+                image = axes[row, col].imshow(examples[key][row], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+                axes[row, col].set_title(f"Grad-CAM {'clean' if key.startswith('clean') else 'adversarial'}", fontsize=LEGEND_PT)
         for ax in axes[row]:
             ax.axis("off")
+    if image is not None:
+        bar = fig.colorbar(image, cax=fig.add_subplot(grid[n, 3:]), orientation="horizontal")
+        bar.set_label("Grad-CAM weight, jet colour map: 0 = low, 1 = high", fontsize=LEGEND_PT)
+        bar.ax.tick_params(labelsize=TICK_PT)
+        bar.solids.set_alpha(0.45)  # the overlay's own blend, so the bar shows the colours the maps show
     with _atomic(path) as tmp:
         fig.savefig(tmp, format="png")
     return path
+
+
+def _is_number(text) -> bool:
+    try:
+        float(text)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def load_examples(run: RunRecord) -> dict:
@@ -218,16 +293,19 @@ def _number(value: float | None) -> str:
 
 
 def points_table(run: RunRecord) -> tuple[list[str], list[list[str]]]:
-    """The per-epsilon figures as a header and text rows: the mean with its 95% Wilson interval
-    beside the worst class, the balanced figure and every class's robust accuracy."""
+    """The per-epsilon figures as a header and text rows: the epsilon (and, for L-inf, in grey
+    levels of 255), the mean with its 95% Wilson interval beside the worst class, the balanced
+    figure and every class's robust accuracy, by name."""
     classes = sorted({c for p in run.points for c in (p["per_class"] or {})})
-    header = ["epsilon", "robust accuracy", "95% interval", "worst class", "balanced",
+    levels = ["in 1/255"] if _linf(run) else []
+    header = ["epsilon", *levels, "robust accuracy", "95% interval", "worst class", "balanced",
               *(f"class {c}" for c in classes), "attacked", "fooled", "uniform noise"]
     rows = []
     for p in run.points:
         lower, upper = p.get("robust_accuracy_lower"), p.get("robust_accuracy_upper")
         rows.append([
-            p["epsilon"], _number(p["robust_accuracy"]), "" if lower is None else f"{lower:.3f}-{upper:.3f}",
+            p["epsilon"], *([grey_levels(p["epsilon_value"])] if levels else []), _number(p["robust_accuracy"]),
+            "" if lower is None else f"{lower:.3f}-{upper:.3f}",
             _number(p.get("worst_class_robust_accuracy")), _number(p["balanced_robust_accuracy"]),
             *(_number((p["per_class"] or {}).get(c)) for c in classes), str(p["attacked"]), str(p["fooled"]),
             _number(p["noise_robust_accuracy"]),
@@ -244,16 +322,20 @@ def write_report(store: AuditStore, run_id: int, *, artefacts_root: Path, out_di
     out.mkdir(parents=True, exist_ok=True)
     partner = store.partner_run(run)
     runs = sorted([run] + ([partner] if partner else []), key=lambda r: r.attention, reverse=True)
-    accuracy_figure(runs, out / FIGURE)
     class_names = list(store.audit_set(run.audit_set).class_names) if run.audit_set else []
+    accuracy_figure(runs, out / FIGURE, class_names)
     examples = examples_figure(load_examples(run), class_names, out / EXAMPLES)
     page = out / PAGE
     with _atomic(page) as tmp:
-        tmp.write_text(render_page(run, partner, has_examples=examples is not None, dominant=dominant_class(store, run)))
+        tmp.write_text(render_page(run, partner, has_examples=examples is not None, dominant=dominant_class(store, run),
+                                   class_names=class_names))
     return page
 
 
-def render_page(run: RunRecord, partner: RunRecord | None, *, has_examples: bool, dominant: str | None = None) -> str:
+def render_page(
+    run: RunRecord, partner: RunRecord | None, *, has_examples: bool, dominant: str | None = None,
+    class_names: Sequence[str] = (),
+) -> str:
     """A self-contained HTML page (the PNGs beside it)."""
     e = html.escape
     header, table = points_table(run)
@@ -266,22 +348,27 @@ def render_page(run: RunRecord, partner: RunRecord | None, *, has_examples: bool
     checks = "".join(
         f"<li>{'passed' if s['passed'] else '<strong>FAILED</strong>'}: {e(s['check'])}: {e(s['detail'])}</li>" for s in run.sanity
     )
+    classes = len(class_names) or len({c for p in run.points for c in (p["per_class"] or {})})
+    chance = f" Chance level is 1/{classes} = {1 / classes:.3f}." if classes else ""
     compared = f"<p>Compared with {e(_label(partner))}, run {partner.id}.</p>" if partner else "<p>No partner run with the other attention setting yet.</p>"
     examples = f'<h2>Example perturbations and Grad-CAM</h2><img src="{EXAMPLES}" alt="clean, adversarial, perturbation and Grad-CAM">' if has_examples else "<p>No image was fooled: no examples.</p>"
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Audit run {run.id}: {e(run.model)} v{run.version}</title></head>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Audit run {run.id}: {e(run.model)} v{run.version}</title>
+<style>img {{ max-width: 100%; height: auto; }} td {{ white-space: nowrap; }}</style></head>
 <body>
 <h1>Audit run {run.id}: {e(run.model)} version {run.version}</h1>
 <p>{e(run.attack)} through the {e(run.backend)} backend, {e(str(run.config.get('steps')))} steps,
 {e(str(run.config.get('restarts')))} restart(s), {e(str(run.config.get('samples')))} images of {e(str(run.config.get('dataset')))};
 clean accuracy {run.clean_accuracy:.3f} (balanced {run.balanced_clean_accuracy:.3f}), robustness score {run.robustness_score:.3f}
-(mean robust accuracy over the non-zero epsilons), {run.duration_seconds:.1f} s. {provenance}</p>
+(mean robust accuracy over the non-zero epsilons), {e(duration_text(run.duration_seconds))}. {provenance}</p>
 {warning}
 {compared}
 <img src="{FIGURE}" alt="robust accuracy against epsilon: mean with its 95% Wilson band, worst class and every class">
 <table><thead><tr>{head}</tr></thead>
 <tbody>{rows}</tbody></table>
-<p>Robust accuracy is counted over {e(str(run.audit_set_size))} images; the interval is the 95% Wilson score interval.</p>
+<p>Robust accuracy is counted over {e(str(run.audit_set_size))} images; the interval is the 95% Wilson score interval.
+Epsilon is the largest change allowed to any pixel on a 0-1 scale: 0.01 is {grey_levels(0.01)} grey levels.{chance}</p>
 <h2>Sanity checks</h2><ul>{checks}</ul>
 {examples}
 </body></html>

@@ -20,6 +20,7 @@ clean image, so neither of those says anything about the attack; the checks here
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -150,15 +151,17 @@ def bounds_check(sweep: Sweep) -> SanityCheck:
     )
 
 
-def degenerate_check(clean_class: np.ndarray, num_classes: int) -> SanityCheck:
-    """The clean predictions are spread: under DEGENERATE_SHARE of them go to one class."""
+def degenerate_check(clean_class: np.ndarray, num_classes: int, class_names: Sequence[str] = ()) -> SanityCheck:
+    """The clean predictions are spread: under DEGENERATE_SHARE of them go to one class (named when
+    the card names it: "class 1" tells a reader nothing)."""
     name = "degenerate_predictions"
     if len(clean_class) == 0:
         return SanityCheck(name, True, "no image")
     counts = np.bincount(clean_class, minlength=num_classes)
     top = int(counts.argmax())
     share = float(counts[top]) / len(clean_class)
-    detail = f"{share:.1%} of the clean predictions are class {top}"
+    which = f"class {class_names[top]}" if 0 <= top < len(class_names) else f"class {top}"
+    detail = f"{share:.1%} of the clean predictions are {which}"
     if share >= DEGENERATE_SHARE:
         detail += f" (>= {DEGENERATE_SHARE:.0%}: its robust accuracy is that class's share, not robustness)"
     return SanityCheck(name, share < DEGENERATE_SHARE, detail)
@@ -193,7 +196,7 @@ def run_checks(
     checks.append(gradient_check(norms, logits))
     checks.append(noise_check(sweep))
     checks.append(bounds_check(sweep))
-    checks.append(degenerate_check(sweep.clean_class, served.num_classes))
+    checks.append(degenerate_check(sweep.clean_class, served.num_classes, tuple(served.card.get("class_names", ()))))
     return tuple(checks)
 
 

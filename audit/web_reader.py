@@ -18,6 +18,7 @@ class AuditPage:
     header: list[str]
     table: list[list[str]]
     warning: str | None
+    class_names: tuple[str, ...] = ()  # the audit set's classes: chance level is 1/len
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,9 @@ class StoreReader:
         from audit.report import degenerate_warning, dominant_class, points_table
 
         header, table = points_table(run)
+        names = tuple(self.store.audit_set(run.audit_set).class_names) if run.audit_set else ()
         return AuditPage(
-            self.store.partner_run(run), header, table, degenerate_warning(run, dominant_class(self.store, run))
+            self.store.partner_run(run), header, table, degenerate_warning(run, dominant_class(self.store, run)), names
         )
 
     def picture(self, run: RunRecord, name: str) -> Path | None:

@@ -12,6 +12,7 @@ from dataclasses import asdict
 from flask import Blueprint, Response, jsonify, request
 
 from service.auth import check_api_token
+from service.card_summary import card_summary
 from service.errors import ApiError
 from service.explain import explain_upload
 from service.predictor import ModelInfo
@@ -48,6 +49,7 @@ def model_json(info: ModelInfo, backend: str) -> dict:
         "latest": info.latest,
         "state": info.state,
         "backend": backend,
+        "summary": card_summary(card).to_json(),
         "card": card,
     }
 
@@ -111,6 +113,9 @@ def predict(model: str):
             body["overlay_omitted"] = result.omitted
         if result.dicom is not None:
             body["dicom"] = dicom_json(result.dicom)
+            body["display_png"] = _b64(result.display_png)
+        if result.card is not None:
+            body["model_summary"] = card_summary(result.card).to_json()
         response = jsonify(body)
     response.headers["Cache-Control"] = "no-store"  # the answer describes a patient's image
     return response

@@ -17,10 +17,14 @@ from flask import Blueprint, Flask, abort, current_app, render_template, request
 
 from service.auth import require_admin, require_page_token, require_token
 from service.errors import api_error
+from service.readable import duration_text, grey_levels
 from service.state import add_nav_link, add_openapi_paths
 
 bp = Blueprint("audits", __name__)
 _KEY = "medrobust_audits"
+# The store's run ids are INTEGER keys (PostgreSQL's int4): a larger number names no run, and must
+# be answered 404 before it reaches the database (SQLite and PostgreSQL both refuse to bind it).
+MAX_RUN_ID = 2**31 - 1
 
 
 class AuditReader(Protocol):
@@ -89,7 +93,7 @@ OPENAPI_PATHS = {
     "/api/v1/audits/{run_id}": {
         "get": {
             "summary": "One run with its per-epsilon points and sanity checks", "operationId": "getAudit",
-            "parameters": [{"name": "run_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+            "parameters": [{"name": "run_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}],
             "responses": {"200": _RUN, "401": _ERROR, "404": _ERROR},
         },
     },
@@ -128,32 +132,54 @@ def list_audits():
 @require_token
 def get_audit(run_id: int):
     """One run with its per-epsilon points and sanity checks."""
-    run = _reader().get_run(run_id)
+    run = _reader().get_run(run_id) if run_id <= MAX_RUN_ID else None
     if run is None:
         return api_error("audit_not_found", f"expected the id of a stored audit run, got {run_id}", 404)
     return _summary(run)
 
 
 # -- pages --------------------------------------------------------------------------------------
+bp.add_app_template_filter(duration_text, "duration")
+
+
+def _page_error(status: int, title: str, message: str):
+    """A page's error as a page (a person followed a link), with the status a program would get."""
+    return render_template("error.html", status=status, title=title, message=message), status
+
+
+def _shown(text: str) -> str:
+    return repr(text) if len(text) <= 40 else f"{text[:20]!r}... ({len(text)} characters)"
+
+
 @bp.get("/audits")
 @require_page_token
 def audits_page():
     """Every run, and the report of the chosen (or newest succeeded) run."""
     reader = _reader()
+    asked = request.args.get("run")
+    if asked is not None and not (asked.isascii() and asked.isdigit()):
+        return _page_error(400, "Not a run id", f"Expected ?run= to be a run id (a whole number), got {_shown(asked)}.")
     runs = reader.list_runs(limit=200)
-    chosen = request.args.get("run", type=int)
-    if chosen is not None:
-        selected = reader.get_run(chosen)
+    if asked is not None:
+        selected = reader.get_run(int(asked)) if int(asked) <= MAX_RUN_ID else None
         if selected is None:
-            abort(404)
+            return _page_error(
+                404, "No such run", f"No audit run has the id {_shown(asked)}; the list of runs is on the Audits page."
+            )
     else:
         newest = next((r for r in runs if r.status == "succeeded"), None)
         selected = reader.get_run(newest.id) if newest else None
     page = reader.page(selected) if selected is not None and selected.status == "succeeded" else None
+    # Chance is 1/K over the audit set's classes (a class no image stood for still counts).
+    classes: list[str] = []
+    if page is not None:
+        classes = list(getattr(page, "class_names", ())) or sorted({c for p in selected.points for c in (p["per_class"] or {})})
     return render_template(
         "audits.html", runs=runs, selected=selected, partner=page.partner if page else None,
         header=page.header if page else [], table=page.table if page else [], warning=page.warning if page else None,
-        active=reader.active(),
+        active=reader.active(), chance=1 / len(classes) if classes else None, classes=classes,
+        example_epsilon=grey_levels(0.01),
+        has_examples=page is not None and reader.picture(selected, "examples.png") is not None,
     )
 
 
@@ -162,8 +188,10 @@ def audits_page():
 def audit_file(run_id: int, name: str):
     """A report picture of a succeeded run."""
     reader = _reader()
-    run = reader.get_run(run_id)
+    run = reader.get_run(run_id) if run_id <= MAX_RUN_ID else None
     path = reader.picture(run, name) if run is not None else None
     if path is None:
-        abort(404)
+        abort(404, description=(
+            f"expected accuracy.png or examples.png of a succeeded audit run, got run {run_id}'s {_shown(name)}"
+        ))
     return send_from_directory(path.parent.resolve(), path.name, mimetype="image/png", max_age=0)

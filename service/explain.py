@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from service.errors import ApiError
-from service.overlay import ATTENTION_COLORMAP, HEATMAP_COLORMAP, overlay_png
+from service.overlay import ATTENTION_COLORMAP, HEATMAP_COLORMAP, overlay_png, to_png
 from service.predictor import Predictor
 from training.contract.dicom import DicomInfo
 from training.contract.imaging import decode_upload
@@ -89,6 +89,9 @@ class Explanation:
     timings_ms: dict[str, float]
     omitted: dict[str, str]  # overlay name ("overlay", "attention") -> why the model's map was not drawn
     dicom: DicomInfo | None = None  # for a DICOM upload: modality, photometric interpretation, frame, window
+    # For a DICOM upload, the windowed picture the overlays are drawn on (a browser cannot show the file).
+    display_png: bytes | None = None
+    card: Mapping[str, Any] | None = None  # the card of the version that answered
 
 
 @contextmanager
@@ -175,4 +178,6 @@ def explain_upload(
         },
         omitted=omitted,
         dicom=upload.dicom,
+        display_png=to_png(rgb) if upload.dicom is not None else None,
+        card=card,
     )

@@ -137,7 +137,40 @@ def openapi_document(extra_paths: Mapping[str, Any] | None = None) -> dict[str, 
                         "latest": {"type": "integer"},
                         "state": {"type": "string"},
                         "backend": {"type": "string"},
+                        "summary": {"$ref": "#/components/schemas/CardSummary"},
                         "card": {"type": "object"},
+                    },
+                },
+                "CardSummary": {
+                    "type": "object",
+                    "description": (
+                        "What to read beside a prediction, from the model card: the task, the class names, the "
+                        "training set, the validation figures with chance (1/K), and `notice` for a demo model "
+                        "trained on synthetic images. A field the card does not record is null."
+                    ),
+                    "required": ["task", "class_names", "dataset", "synthetic", "validation", "notice"],
+                    "properties": {
+                        "task": {"type": "string", "nullable": True},
+                        "class_names": {"type": "array", "items": {"type": "string"}},
+                        "dataset": {
+                            "type": "string", "nullable": True,
+                            "description": "The training set and its split sizes: `synthetic:240 (train 144, val 48, test 48)`.",
+                        },
+                        "synthetic": {"type": "boolean", "nullable": True},
+                        "validation": {
+                            "type": "object", "nullable": True,
+                            "required": ["accuracy", "balanced_accuracy", "images", "chance"],
+                            "properties": {
+                                "accuracy": {"type": "number", "nullable": True, "minimum": 0, "maximum": 1},
+                                "balanced_accuracy": {"type": "number", "nullable": True, "minimum": 0, "maximum": 1},
+                                "images": {"type": "integer", "nullable": True},
+                                "chance": {"type": "number", "nullable": True, "minimum": 0, "maximum": 1},
+                            },
+                        },
+                        "notice": {
+                            "type": "string", "nullable": True,
+                            "description": "`Demo model trained on synthetic images: not a diagnosis` when it was; else null.",
+                        },
                     },
                 },
                 "Prediction": {
@@ -167,6 +200,14 @@ def openapi_document(extra_paths: Mapping[str, Any] | None = None) -> dict[str, 
                         },
                         "timings_ms": {"type": "object", "additionalProperties": {"type": "number"}},
                         "dicom": {"$ref": "#/components/schemas/Dicom"},
+                        "display_png": {
+                            "type": "string", "format": "byte",
+                            "description": (
+                                "For a DICOM upload: the windowed 8-bit picture the overlays are drawn on (PNG, "
+                                "base64, `overlay_size`), the image the model saw before resizing."
+                            ),
+                        },
+                        "model_summary": {"$ref": "#/components/schemas/CardSummary"},
                     },
                 },
                 "Dicom": {

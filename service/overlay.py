@@ -78,3 +78,13 @@ def to_png(image: np.ndarray | Image.Image) -> bytes:
 def overlay_png(original: np.ndarray, heatmap: np.ndarray, *, colormap: str = HEATMAP_COLORMAP, alpha: float = 0.45) -> bytes:
     """The PNG the API answers: `heatmap` blended over the uploaded image at its own size."""
     return to_png(_blended(original, heatmap, colormap, alpha))
+
+
+def colour_scale_png(colormap: str, *, width: int = 256, height: int = 16) -> bytes:
+    """A legend bar for the page: `colormap`'s 256 colours from 0 (left) to 1 (right), as PNG bytes.
+
+    Drawn through the same palette as the overlays, so the legend cannot drift from what they show."""
+    levels = np.repeat(np.rint(np.linspace(0, 255, width)).astype(np.uint8)[None, :], height, axis=0)
+    image = Image.fromarray(levels)
+    image.putpalette(_palette(colormap))
+    return to_png(image.convert("RGB"))

@@ -36,28 +36,33 @@
     var svg = document.getElementById("bars");
     while (svg.firstChild) { svg.removeChild(svg.firstChild); }
     var names = Object.keys(probabilities);
-    var rowHeight = 28, labelWidth = 160, barWidth = 360, width = labelWidth + barWidth + 70;
+    // Drawn to the width the panel has, so the text stays 13 px; on a narrow screen (a phone's
+    // panel is about 330 px) each class name goes above its bar instead of beside it.
+    var width = Math.max(260, Math.min(590, svg.parentNode.clientWidth || 590));
+    var stacked = width < 480;
+    var rowHeight = stacked ? 44 : 28, labelWidth = stacked ? 0 : 160, top = stacked ? 22 : 6;
+    var barWidth = width - labelWidth - 70;
     svg.setAttribute("viewBox", "0 0 " + width + " " + names.length * rowHeight);
     svg.setAttribute("width", String(width));
     svg.setAttribute("height", String(names.length * rowHeight));
     names.forEach(function (name, i) {
       var p = probabilities[name], y = i * rowHeight;
       var label = document.createElementNS(SVG, "text");
-      label.setAttribute("x", String(labelWidth - 8));
-      label.setAttribute("y", String(y + 18));
-      label.setAttribute("text-anchor", "end");
+      label.setAttribute("x", String(stacked ? 0 : labelWidth - 8));
+      label.setAttribute("y", String(y + (stacked ? 16 : 18)));
+      label.setAttribute("text-anchor", stacked ? "start" : "end");
       label.textContent = name;
       var track = document.createElementNS(SVG, "rect");
-      track.setAttribute("x", String(labelWidth)); track.setAttribute("y", String(y + 6));
+      track.setAttribute("x", String(labelWidth)); track.setAttribute("y", String(y + top));
       track.setAttribute("width", String(barWidth)); track.setAttribute("height", "16");
       track.setAttribute("class", "track");
       var bar = document.createElementNS(SVG, "rect");
-      bar.setAttribute("x", String(labelWidth)); bar.setAttribute("y", String(y + 6));
+      bar.setAttribute("x", String(labelWidth)); bar.setAttribute("y", String(y + top));
       bar.setAttribute("width", String(Math.max(1, p * barWidth))); bar.setAttribute("height", "16");
       bar.setAttribute("class", name === winner ? "bar winner" : "bar");
       var value = document.createElementNS(SVG, "text");
       value.setAttribute("x", String(labelWidth + barWidth + 8));
-      value.setAttribute("y", String(y + 18));
+      value.setAttribute("y", String(y + top + 12));
       value.textContent = (p * 100).toFixed(1) + "%";
       [label, track, bar, value].forEach(function (el) { svg.appendChild(el); });
     });
@@ -75,7 +80,32 @@
     return parts.filter(Boolean).join(" ");
   }
 
+  function percent(x) { return (x * 100).toFixed(1) + "%"; }
+
+  // What the model card says beside every answer: task, training set, validation figures, classes,
+  // and the demo notice for a model trained on synthetic images.
+  function describeModel(summary) {
+    var banner = document.getElementById("demo-banner");
+    banner.textContent = summary && summary.notice ? summary.notice : "";
+    banner.hidden = !(summary && summary.notice);
+    var unknown = "not recorded in the model card";
+    document.getElementById("about-task").textContent = (summary && summary.task) || unknown;
+    document.getElementById("about-dataset").textContent = (summary && summary.dataset) || unknown;
+    var v = summary && summary.validation;
+    var parts = [];
+    if (v) {
+      if (v.accuracy !== null) { parts.push("accuracy " + percent(v.accuracy)); }
+      if (v.balanced_accuracy !== null) { parts.push("balanced accuracy " + percent(v.balanced_accuracy)); }
+      if (v.images !== null) { parts.push("on " + v.images + " images"); }
+      if (v.chance !== null) { parts.push("chance " + percent(v.chance)); }
+    }
+    document.getElementById("about-validation").textContent = parts.length ? parts.join(", ") : unknown;
+    document.getElementById("about-classes").textContent =
+      summary && summary.class_names.length ? summary.class_names.join(", ") : unknown;
+  }
+
   function show(answer) {
+    describeModel(answer.model_summary);
     document.getElementById("label").textContent = answer.label;
     document.getElementById("confidence").textContent =
       "(" + (answer.probabilities[answer.label] * 100).toFixed(1) + "%)";
@@ -84,6 +114,13 @@
       (answer.dicom ? " \u00b7 " + describeDicom(answer.dicom) : "");
     // A browser cannot show a DICOM file; the overlays are drawn on the windowed image the model saw.
     document.getElementById("original-figure").hidden = Boolean(answer.dicom);
+    var windowedFigure = document.getElementById("windowed-figure");
+    if (answer.display_png) {
+      document.getElementById("windowed").src = "data:image/png;base64," + answer.display_png;
+      windowedFigure.hidden = false;
+    } else {
+      windowedFigure.hidden = true;
+    }
     var overlayFigure = document.getElementById("overlay-figure");
     if (answer.overlay_png) {
       document.getElementById("overlay").src = "data:image/png;base64," + answer.overlay_png;
@@ -106,8 +143,8 @@
     } else {
       attentionFigure.hidden = true;
     }
+    result.hidden = false;  // shown first: the bars are drawn to the width the panel then has
     drawBars(answer.probabilities, answer.label);
-    result.hidden = false;
   }
 
   function upload(chosen) {

@@ -11,11 +11,10 @@ import pytest
 from PIL import Image
 
 from service.app import create_app
+from service.card_summary import DEMO_NOTICE
 from tests.integration import service_images as images
 from training.contract.config import ServiceConfig
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 pytestmark = [pytest.mark.system, pytest.mark.browser]
 
 
@@ -35,26 +34,6 @@ def live_server(tiny_repo):
     thread.join(timeout=10)
     server.server_close()
     predictor.close()
-
-
-@pytest.fixture
-def browser(tmp_path):
-    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        pytest.skip(f"headless Chromium not installed ({CHROMIUM}, {CHROMEDRIVER})")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,1000",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    yield driver
-    driver.quit()
 
 
 def test_upload_shows_label_and_overlay(live_server, browser, tiny_repo, tmp_path):
@@ -79,6 +58,19 @@ def test_upload_shows_label_and_overlay(live_server, browser, tiny_repo, tmp_pat
     assert high - low > 10, "the overlay is blank"
     assert browser.find_element(By.ID, "attention-figure").is_displayed()
     assert len(browser.find_elements(By.CSS_SELECTOR, "#bars rect.bar")) == 3
+    # The tiny models are trained on the synthetic set: the page says so, with the card's figures.
+    assert browser.find_element(By.ID, "demo-banner").text == DEMO_NOTICE
+    validation = browser.find_element(By.ID, "about-validation").text
+    assert "balanced accuracy" in validation and "chance 33.3%" in validation, validation
+    assert browser.find_element(By.ID, "about-task").text == "demo"
+    assert browser.find_element(By.ID, "about-dataset").text.startswith(tiny_repo.dataset_spec)
+    assert "synthetic lesion: ring" in browser.find_element(By.ID, "about-classes").text
+    for figure, colormap in (("overlay-figure", "jet"), ("attention-figure", "viridis")):
+        scale = browser.find_element(By.CSS_SELECTOR, f"#{figure} .scale")
+        assert scale.is_displayed() and f"{colormap} colour map" in scale.text and "0 low" in scale.text
+        bar = scale.find_element(By.CSS_SELECTOR, "img.scale-bar")
+        assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", bar) == 256
+        assert bar.size["width"] > 50 and bar.size["height"] >= 8
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] if hasattr(browser, "get_log") else []
     assert not errors, errors  # a CSP violation or script error would show here
     shot = os.environ.get("MEDROBUST_SCREENSHOT")
@@ -107,6 +99,9 @@ def test_a_dcm_upload_shows_its_label_its_overlay_and_no_patient(live_server, br
     overlay = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
     assert overlay.size == (320, 240)  # the image's own columns x rows
     assert not browser.find_element(By.ID, "original-figure").is_displayed()  # a browser cannot show DICOM
+    windowed = browser.find_element(By.ID, "windowed")  # ... so the page shows the windowed picture the model saw
+    assert browser.find_element(By.ID, "windowed-figure").is_displayed()
+    assert browser.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", windowed) == [320, 240]
     assert dicom_files.leaks(browser.find_element(By.ID, "result").text) == []
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] if hasattr(browser, "get_log") else []
     assert not errors, errors

@@ -161,7 +161,7 @@ def test_the_honest_model_passes_every_check(fixtures, attack):
 def test_a_one_class_model_fails_degenerate_predictions(fixtures):
     _, checks = audit_checks(fixtures, "one_class")
     assert not checks["degenerate_predictions"].passed
-    assert checks["degenerate_predictions"].detail.startswith("100.0% of the clean predictions are class 0")
+    assert checks["degenerate_predictions"].detail.startswith("100.0% of the clean predictions are class a")
 
 
 def test_a_zero_gradient_model_fails_the_gradient_and_progress_checks(fixtures):

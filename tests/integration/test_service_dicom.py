@@ -126,6 +126,11 @@ def test_the_overlay_is_drawn_on_the_windowed_grey_image_the_model_saw(client, t
     from_png = _post(client, tiny_repo.baseline, _png(windowed), "image/png").json
     assert from_dicom["overlay_png"] == from_png["overlay_png"]
     assert from_dicom["probabilities"] == from_png["probabilities"]
+    # The page shows that windowed picture beside the overlays (a browser cannot show the file).
+    with Image.open(io.BytesIO(base64.b64decode(from_dicom["display_png"]))) as picture:
+        assert picture.mode == "RGB" and picture.size == tuple(from_dicom["overlay_size"])
+        assert np.array_equal(np.asarray(picture), np.repeat(windowed[..., None], 3, axis=2))
+    assert "display_png" not in from_png  # the browser shows a PNG or JPEG itself
 
 
 # --- errors, and no patient data in any answer, log line or metric ---------------------------------

@@ -48,10 +48,11 @@ def test_the_figure_shows_every_class_the_worst_class_and_the_wilson_band(store)
 
 def test_the_table_puts_the_interval_and_the_worst_class_beside_the_mean(store):
     header, rows = points_table(store.get_run(1))
-    assert header == ["epsilon", "robust accuracy", "95% interval", "worst class", "balanced", "class a", "class b", "class c",
-                      "attacked", "fooled", "uniform noise"]
+    assert header == ["epsilon", "in 1/255", "robust accuracy", "95% interval", "worst class", "balanced", "class a", "class b",
+                      "class c", "attacked", "fooled", "uniform noise"]
     lower, upper = wilson_interval(4, 8)
-    assert rows[1] == ["0.01", "0.500", f"{lower:.3f}-{upper:.3f}", "0.000", "0.333", "1.000", "0.000", "0.000", "4", "0", "0.500"]
+    assert rows[1] == ["0.01", "2.55/255", "0.500", f"{lower:.3f}-{upper:.3f}", "0.000", "0.333", "1.000", "0.000", "0.000", "4",
+                       "0", "0.500"]
 
 
 def test_the_report_of_a_one_class_model_says_it_is_degenerate(store, tmp_path):
@@ -62,6 +63,8 @@ def test_the_report_of_a_one_class_model_says_it_is_degenerate(store, tmp_path):
     assert "<th>worst class</th>" in text and "<th>class c</th>" in text and "95% Wilson score interval" in text
     assert "Attack seed 7; apgd-ce fooled 0, square fooled 0." in text
     assert "Compared with attention (demo-resnet50-attention v1), run 2." in text
+    assert "Chance level is 1/3 = 0.333." in text and "0.01 is 2.55/255 grey levels" in text
+    assert "<td>2.55/255</td>" in text and "td { white-space: nowrap; }" in text
     assert "Degenerate model" not in write_report(store, 2, artefacts_root=tmp_path / "artefacts").read_text()
 
 
@@ -94,3 +97,50 @@ def test_the_audits_page_shows_the_same(store, tmp_path):
     assert doc["points"][1]["robust_accuracy_lower"] == pytest.approx(wilson_interval(4, 8)[0])
     predictor.close()
     assert Path(tmp_path / "artefacts" / "1" / "report" / FIGURE).is_file()
+
+
+def test_the_figure_draws_chance_and_epsilons_in_grey_levels(store):
+    figure = draw_accuracy([store.get_run(2), store.get_run(1)], class_names=("a", "b", "c"))
+    for ax in figure.axes:
+        chance = [line for line in ax.get_lines() if line.get_label().startswith("chance")]
+        assert len(chance) == 1 and chance[0].get_label() == "chance (1/3 = 0.33)"
+        assert list(chance[0].get_ydata()) == pytest.approx([1 / 3, 1 / 3])
+        ticks = [t.get_text() for t in ax.get_xticklabels()]
+        assert ticks == ["0.01\n2.55/255", "0.02\n5.1/255"]
+
+
+@pytest.mark.parametrize("runs", [(2,), (2, 1)], ids=["one run", "with its partner"])
+def test_the_figures_legends_read_at_least_11_px_where_the_page_shows_them(store, tmp_path, runs):
+    """The Audits page shows the PNG at its own width (1000 px) on a 1280 px screen: a legend's
+    point size at the figure's dpi is then its size on screen."""
+    from PIL import Image
+
+    from audit.report import accuracy_figure
+
+    path = accuracy_figure([store.get_run(i) for i in runs], tmp_path / FIGURE, ("a", "b", "c"))
+    with Image.open(path) as picture:
+        assert picture.size[0] == 1000
+    figure = draw_accuracy([store.get_run(i) for i in runs], ("a", "b", "c"))
+    legends = [ax.get_legend() for ax in figure.axes if ax.get_legend() is not None] + figure.legends
+    texts = [text for legend in legends for text in legend.get_texts()]
+    assert {"mean", "worst class", "class a", "chance (1/3 = 0.33)"} <= {t.get_text() for t in texts}
+    for text in texts:
+        assert text.get_fontsize() * figure.dpi / 72 >= 11, text.get_text()
+
+
+def test_the_examples_figure_has_the_grad_cam_colour_scale_and_fits_1000_px(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from audit.report import examples_figure
+
+    rng = np.random.default_rng(0)
+    examples = {
+        "index": np.arange(2), "clean": rng.random((2, 16, 16, 3)), "adversarial": rng.random((2, 16, 16, 3)),
+        "clean_class": np.array([0, 1]), "adversarial_class": np.array([1, 2]), "epsilon": np.array(["0.01", "0.02"]),
+        "clean_heatmap": rng.random((2, 16, 16)), "adversarial_heatmap": rng.random((2, 16, 16)),
+    }
+    path = examples_figure(examples, ["synthetic lesion: ring", "synthetic lesion: spot", "synthetic lesion: streak"],
+                           tmp_path / "examples.png")
+    with Image.open(path) as picture:
+        assert picture.size[0] == 1000

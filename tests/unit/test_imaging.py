@@ -305,3 +305,18 @@ def test_max_side_shrinks_a_sixteen_bit_image():  # PIL cannot resize I;16 itsel
     values = np.full((400, 600), 65535, np.uint16)
     out = decode_image(encode(Image.fromarray(values), "PNG"), max_side=60)
     assert out.shape == (40, 60, 3) and (out == 255).all()
+
+
+@pytest.mark.parametrize(
+    "data, shown",
+    [
+        (b"hello, this is a text file\n", 'it starts with the text "hello, t", bytes 68 65 6c 6c 6f 2c 20 74'),
+        (b"\x00\x01\xfe\xffnot an image", "its first bytes are 00 01 fe ff 6e 6f 74 20"),
+    ],
+    ids=["text", "binary"],
+)
+def test_an_unknown_file_is_described_without_a_python_repr(data, shown):
+    with pytest.raises(InvalidImage) as caught:
+        decode_image(data)
+    assert shown in caught.value.message
+    assert "b'" not in caught.value.message and "\\x" not in caught.value.message

@@ -65,7 +65,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     except UnidentifiedImageError:
         raise InvalidImage(
             f"expected an image ({_EXPECTED}), got {len(data):,} bytes that are "
-            f"not a recognisable image (starting {data[:8]!r})"
+            f"not a recognisable image ({describe_start(data)})"
         ) from None
     except _DECODE_ERRORS as exc:
         raise InvalidImage(f"expected a readable image, got a corrupt header ({exc})") from None
@@ -90,6 +90,18 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         image.close()
         raise
     return image
+
+
+def describe_start(data: bytes, count: int = 8) -> str:
+    """The first bytes of an upload as a person reads them: hex, and the text when they are text.
+
+    Python's bytes repr (b'hello, t') means nothing to a user of the web page."""
+    head = data[:count]
+    hexed = " ".join(f"{b:02x}" for b in head)
+    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        text = head.decode("ascii").replace("\n", " ").replace("\r", " ").replace("\t", " ")
+        return f'it starts with the text "{text}", bytes {hexed}'
+    return f"its first bytes are {hexed}"
 
 
 # Full-size pixels are converted a strip of rows at a time, so a 49-megapixel upload never exists
