@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from training.contract.config import ServiceConfig, default_of
+from training.contract.config import DEFAULT_MODEL_REPO, ServiceConfig, default_of
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     d = lambda name: default_of(ServiceConfig, name)  # noqa: E731  (defaults are written once, on the config)
-    p.add_argument("--model-repo", metavar="DIR", help="model repository (MEDROBUST_MODEL_REPO)")
+    p.add_argument("--model-repo", metavar="DIR",
+                   help=f"model repository (MEDROBUST_MODEL_REPO, default {DEFAULT_MODEL_REPO}; none with --tf-serving)")
     p.add_argument("--tf-serving", metavar="HOST:PORT", help="TF Serving gRPC address, HOST:PORT or dns:///HOST:PORT to balance over every address the name has (MEDROBUST_TF_SERVING)")
     p.add_argument("--models", metavar="A,B", help="served model names, when TF Serving runs without a visible repository (MEDROBUST_MODELS)")
     p.add_argument("--host", help=f"bind address (MEDROBUST_HOST, default {d('host')})")
@@ -53,11 +54,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from medrobust.commands import UsageError, read_service_config
+    from medrobust.commands import read_service_config, require_model_repo
+    from medrobust.ports import check_free, front_end_listens
 
     config = read_service_config(vars(args))
-    if config.model_repo is not None and not config.model_repo.is_dir():
-        raise UsageError(f"--model-repo: expected a directory, got {str(config.model_repo)!r}")
+    if config.model_repo is not None:
+        require_model_repo(config.model_repo)
+    check_free(*front_end_listens(config))
     if config.database_url:
         _wait_for_the_audit_database(config)
     from medrobust.web_server import serve
