@@ -52,16 +52,26 @@ def load_dataset(
     spec: str, *, seed: int = 0, cache_dir: str | os.PathLike | None = None
 ) -> Dataset:
     """Read the dataset named by ``KIND:PATH`` (e.g. ``ham10000:/data/ham``, ``synthetic:600``)."""
+    reader, where = _reader(spec)
+    function = reader.resolve()
+    given = {"seed": seed, "cache_dir": cache_dir}
+    return function(spec, where, **{name: given[name] for name in reader.options})
+
+
+def check_spec(spec: str) -> None:
+    """Raise DatasetError unless ``spec`` names a known kind (and the directory, for kinds read from
+    one); reads no data and imports no reader, so a command can check it before any heavy import."""
+    _reader(spec)
+
+
+def _reader(spec: str) -> tuple[Reader, str]:
     kind, _, argument = spec.partition(":")
     reader = READERS.get(kind)
     if reader is None:
         raise DatasetError(
             f"expected a dataset spec KIND:PATH with KIND one of {', '.join(READERS)}, got {spec!r}"
         )
-    function = reader.resolve()
-    where = _directory(spec, argument) if reader.directory else argument
-    given = {"seed": seed, "cache_dir": cache_dir}
-    return function(spec, where, **{name: given[name] for name in reader.options})
+    return reader, (_directory(spec, argument) if reader.directory else argument)
 
 
 def _directory(spec: str, argument: str) -> str:

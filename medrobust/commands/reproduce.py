@@ -17,18 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-from medrobust.commands import positive_int
-from training.contract.card import BACKBONES
+from medrobust.commands import positive_float, positive_int
+from training.contract.card import BACKBONES, MIN_INPUT_SIZE, Backbone
 from training.contract.config import ATTACKS, DEFAULT_STEPS, AttackConfig, ReproduceConfig, default_of, parse_attacks, read_config
 
 DEFAULT_SIZE = 64
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
-    return value
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -86,7 +79,7 @@ def register(subparsers) -> None:
     p.add_argument("--epoch-fraction", type=float, default=1.0, help="fraction of the training set per epoch (the paper used 0.1 for skin lesions)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="training batch size (default: 32, as the recipe)")
     p.add_argument(
-        "--learning-rate", type=_positive_float, default=0.01,
+        "--learning-rate", type=positive_float, default=0.01,
         help="Adam learning rate (default: 0.01, the paper's, which assumes pretrained backbones; from random "
              "initialisation 0.001 trains where 0.01 diverges)",
     )
@@ -114,18 +107,36 @@ def register(subparsers) -> None:
              "(e.g. seeds run in parallel processes)",
     )
     p.add_argument("--report-only", action="store_true", help="train and audit nothing: redraw the report from what has finished")
-    p.set_defaults(handler=_reproduce)
+    p.set_defaults(handler=_reproduce, check=_check)
+
+
+def _check(args: argparse.Namespace) -> None:
+    """What `reproduce` can refuse before TensorFlow is imported: the dataset spec, the sizes, the grid."""
+    from medrobust.commands import UsageError
+    from training.dataset_types import DatasetError
+    from training.datasets import check_spec
+
+    if not 0.0 < args.epoch_fraction <= 1.0:
+        raise UsageError(f"expected --epoch-fraction in (0, 1], got {args.epoch_fraction}")
+    try:
+        check_spec(args.dataset)
+    except DatasetError as exc:
+        raise UsageError(str(exc)) from None
+    _config(args, args.task or "task")  # the dataset's task is not known yet; nothing checked depends on it
+    try:
+        read_config(ReproduceConfig, vars(args))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _config(args: argparse.Namespace, dataset_task: str):
     from training.contract.config import PAPER_EPSILONS, parse_epsilons
     from medrobust.commands import UsageError
     from medrobust.reproduce_grid import GridConfig
-    from training.models import spec_for
 
     sizes = []
     for backbone in args.backbones:
-        minimum = spec_for(backbone).min_size
+        minimum = MIN_INPUT_SIZE[Backbone(backbone)]
         size = args.image_size or max(DEFAULT_SIZE, minimum)
         if size < minimum:
             raise UsageError(f"{backbone} needs --image-size >= {minimum}, got {size}; run it separately with a larger size")
@@ -157,8 +168,6 @@ def _reproduce(args: argparse.Namespace) -> int:
     from training.dataset_types import DatasetError
     from training.datasets import load_dataset
 
-    if not 0.0 < args.epoch_fraction <= 1.0:
-        raise UsageError(f"expected --epoch-fraction in (0, 1], got {args.epoch_fraction}")
     try:
         dataset = load_dataset(args.dataset, seed=0)  # one split for every seed: seeds vary training only
     except DatasetError as exc:

@@ -21,6 +21,9 @@ class Backbone(str, enum.Enum):
 
 
 BACKBONES = tuple(b.value for b in Backbone)
+# The smallest input each backbone's downsampling still leaves a feature map for. Here, not beside
+# the Keras backbones, so that a command can refuse a too small --image-size before importing TensorFlow.
+MIN_INPUT_SIZE = {Backbone.RESNET50: 32, Backbone.INCEPTION_RESNET_V2: 75}
 CARD_SCHEMA_VERSION = 1
 
 
