@@ -266,8 +266,14 @@ def render_page(run: RunRecord, partner: RunRecord | None, *, has_examples: bool
     checks = "".join(
         f"<li>{'passed' if s['passed'] else '<strong>FAILED</strong>'}: {e(s['check'])}: {e(s['detail'])}</li>" for s in run.sanity
     )
-    compared = f"<p>Compared with {e(_label(partner))}, run {partner.id}.</p>" if partner else "<p>No partner run with the other attention setting yet.</p>"
-    examples = f'<h2>Example perturbations and Grad-CAM</h2><img src="{EXAMPLES}" alt="clean, adversarial, perturbation and Grad-CAM">' if has_examples else "<p>No image was fooled: no examples.</p>"
+    compared = (
+        f"<p>Compared with {e(_label(partner))}, run {partner.id}.</p>" if partner
+        else "<p>No partner run with the other attention setting yet.</p>"
+    )
+    examples = (
+        f'<h2>Example perturbations and Grad-CAM</h2><img src="{EXAMPLES}" alt="clean, adversarial, perturbation and Grad-CAM">'
+        if has_examples else "<p>No image was fooled: no examples.</p>"
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Audit run {run.id}: {e(run.model)} v{run.version}</title></head>
 <body>

@@ -76,7 +76,7 @@ def _reader(spec: str) -> tuple[Reader, str]:
 
 def _directory(spec: str, argument: str) -> str:
     if not argument:
-        raise DatasetError(f"expected {spec.split(':')[0]}:DIR naming a directory, got {spec!r}")
+        raise DatasetError(f"expected {spec.split(':', maxsplit=1)[0]}:DIR naming a directory, got {spec!r}")
     path = os.path.abspath(os.path.expanduser(argument))
     if not os.path.isdir(path):
         raise DatasetError(f"{path}: expected a directory for {spec!r}, got no such directory")
@@ -93,6 +93,7 @@ def load_uint8(
             np.zeros((0, size, size, 3), np.uint8)
         )
     paths = split.paths
+    assert paths is not None  # a Split holds exactly one of images and paths
 
     def one(i: int) -> np.ndarray:
         return imaging.resize_uint8(imaging.decode_image_file(paths[i], max_side=max_side), size)

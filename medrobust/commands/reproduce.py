@@ -19,7 +19,15 @@ from pathlib import Path
 
 from medrobust.commands import positive_float, positive_int
 from training.contract.card import BACKBONES, MIN_INPUT_SIZE, Backbone
-from training.contract.config import ATTACKS, DEFAULT_STEPS, AttackConfig, ReproduceConfig, default_of, parse_attacks, read_config
+from training.contract.config import (
+    ATTACKS,
+    DEFAULT_STEPS,
+    AttackConfig,
+    ReproduceConfig,
+    default_of,
+    parse_attacks,
+    read_config,
+)
 
 DEFAULT_SIZE = 64
 
@@ -72,8 +80,10 @@ def register(subparsers) -> None:
     p.add_argument("--task", help="task name, e.g. derm (default: the dataset's)")
     p.add_argument("--dataset", required=True, help="KIND:PATH, e.g. ham10000:DIR, medmnist:FILE.npz, synthetic")
     p.add_argument("--backbones", type=_backbones, default=BACKBONES, help=f"comma-separated (default: {','.join(BACKBONES)})")
-    p.add_argument("--variants", type=_variants, default=("baseline", "attention"), help="baseline,attention (default: both; one of them to split a grid over processes, then --merge)")
-    p.add_argument("--image-size", type=positive_int, help=f"input size for every backbone (default: {DEFAULT_SIZE}, or the backbone's minimum if larger)")
+    p.add_argument("--variants", type=_variants, default=("baseline", "attention"),
+                   help="baseline,attention (default: both; one of them to split a grid over processes, then --merge)")
+    p.add_argument("--image-size", type=positive_int,
+                   help=f"input size for every backbone (default: {DEFAULT_SIZE}, or the backbone's minimum if larger)")
     p.add_argument("--epochs", type=positive_int, default=300, help="upper bound; early stopping usually ends sooner (default: 300, the paper's)")
     p.add_argument("--limit", type=positive_int, help="cap the training images per model (a seeded subset per seed)")
     p.add_argument("--epoch-fraction", type=float, default=1.0, help="fraction of the training set per epoch (the paper used 0.1 for skin lesions)")
@@ -99,7 +109,8 @@ def register(subparsers) -> None:
         "--queries", type=positive_int,
         help=f"Square Attack's queries per image and epsilon, alone and in the ensemble (default: {AttackConfig.queries})",
     )
-    p.add_argument("--out", type=Path, help=f"state, model repository and checkpoints (default: MEDROBUST_REPRODUCE_OUT or ./{default_of(ReproduceConfig, 'out')})")
+    p.add_argument("--out", type=Path,
+                   help=f"state, model repository and checkpoints (default: MEDROBUST_REPRODUCE_OUT or ./{default_of(ReproduceConfig, 'out')})")
     p.add_argument("--report-dir", type=Path, help="where the figures, tables and manifest go (default: --out)")
     p.add_argument(
         "--merge", type=Path, nargs="+", default=(), metavar="OUT",
@@ -130,9 +141,9 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def _config(args: argparse.Namespace, dataset_task: str):
-    from training.contract.config import PAPER_EPSILONS, parse_epsilons
     from medrobust.commands import UsageError
     from medrobust.reproduce_grid import GridConfig
+    from training.contract.config import PAPER_EPSILONS, parse_epsilons
 
     sizes = []
     for backbone in args.backbones:
@@ -146,7 +157,8 @@ def _config(args: argparse.Namespace, dataset_task: str):
         return GridConfig(
             task=args.task or dataset_task, dataset=args.dataset, backbones=tuple(args.backbones), image_sizes=tuple(sizes),
             epochs=args.epochs, limit=args.limit, seeds=tuple(args.seeds), samples=args.samples, epsilons=epsilons,
-            steps=args.steps, epoch_fraction=args.epoch_fraction, batch_size=args.batch_size, learning_rate=args.learning_rate, variants=tuple(args.variants), weights=args.weights,
+            steps=args.steps, epoch_fraction=args.epoch_fraction, batch_size=args.batch_size, learning_rate=args.learning_rate,
+            variants=tuple(args.variants), weights=args.weights,
             attacks=tuple(args.attacks), apgd_steps=args.apgd_steps, queries=args.queries,
         )
     except ValueError as exc:
@@ -190,7 +202,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         "arguments": {k: _jsonable(v) for k, v in vars(args).items() if k != "handler"},
         "seeds": list(config.seeds),
         "backbones": list(config.backbones),
-        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "environment": environment(),
         "status": "running",
     }
@@ -211,7 +223,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         raise
     finally:
         invocation.update(
-            status=status, finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            status=status, finished=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             wall_seconds=round(time.perf_counter() - started, 1), cells_worked_on=[c.key for c in worked],
         )
         state.save()

@@ -52,7 +52,8 @@ def register(subparsers) -> None:
     train.add_argument("--weights", default=None, help="backbone weights: imagenet, or a local weights file (default: random)")
     train.add_argument("--workdir", type=Path, help=f"checkpoints (default: MEDROBUST_WORKDIR or {_default('workdir')})")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run from its last epoch")
-    train.add_argument("--serving-root", help="where TF Serving sees the repository (for models.config), e.g. /models (default: MEDROBUST_SERVING_ROOT)")
+    train.add_argument("--serving-root",
+                       help="where TF Serving sees the repository (for models.config), e.g. /models (default: MEDROBUST_SERVING_ROOT)")
     _model_repo_arg(train)
     train.set_defaults(handler=_train, check=_check_train)
 

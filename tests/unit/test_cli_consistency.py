@@ -12,8 +12,8 @@ import sys
 import pytest
 
 from medrobust.cli import build_parser, main
-from training.contract.config import DEFAULT_MODEL_REPO, ServiceConfig, default_of
 from tests.project import PROJECT
+from training.contract.config import DEFAULT_MODEL_REPO, ServiceConfig, default_of
 
 
 @pytest.fixture(autouse=True)

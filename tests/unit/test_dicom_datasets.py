@@ -89,7 +89,7 @@ def test_dicom_dir_with_a_labels_csv(tmp_path):
         csv.writer(handle).writerows([["file", "label"], *rows])
     data = load_dataset(f"dicom:{root}")
     assert data.class_names == ("clear", "effusion")
-    labels = {i: data.class_names[l] for s in ("train", "val", "test") for i, l in zip(data.split(s).ids, data.split(s).labels)}
+    labels = {i: data.class_names[label] for s in ("train", "val", "test") for i, label in zip(data.split(s).ids, data.split(s).labels)}
     assert labels == {rel: ("effusion" if i % 3 == 0 else "clear") for i, rel in enumerate(ids)}
 
 

@@ -31,9 +31,10 @@ def read_card(version_dir: Path) -> dict[str, Any]:
     """The model card of one exported version."""
     path = version_dir / CARD_PATH
     try:
-        return json.loads(path.read_text())
+        card: dict[str, Any] = json.loads(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: expected a model card beside the SavedModel, found none") from None
+    return card
 
 
 def package_version() -> str:

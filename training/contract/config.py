@@ -20,7 +20,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, replace
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 # The paper's grid on [0, 1] pixels; written as decimals so labels are exact ("0.00125", not 0.00125000001).
 PAPER_EPSILONS = ("0", "0.00125", "0.0025", "0.005", "0.01", "0.02", "0.04", "0.08", "0.16", "0.32")
@@ -81,23 +84,28 @@ def setting(
     return field(default=default, metadata=metadata)
 
 
-def default_of(cls: type, name: str) -> Any:
+def default_of(cls: type[DataclassInstance], name: str) -> Any:
     """A field's default, for help texts (so no default is written twice)."""
     for f in fields(cls):
         if f.name == name:
-            return f.default_factory() if f.default is MISSING else f.default
+            return f.default_factory() if f.default_factory is not MISSING else f.default
     raise KeyError(f"expected a field of {cls.__name__}, got {name!r}")
 
 
-def env_name(cls: type, name: str) -> str:
+def env_name(cls: type[DataclassInstance], name: str) -> str:
     """The variable a field is read from, e.g. `MEDROBUST_AUDIT_SCHEDULE`."""
     for f in fields(cls):
         if f.name == name and f.metadata.get("env"):
-            return ENV_PREFIX + f.metadata["env"]
+            return ENV_PREFIX + str(f.metadata["env"])
     raise KeyError(f"expected a field of {cls.__name__} read from the environment, got {name!r}")
 
 
-def read_config(cls: type, flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Any:
+Config = TypeVar("Config", bound="DataclassInstance")  # read_config returns an instance of the class it is given
+
+
+def read_config(
+    cls: type[Config], flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Config:
     """A `cls` from flags (None = not given) over `MEDROBUST_*` variables over the fields' defaults.
 
     Flags are keyed by argparse destination; keys that are no field of `cls` are ignored, so a
@@ -132,7 +140,7 @@ def read_config(cls: type, flags: Mapping[str, Any] | None = None, environ: Mapp
         raise ConfigError(f"{sources.get(exc.name, exc.name)}: {exc.message}") from None
 
 
-def _expected(parse: Callable, raw: str, exc: Exception) -> str:
+def _expected(parse: Callable[[str], Any], raw: str, exc: Exception) -> str:
     if parse is int:
         return f"expected an integer, got {raw!r}"
     if parse is float:
@@ -439,7 +447,7 @@ class AuditConfig:
             raise ValueError(f"expected an attack among the configured {self.attacks}, got {name!r}")
         return self.attack.for_attack(name)
 
-    def with_(self, **changes) -> AuditConfig:
+    def with_(self, **changes: Any) -> AuditConfig:
         return replace(self, **changes)
 
 
