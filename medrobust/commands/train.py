@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from medrobust.commands import fraction, positive_float, positive_int
+from medrobust.commands import positive_float, positive_int
 from training.contract.card import BACKBONES, MIN_INPUT_SIZE, Backbone
 from training.contract.config import TrainConfig, default_of, read_config
 
@@ -46,7 +46,7 @@ def register(subparsers) -> None:
     train.add_argument("--learning-rate", type=positive_float, default=0.01, help="Adam's learning rate (default: 0.01, the paper's)")
     train.add_argument("--patience", type=positive_int, default=40,
                        help="epochs without a better validation loss before stopping (default: 40, the paper's)")
-    train.add_argument("--epoch-fraction", type=fraction, default=1.0,
+    train.add_argument("--epoch-fraction", type=float, default=1.0,
                        help="fraction of the training set seen per epoch, in (0, 1] (the paper used 0.1 for skin lesions)")
     train.add_argument("--seed", type=int, default=0, help="seed of the split, the initial weights and the batches (default: 0)")
     train.add_argument("--weights", default=None, help="backbone weights: imagenet, or a local weights file (default: random)")
@@ -78,6 +78,8 @@ def _check_train(args: argparse.Namespace) -> None:
     from training.datasets import check_spec
 
     _settings(args)
+    if not 0.0 < args.epoch_fraction <= 1.0:
+        raise UsageError(f"expected an epoch fraction in (0, 1], got {args.epoch_fraction}")
     for backbone in BACKBONES if args.all_variants else (args.backbone,):
         minimum = MIN_INPUT_SIZE[Backbone(backbone)]
         if args.image_size < minimum:
