@@ -17,12 +17,16 @@ import textwrap
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from audit.results import DEGENERATE_SHARE
 from audit.store import AuditStore, RunRecord
 from service.readable import duration_text, epsilon_text, grey_levels
+
+if TYPE_CHECKING:
+    from matplotlib.artist import Artist
 
 FIGURE = "accuracy.png"
 EXAMPLES = "examples.png"
@@ -153,7 +157,7 @@ def draw_accuracy(runs: list[RunRecord], class_names: Sequence[str] = ()):
             ax.title.set_color("tab:red")
     # One legend for the per-class panels (a class has one colour in all of them), under them all;
     # with one run, the summary's entries join it.
-    entries: dict[str, object] = {}
+    entries: dict[str, Artist] = {}
     for panel in ([] if n > 1 else [summary]) + panels:
         for handle, label in zip(*panel.get_legend_handles_labels()):
             entries.setdefault(label, handle)
@@ -237,7 +241,8 @@ def examples_figure(examples: dict, class_names: list[str], path: Path) -> Path 
         bar = fig.colorbar(image, cax=fig.add_subplot(grid[n, 3:]), orientation="horizontal")
         bar.set_label("Grad-CAM weight, jet colour map: 0 = low, 1 = high", fontsize=LEGEND_PT)
         bar.ax.tick_params(labelsize=TICK_PT)
-        bar.solids.set_alpha(0.45)  # the overlay's own blend, so the bar shows the colours the maps show
+        if bar.solids is not None:
+            bar.solids.set_alpha(0.45)  # the overlay's own blend, so the bar shows the colours the maps show
     with _atomic(path) as tmp:
         fig.savefig(tmp, format="png")
     return path
@@ -350,8 +355,14 @@ def render_page(
     )
     classes = len(class_names) or len({c for p in run.points for c in (p["per_class"] or {})})
     chance = f" Chance level is 1/{classes} = {1 / classes:.3f}." if classes else ""
-    compared = f"<p>Compared with {e(_label(partner))}, run {partner.id}.</p>" if partner else "<p>No partner run with the other attention setting yet.</p>"
-    examples = f'<h2>Example perturbations and Grad-CAM</h2><img src="{EXAMPLES}" alt="clean, adversarial, perturbation and Grad-CAM">' if has_examples else "<p>No image was fooled: no examples.</p>"
+    compared = (
+        f"<p>Compared with {e(_label(partner))}, run {partner.id}.</p>" if partner
+        else "<p>No partner run with the other attention setting yet.</p>"
+    )
+    examples = (
+        f'<h2>Example perturbations and Grad-CAM</h2><img src="{EXAMPLES}" alt="clean, adversarial, perturbation and Grad-CAM">'
+        if has_examples else "<p>No image was fooled: no examples.</p>"
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Audit run {run.id}: {e(run.model)} v{run.version}</title>

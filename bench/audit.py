@@ -373,8 +373,8 @@ class _Bench:
         import numpy as np
 
         from audit.auditset import draw_audit_set
-        from training.contract.config import AttackConfig
         from service.embedded import EmbeddedPredictor
+        from training.contract.config import AttackConfig
 
         self.s, self.keras_model, self.model = s, keras_model, model
         self.predictor = EmbeddedPredictor(repo)

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name, upload in _cases():
         overlay = blend(upload, heat)
-        pillow_s, ours_s = _alternate(lambda: _pillow_png(overlay), lambda: to_png(overlay), args.seconds)
+        pillow_s, ours_s = _alternate(lambda o=overlay: _pillow_png(o), lambda o=overlay: to_png(o), args.seconds)
         pillow_kb, ours_kb = len(_pillow_png(overlay)) / 1000, len(to_png(overlay)) / 1000
         size = f"{overlay.shape[1]}x{overlay.shape[0]}"
         print(f"{name:<36}{size:>11}{pillow_s * 1000:>11.2f}{ours_s * 1000:>14.2f}{pillow_s / ours_s:>9.1f}x"

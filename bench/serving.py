@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                 break
             except (OSError, http.client.HTTPException):
                 if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("the front end did not start")
+                    raise SystemExit("the front end did not start") from None
                 time.sleep(0.5)
         client = _Client(port, path, body)
         for _ in range(args.warmup):

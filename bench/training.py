@@ -106,8 +106,10 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--images", type=int, default=defaults.images, help=f"training images (a seeded subset; default {defaults.images})")
     parser.add_argument("--image-size", type=int, default=defaults.image_size, help=f"model input side (default {defaults.image_size})")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help=f"default {defaults.batch_size}, the recipe's")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help=f"measured epochs per side, after one warm-up epoch each (default {defaults.epochs})")
-    parser.add_argument("--dataset", default=None, help="KIND:PATH as for medrobust train (default: ham10000 in ../shared/data if present, else synthetic:600)")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs,
+                        help=f"measured epochs per side, after one warm-up epoch each (default {defaults.epochs})")
+    parser.add_argument("--dataset", default=None,
+                        help="KIND:PATH as for medrobust train (default: ham10000 in ../shared/data if present, else synthetic:600)")
     parser.add_argument("--backbone", choices=("resnet50", "inception_resnet_v2"), default=defaults.backbone)
     variant = parser.add_mutually_exclusive_group()
     variant.add_argument("--attention", dest="attention", action="store_true", default=defaults.attention, help="with soft attention")

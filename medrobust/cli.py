@@ -94,11 +94,15 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if not args.verbose:
-        quiet_tensorflow()
-        if args.command in _TENSORFLOW_COMMANDS:
-            import_tensorflow_quietly()
     try:
+        # Every value is checked before TensorFlow is imported: a typo is answered at once.
+        check = getattr(args, "check", None)
+        if check is not None:
+            check(args)
+        if not args.verbose:
+            quiet_tensorflow()
+            if args.command in _TENSORFLOW_COMMANDS:
+                import_tensorflow_quietly()
         return int(args.handler(args) or 0)
     except UsageError as exc:
         print(f"medrobust {args.command}: error: {exc}", file=sys.stderr)

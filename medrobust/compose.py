@@ -118,7 +118,7 @@ def _single_process_metrics() -> None:
     there across a container restart (PID 1 again, the same file) would add the old counts a
     second time. Values created from here on are plain in-memory ones."""
     if os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None) is not None:
-        import prometheus_client.values as values
+        from prometheus_client import values
 
         values.ValueClass = values.get_value_class()
 

@@ -121,7 +121,7 @@ class GridConfig:
         """The protocol of one attack on this grid: --steps for PGD, --apgd-steps for APGD (alone or in the
         ensemble), --queries for Square (likewise)."""
         steps = self.steps if attack == DEFAULT_ATTACK else self.apgd_steps if attack in DEFAULT_STEPS else None
-        queries = {} if self.queries is None else {"queries": self.queries}
+        queries: dict[str, Any] = {} if self.queries is None else {"queries": self.queries}
         return AttackConfig(attack=attack, epsilons=self.epsilons, steps=steps, seed=self.audit_seed, **queries)
 
     def budget(self, attack: str) -> dict[str, Any]:
@@ -323,10 +323,9 @@ def run_grid(
 ) -> list[Cell]:
     """Train, export and audit (with each of `config.attacks`) every unfinished cell; returns the cells
     this call worked on. A trained cell is only audited with the attacks it lacks."""
-    from training.contract.config import AuditConfig
     from audit.runner import audit_model
     from medrobust.compose import build_predictor
-    from training.contract.config import ServiceConfig
+    from training.contract.config import AuditConfig, ServiceConfig
     from training.recipe import Recipe
 
     repo = out / "model-repo"

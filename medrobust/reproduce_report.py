@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from training.contract.config import ATTACKS
 from medrobust.reproduce_grid import DEFAULT_ATTACK, cell_audits, stored_budget
+from training.contract.config import ATTACKS
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -516,7 +516,7 @@ def environment(source: Path | None = None) -> dict[str, Any]:
     import subprocess
     from importlib import metadata
 
-    versions = {}
+    versions: dict[str, str | None] = {}
     for package in ("medrobust", "tensorflow", "keras", "numpy", "foolbox", "matplotlib"):
         try:
             versions[package] = metadata.version(package)
@@ -526,7 +526,7 @@ def environment(source: Path | None = None) -> dict[str, Any]:
 
     def git(*args: str) -> str | None:
         try:
-            done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+            done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=False)
         except (OSError, subprocess.SubprocessError):
             return None
         return done.stdout if done.returncode == 0 else None

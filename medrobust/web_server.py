@@ -15,9 +15,12 @@ import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from training.contract.config import ServiceConfig
+
+if TYPE_CHECKING:
+    from service.metrics_server import MetricsServer
 
 log = logging.getLogger(__name__)
 ACCESS_LOG_FORMAT = '%(h)s %(l)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(a)s" %(M)sms'
@@ -86,7 +89,7 @@ def serve(config: ServiceConfig) -> int:
     metrics = _MasterMetrics(config, prepare_metrics_dir())
 
     def load():
-        import prometheus_client.values as values
+        from prometheus_client import values
 
         # If anything imported prometheus_client before the directory was set, pick the
         # multiprocess value class now, in the worker, before any metric exists.
@@ -100,7 +103,7 @@ def serve(config: ServiceConfig) -> int:
         config.model_repo, config.host, config.port, config.workers,
         f"TF Serving at {config.tf_serving}" if config.tf_serving else "embedded",
     )
-    hooks = {"child_exit": _child_exit, "when_ready": metrics.when_ready, "on_exit": metrics.on_exit}
+    hooks: dict[str, Callable[..., Any]] = {"child_exit": _child_exit, "when_ready": metrics.when_ready, "on_exit": metrics.on_exit}
     return run_gunicorn(config, load, workers=config.workers, hooks=hooks)
 
 
@@ -109,7 +112,8 @@ class _MasterMetrics:
     reads the workers' files."""
 
     def __init__(self, config: ServiceConfig, directory: Path):
-        self.config, self.directory, self.server = config, directory, None
+        self.config, self.directory = config, directory
+        self.server: MetricsServer | None = None
 
     def when_ready(self, arbiter) -> None:
         from service.metrics_server import multiprocess_registry, start_metrics_server

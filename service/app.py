@@ -16,7 +16,6 @@ from typing import Any
 from flask import Flask, g, request
 from prometheus_client import CollectorRegistry
 
-from training.contract.config import ServiceConfig
 from service.errors import register_error_handlers
 from service.instrumented import InstrumentedPredictor
 from service.json_provider import OrjsonProvider
@@ -25,6 +24,7 @@ from service.predictor import Predictor
 from service.readiness import ReadinessProbe
 from service.state import ServiceState, add_nav_link
 from service.uploads import InMemoryRequest
+from training.contract.config import ServiceConfig
 
 # No CDN, no inline script or style: everything the page runs comes from /static.
 CONTENT_SECURITY_POLICY = (

@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 
 from service.predictor import GradcamResult, ModelInfo, Prediction, VjpResult
+from training.contract import repository
+from training.contract.card import read_card
 from training.contract.errors import ModelNotFound, SignatureMissing
 from training.contract.signatures import check_batch, check_cotangent, signature_keys
-from training.contract import repository
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,7 @@ class EmbeddedPredictor:
             return self._index.get(model)
 
     def _version(self, entry: repository.RepoModel, version: int | str | None) -> int:
-        if version is None or version == "" or version == "latest":
+        if version is None or version in ("", "latest"):
             return entry.latest
         if isinstance(version, str):
             if not version.isdigit():
@@ -186,7 +187,7 @@ class EmbeddedPredictor:
     def model_card(self, model: str, version: int | str | None = None) -> Mapping[str, Any]:
         entry = self._entry(model)
         v = self._version(entry, version)
-        return entry.card if v == entry.latest else repository.read_card(entry.path / str(v))
+        return entry.card if v == entry.latest else read_card(entry.path / str(v))
 
     # -- loading ---------------------------------------------------------------------------
     def _load(self, model: str, version: int | str | None) -> tuple[str, _Loaded]:
@@ -209,7 +210,7 @@ class EmbeddedPredictor:
 
                 path = entry.path / str(v)
                 module = tf.saved_model.load(str(path))
-                hit = _Loaded(v, repository.read_card(path), dict(module.signatures), module)
+                hit = _Loaded(v, read_card(path), dict(module.signatures), module)
                 with self._lock:
                     self._loaded[key] = hit
                     while len(self._loaded) > self.max_loaded:

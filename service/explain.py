@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from service.overlay import ATTENTION_COLORMAP, HEATMAP_COLORMAP, overlay_png, t
 from service.predictor import Predictor
 from training.contract.dicom import DicomInfo
 from training.contract.imaging import decode_upload
+
+if TYPE_CHECKING:
+    from service.predictor import GradcamResult, Prediction
 
 # Overlays are pictures for a person: 2048 px on the long side is more than a screen shows, and it
 # bounds what a huge upload costs after its decode (python -m bench.upload_memory measures it).
@@ -137,9 +140,10 @@ def explain_upload(
     rgb, batch = upload.display, upload.model_input[None]
     t1 = clock()
     omitted: dict[str, str] = {}
+    result: GradcamResult | Prediction
     if explain:
         result = predictor.gradcam(model, batch, version=version)
-        heatmap = np.asarray(result.heatmap[0])
+        heatmap: np.ndarray | None = np.asarray(result.heatmap[0])
         attention = np.asarray(result.attention_map[0]) if result.attention_map is not None else None
         for key, name, values in (("overlay", "Grad-CAM heatmap", heatmap), ("attention", "attention map", attention)):
             problem = map_problem(name, values, (size, size))

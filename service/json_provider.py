@@ -10,10 +10,10 @@ documents do not change; only non-ASCII text is sent as UTF-8 instead of `\\u` e
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import orjson
-from flask import Response
+from flask import Flask, Response
 from flask.json.provider import DefaultJSONProvider
 
 # Datetimes and dataclasses are handed to Flask's `default` rather than orjson's own encoding,
@@ -42,4 +42,5 @@ class OrjsonProvider(DefaultJSONProvider):
         obj = self._prepare_response_obj(args, kwargs)
         indent = (self.compact is None and self._app.debug) or self.compact is False
         body = orjson.dumps(obj, default=self.default, option=self._options(indent) | orjson.OPT_APPEND_NEWLINE)
-        return self._app.response_class(body, mimetype=self.mimetype)
+        app = cast(Flask, self._app)  # typed as Flask's sans-IO App, whose Response takes no body
+        return app.response_class(body, mimetype=self.mimetype)

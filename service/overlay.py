@@ -8,7 +8,8 @@ table built once per colour map, and blended with `Image.blend`. The PNG is writ
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
+from typing import cast
 
 import imagecodecs
 import numpy as np
@@ -18,7 +19,7 @@ HEATMAP_COLORMAP = "jet"  # the convention of Grad-CAM papers, so readers know w
 ATTENTION_COLORMAP = "viridis"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _palette(colormap: str) -> bytes:
     """The colour map's 256 RGB entries as a PIL palette (built once: matplotlib is slow per call)."""
     from matplotlib import colormaps  # the registry alone: no pyplot, no GUI backend
@@ -70,9 +71,10 @@ def to_png(image: np.ndarray | Image.Image) -> bytes:
     cost the front end adds to a small model's call. `python -m bench.overlay` compares the two.
     """
     pixels = np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
-    return imagecodecs.png_encode(
+    encoded = imagecodecs.png_encode(
         pixels, level=1, strategy=imagecodecs.PNG.STRATEGY.RLE, filter=imagecodecs.PNG.FILTER.SUB
     )
+    return cast(bytes, encoded)  # bytes without `out=` (typed bytes | bytearray): no copy needed
 
 
 def overlay_png(original: np.ndarray, heatmap: np.ndarray, *, colormap: str = HEATMAP_COLORMAP, alpha: float = 0.45) -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+
 def duration_text(seconds: float | None) -> str:
     """1102.5 -> "18 min 22 s"; 7.25 -> "7.2 s"; 5400 -> "1 h 30 min"; None -> ""."""
     if seconds is None or not math.isfinite(seconds):

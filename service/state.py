@@ -13,10 +13,10 @@ from typing import Any
 
 from flask import Flask, current_app
 
-from training.contract.config import ServiceConfig
 from service.instrumented import InstrumentedPredictor
 from service.metrics import ServiceMetrics
 from service.readiness import ReadinessProbe
+from training.contract.config import ServiceConfig
 
 
 @dataclass

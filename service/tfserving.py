@@ -34,6 +34,9 @@ import grpc
 import numpy as np
 
 from service.predictor import GradcamResult, ModelInfo, Prediction, VjpResult
+from training.contract import repository
+from training.contract.card import CARD_PATH, read_card
+from training.contract.config import TF_SERVING_MAX_BATCH
 from training.contract.errors import (
     BackendTimeout,
     BackendUnavailable,
@@ -42,10 +45,7 @@ from training.contract.errors import (
     PredictorError,
     SignatureMissing,
 )
-from training.contract.config import TF_SERVING_MAX_BATCH
 from training.contract.signatures import check_batch, check_cotangent, signature_keys
-from training.contract import repository
-from training.contract.card import CARD_PATH
 
 _MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # a batch of 299x299 gradients is tens of MB
 # Readiness asks every model's status at once with this deadline: a probe must answer within its
@@ -333,7 +333,7 @@ class TFServingPredictor:
         if self.repo is not None:
             path = self.repo / model / str(version)
             if (path / CARD_PATH).is_file():
-                return repository.read_card(path)
+                return read_card(path)
         return self._card_from_metadata(model, version)
 
     def _card_from_metadata(self, model: str, version: int) -> Mapping[str, Any]:
@@ -360,7 +360,7 @@ class TFServingPredictor:
         gradcam = signatures.get("gradcam", {}).get("outputs", [])
         return {
             "name": model,
-            "task": model.split("-")[0],
+            "task": model.split("-", maxsplit=1)[0],
             "attention": "attention_map" in gradcam,
             "class_names": [str(i) for i in range(num_classes)],
             "num_classes": num_classes,
@@ -375,7 +375,7 @@ class TFServingPredictor:
         """The version a call on `model` pins and its card: the newest AVAILABLE one for None or
         "latest", the number asked for, or the one a label names (in models.config, else TF Serving's)."""
         info = self._info(self._check_name(model))
-        if version is None or version == "" or version == "latest":
+        if version is None or version in ("", "latest"):
             return _Target(info.latest, info.card)
         if isinstance(version, str) and not (version.isascii() and version.isdigit()):
             label = version

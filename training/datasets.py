@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from training.contract import imaging
+from training.contract.image_errors import ImageError, InvalidImage
 from training.dataset_types import Dataset, DatasetError, Split
 
 
@@ -52,21 +53,31 @@ def load_dataset(
     spec: str, *, seed: int = 0, cache_dir: str | os.PathLike | None = None
 ) -> Dataset:
     """Read the dataset named by ``KIND:PATH`` (e.g. ``ham10000:/data/ham``, ``synthetic:600``)."""
+    reader, where = _reader(spec)
+    function = reader.resolve()
+    given = {"seed": seed, "cache_dir": cache_dir}
+    return function(spec, where, **{name: given[name] for name in reader.options})
+
+
+def check_spec(spec: str) -> None:
+    """Raise DatasetError unless ``spec`` names a known kind (and the directory, for kinds read from
+    one); reads no data and imports no reader, so a command can check it before any heavy import."""
+    _reader(spec)
+
+
+def _reader(spec: str) -> tuple[Reader, str]:
     kind, _, argument = spec.partition(":")
     reader = READERS.get(kind)
     if reader is None:
         raise DatasetError(
             f"expected a dataset spec KIND:PATH with KIND one of {', '.join(READERS)}, got {spec!r}"
         )
-    function = reader.resolve()
-    where = _directory(spec, argument) if reader.directory else argument
-    given = {"seed": seed, "cache_dir": cache_dir}
-    return function(spec, where, **{name: given[name] for name in reader.options})
+    return reader, (_directory(spec, argument) if reader.directory else argument)
 
 
 def _directory(spec: str, argument: str) -> str:
     if not argument:
-        raise DatasetError(f"expected {spec.split(':')[0]}:DIR naming a directory, got {spec!r}")
+        raise DatasetError(f"expected {spec.split(':', maxsplit=1)[0]}:DIR naming a directory, got {spec!r}")
     path = os.path.abspath(os.path.expanduser(argument))
     if not os.path.isdir(path):
         raise DatasetError(f"{path}: expected a directory for {spec!r}, got no such directory")
@@ -83,6 +94,7 @@ def load_uint8(
             np.zeros((0, size, size, 3), np.uint8)
         )
     paths, ids = split.paths, split.ids
+    assert paths is not None  # a Split holds exactly one of images and paths
 
     def one(i: int) -> np.ndarray:
         # Errors name the sample's id, not its path: a DICOM export's path may hold the patient's name,
@@ -91,10 +103,10 @@ def load_uint8(
             with open(paths[i], "rb") as handle:
                 data = handle.read()
         except OSError as exc:
-            raise imaging.InvalidImage(f"{ids[i]}: expected a readable image file, got {exc.strerror}") from None
+            raise InvalidImage(f"{ids[i]}: expected a readable image file, got {exc.strerror}") from None
         try:
             return imaging.resize_uint8(imaging.decode_image(data, max_side=max_side), size)
-        except imaging.ImageError as exc:
+        except ImageError as exc:
             raise type(exc)(f"{ids[i]}: {exc}") from None
 
     out = np.zeros((len(idx), size, size, 3), np.uint8)

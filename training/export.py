@@ -22,8 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from training.contract import repository
-from training.contract.card import CARD_PATH
-from training.contract.card import CARD_SCHEMA_VERSION, code_version
+from training.contract.card import CARD_PATH, CARD_SCHEMA_VERSION, code_version
 from training.models import describe_model, model_name
 
 _RELATIVE_RESOLUTION = 1e-6  # well above float32's 6e-8: rounding noise is not a location
@@ -217,7 +216,7 @@ def export_model(
             for record in _warmup_records(card["name"], contract.size, card["num_classes"]):
                 writer.write(record)
         with repository.locked(repo):
-            card["exported_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+            card["exported_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
             version_hint = (repository.versions_of(repo / card["name"]) or (0,))[-1] + 1
             card["version"] = version_hint
             (staged / CARD_PATH).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")

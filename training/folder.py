@@ -17,7 +17,9 @@ def load_folder(spec: str, root: str, *, seed: int) -> Dataset:
     )
     if not classes:
         raise DatasetError(f"{root}: expected one sub-folder per class, got no sub-folders")
-    ids, labels, paths = [], [], []
+    ids: list[str] = []
+    labels: list[int] = []
+    paths: list[str] = []
     for label, name in enumerate(classes):
         class_dir = os.path.join(root, name)
         found = sorted(
@@ -45,7 +47,7 @@ def load_folder(spec: str, root: str, *, seed: int) -> Dataset:
 
 def _walk_images(class_dir: str) -> list[str]:
     # Nested folders may repeat file names, so ids are paths relative to the dataset folder.
-    out = []
+    out: list[str] = []
     for directory, subdirs, files in os.walk(class_dir):
         subdirs[:] = [d for d in subdirs if not d.startswith(".")]
         out.extend(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import tempfile
 import urllib.error
 import urllib.request
@@ -135,7 +134,7 @@ def fetch(info: MedMnistInfo, size: int, cache_dir: str | os.PathLike | None = N
             for block in iter(lambda: response.read(1 << 20), b""):
                 digest.update(block)
                 out.write(block)
-    except (urllib.error.URLError, socket.timeout, OSError, ValueError) as exc:
+    except (TimeoutError, urllib.error.URLError, OSError, ValueError) as exc:
         os.unlink(partial)
         reason = getattr(exc, "reason", exc)
         raise DatasetError(

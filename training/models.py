@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import keras
 
-from training.contract.card import Backbone
+from training.contract.card import MIN_INPUT_SIZE, Backbone
 from training.soft_attention import SoftAttention
 
 __all__ = ["Backbone", "BackboneSpec", "build_model", "SoftAttention", "model_name", "spec_for", "describe_model"]
@@ -27,11 +27,13 @@ class BackboneSpec:
 
 
 _SPECS = {
-    Backbone.RESNET50: BackboneSpec(Backbone.RESNET50, "conv5_block3_out", "caffe", 32),
+    Backbone.RESNET50: BackboneSpec(Backbone.RESNET50, "conv5_block3_out", "caffe", MIN_INPUT_SIZE[Backbone.RESNET50]),
     # The paper drops the final 28 layers of Keras' InceptionResNetV2 (an index that falls inside
     # block8_9's branches); we tap the output of that same residual block by its stable name,
     # because auto-generated names such as batch_normalization_195 change with every model built.
-    Backbone.INCEPTION_RESNET_V2: BackboneSpec(Backbone.INCEPTION_RESNET_V2, "block8_9_ac", "tf", 75),
+    Backbone.INCEPTION_RESNET_V2: BackboneSpec(
+        Backbone.INCEPTION_RESNET_V2, "block8_9_ac", "tf", MIN_INPUT_SIZE[Backbone.INCEPTION_RESNET_V2]
+    ),
 }
 
 _IMAGENET_BGR_MEANS = (103.939, 116.779, 123.68)

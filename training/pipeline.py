@@ -60,6 +60,7 @@ def _decoded_files(
         image = tf.numpy_function(decode, [path], tf.uint8, stateful=False)
         return tf.ensure_shape(image, (image_size, image_size, 3)), label
 
+    assert split.paths is not None  # called for splits read from files
     paths = tf.constant(list(split.paths), dtype=tf.string)
     decoded = tf.data.Dataset.from_tensor_slices((paths, one_hot)).map(
         load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True

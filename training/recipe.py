@@ -104,7 +104,7 @@ def train(
     verbose: int | str = "auto",
 ) -> TrainResult:
     """Train `model` on `dataset`'s train split, validate on val; metrics on val and test."""
-    from training.pipeline import training_dataset, evaluation_dataset
+    from training.pipeline import evaluation_dataset, training_dataset
 
     keras.utils.set_random_seed(recipe.seed)
     image_size = int(model.input_shape[1])

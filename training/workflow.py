@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.dataset_types import Dataset
 from training.contract.card import BACKBONES
+from training.dataset_types import Dataset
 
 
 @dataclass(frozen=True)

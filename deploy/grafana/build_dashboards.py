@@ -146,7 +146,10 @@ def epsilon_bars(expr: str, column: str, row_field: str = "epsilon") -> dict:
         "transformations": [
             {"id": "groupingToMatrix", "options": {"rowField": row_field, "columnField": column, "valueField": "Value"}},
         ],
-        "options": {"xField": f"{row_field}\\{column}", "orientation": "vertical", "legend": {"showLegend": True, "displayMode": "list", "placement": "bottom"}},
+        "options": {
+            "xField": f"{row_field}\\{column}", "orientation": "vertical",
+            "legend": {"showLegend": True, "displayMode": "list", "placement": "bottom"},
+        },
         "targets": [query(expr, instant=True, table=True)],
     }
 

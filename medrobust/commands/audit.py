@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from medrobust.commands import positive_int
-from training.contract.config import ATTACKS, AttackConfig, AuditConfig, default_of, read_config
+from training.contract.config import ATTACKS, DEFAULT_MODEL_REPO, AttackConfig, AuditConfig, default_of, read_config
 
 _audit = lambda name: default_of(AuditConfig, name)  # noqa: E731  (defaults are written once, on the config)
 _attack = lambda name: default_of(AttackConfig, name)  # noqa: E731
@@ -16,12 +16,16 @@ _attack = lambda name: default_of(AttackConfig, name)  # noqa: E731
 
 def _common(parser: argparse.ArgumentParser, *, models: bool = True) -> None:
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--model-repo", type=Path, help="model repository for the embedded backend (default: MEDROBUST_MODEL_REPO or model-repo)")
-    where.add_argument("--tf-serving", metavar="HOST:PORT", help="TF Serving's gRPC address, HOST:PORT or dns:///HOST:PORT (default: MEDROBUST_TF_SERVING)")
+    where.add_argument("--model-repo", type=Path,
+                       help=f"model repository for the embedded backend (default: MEDROBUST_MODEL_REPO or {DEFAULT_MODEL_REPO})")
+    where.add_argument("--tf-serving", metavar="HOST:PORT",
+                       help="TF Serving's gRPC address, HOST:PORT or dns:///HOST:PORT (default: MEDROBUST_TF_SERVING)")
     parser.add_argument("--tf-serving-max-batch", type=positive_int,
-                        help=f"TF Serving's max_batch_size: larger batches are split (MEDROBUST_TF_SERVING_MAX_BATCH, default {_audit('tf_serving_max_batch')})")
+                        help="TF Serving's max_batch_size: larger batches are split "
+                             f"(MEDROBUST_TF_SERVING_MAX_BATCH, default {_audit('tf_serving_max_batch')})")
     parser.add_argument("--database-url", help=f"SQLAlchemy URL of the audit store (default: MEDROBUST_DATABASE_URL or {_audit('database_url')})")
-    parser.add_argument("--artefacts-dir", type=Path, help=f"where examples and reports go (default: MEDROBUST_AUDIT_ARTEFACTS or {_audit('artefacts_dir')})")
+    parser.add_argument("--artefacts-dir", type=Path,
+                        help=f"where examples and reports go (default: MEDROBUST_AUDIT_ARTEFACTS or {_audit('artefacts_dir')})")
     if not models:
         return
     parser.add_argument("--dataset", help="KIND:PATH the audit set is drawn from (default: MEDROBUST_AUDIT_DATASET)")
@@ -49,21 +53,23 @@ def register(subparsers) -> None:
     run = sub.add_parser("run", help="one audit run of each model now (for cron or a Kubernetes CronJob)")
     _common(run)
     run.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
-    run.set_defaults(handler=_run)
+    run.set_defaults(handler=_run, check=config_from_args)
 
     worker = sub.add_parser("worker", help="audit on a schedule and on every new version; serve /metrics")
     _common(worker)
     worker.add_argument("--schedule", help=f"5-field cron expression (default: MEDROBUST_AUDIT_SCHEDULE or {_audit('schedule')!r})")
-    worker.add_argument("--metrics-port", type=int, help=f"port of /metrics and /healthz (default: MEDROBUST_AUDIT_METRICS_PORT or {_audit('metrics_port')})")
+    worker.add_argument("--metrics-port", type=int,
+                        help=f"port of /metrics and /healthz (default: MEDROBUST_AUDIT_METRICS_PORT or {_audit('metrics_port')})")
     worker.add_argument("--now", action="store_true", help="also audit every model at start")
-    worker.set_defaults(handler=_worker)
+    worker.set_defaults(handler=_worker, check=config_from_args)
 
     report = sub.add_parser("report", help="write the figures and HTML page of a stored run")
-    report.add_argument("run_id", type=int, metavar="RUN_ID")
+    report.add_argument("run_id", type=int, metavar="RUN_ID", help="the run's id, as `audit run` and the Audits page show it")
     report.add_argument("--database-url", help="SQLAlchemy URL of the audit store (default: MEDROBUST_DATABASE_URL)")
-    report.add_argument("--artefacts-dir", type=Path)
+    report.add_argument("--artefacts-dir", type=Path,
+                        help=f"where the run's examples are (default: MEDROBUST_AUDIT_ARTEFACTS or {_audit('artefacts_dir')})")
     report.add_argument("--out", type=Path, help="output folder (default: the run's artefacts folder /report)")
-    report.set_defaults(handler=_report)
+    report.set_defaults(handler=_report, check=config_from_args)
 
 
 def config_from_args(args: argparse.Namespace) -> AuditConfig:
@@ -172,7 +178,8 @@ def _worker(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     worker = stack.worker
     worker.start(audit_now=args.now)
-    print(f"audit worker: schedule {stack.config.schedule!r}, metrics on http://{stack.config.metrics_host}:{worker.metrics_port}/metrics", flush=True)
+    metrics = f"http://{stack.config.metrics_host}:{worker.metrics_port}/metrics"
+    print(f"audit worker: schedule {stack.config.schedule!r}, metrics on {metrics}", flush=True)
     while not stop.wait(1.0):
         pass
     print("audit worker: stopping", flush=True)
@@ -181,9 +188,9 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from medrobust.commands import UsageError
     from audit.report import write_report
     from audit.store import AuditStore, RunNotFound
+    from medrobust.commands import UsageError
 
     config = config_from_args(args)
     store = AuditStore(config.database_url, recover=False)

@@ -17,18 +17,19 @@ import sys
 import time
 from pathlib import Path
 
-from medrobust.commands import positive_int
-from training.contract.card import BACKBONES
-from training.contract.config import ATTACKS, DEFAULT_STEPS, AttackConfig, ReproduceConfig, default_of, parse_attacks, read_config
+from medrobust.commands import positive_float, positive_int
+from training.contract.card import BACKBONES, MIN_INPUT_SIZE, Backbone
+from training.contract.config import (
+    ATTACKS,
+    DEFAULT_STEPS,
+    AttackConfig,
+    ReproduceConfig,
+    default_of,
+    parse_attacks,
+    read_config,
+)
 
 DEFAULT_SIZE = 64
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
-    return value
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -79,14 +80,16 @@ def register(subparsers) -> None:
     p.add_argument("--task", help="task name, e.g. derm (default: the dataset's)")
     p.add_argument("--dataset", required=True, help="KIND:PATH, e.g. ham10000:DIR, medmnist:FILE.npz, synthetic")
     p.add_argument("--backbones", type=_backbones, default=BACKBONES, help=f"comma-separated (default: {','.join(BACKBONES)})")
-    p.add_argument("--variants", type=_variants, default=("baseline", "attention"), help="baseline,attention (default: both; one of them to split a grid over processes, then --merge)")
-    p.add_argument("--image-size", type=positive_int, help=f"input size for every backbone (default: {DEFAULT_SIZE}, or the backbone's minimum if larger)")
+    p.add_argument("--variants", type=_variants, default=("baseline", "attention"),
+                   help="baseline,attention (default: both; one of them to split a grid over processes, then --merge)")
+    p.add_argument("--image-size", type=positive_int,
+                   help=f"input size for every backbone (default: {DEFAULT_SIZE}, or the backbone's minimum if larger)")
     p.add_argument("--epochs", type=positive_int, default=300, help="upper bound; early stopping usually ends sooner (default: 300, the paper's)")
     p.add_argument("--limit", type=positive_int, help="cap the training images per model (a seeded subset per seed)")
     p.add_argument("--epoch-fraction", type=float, default=1.0, help="fraction of the training set per epoch (the paper used 0.1 for skin lesions)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="training batch size (default: 32, as the recipe)")
     p.add_argument(
-        "--learning-rate", type=_positive_float, default=0.01,
+        "--learning-rate", type=positive_float, default=0.01,
         help="Adam learning rate (default: 0.01, the paper's, which assumes pretrained backbones; from random "
              "initialisation 0.001 trains where 0.01 diverges)",
     )
@@ -106,7 +109,8 @@ def register(subparsers) -> None:
         "--queries", type=positive_int,
         help=f"Square Attack's queries per image and epsilon, alone and in the ensemble (default: {AttackConfig.queries})",
     )
-    p.add_argument("--out", type=Path, help=f"state, model repository and checkpoints (default: MEDROBUST_REPRODUCE_OUT or ./{default_of(ReproduceConfig, 'out')})")
+    p.add_argument("--out", type=Path,
+                   help=f"state, model repository and checkpoints (default: MEDROBUST_REPRODUCE_OUT or ./{default_of(ReproduceConfig, 'out')})")
     p.add_argument("--report-dir", type=Path, help="where the figures, tables and manifest go (default: --out)")
     p.add_argument(
         "--merge", type=Path, nargs="+", default=(), metavar="OUT",
@@ -114,18 +118,36 @@ def register(subparsers) -> None:
              "(e.g. seeds run in parallel processes)",
     )
     p.add_argument("--report-only", action="store_true", help="train and audit nothing: redraw the report from what has finished")
-    p.set_defaults(handler=_reproduce)
+    p.set_defaults(handler=_reproduce, check=_check)
+
+
+def _check(args: argparse.Namespace) -> None:
+    """What `reproduce` can refuse before TensorFlow is imported: the dataset spec, the sizes, the grid."""
+    from medrobust.commands import UsageError
+    from training.dataset_types import DatasetError
+    from training.datasets import check_spec
+
+    if not 0.0 < args.epoch_fraction <= 1.0:
+        raise UsageError(f"expected --epoch-fraction in (0, 1], got {args.epoch_fraction}")
+    try:
+        check_spec(args.dataset)
+    except DatasetError as exc:
+        raise UsageError(str(exc)) from None
+    _config(args, args.task or "task")  # the dataset's task is not known yet; nothing checked depends on it
+    try:
+        read_config(ReproduceConfig, vars(args))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _config(args: argparse.Namespace, dataset_task: str):
-    from training.contract.config import PAPER_EPSILONS, parse_epsilons
     from medrobust.commands import UsageError
     from medrobust.reproduce_grid import GridConfig
-    from training.models import spec_for
+    from training.contract.config import PAPER_EPSILONS, parse_epsilons
 
     sizes = []
     for backbone in args.backbones:
-        minimum = spec_for(backbone).min_size
+        minimum = MIN_INPUT_SIZE[Backbone(backbone)]
         size = args.image_size or max(DEFAULT_SIZE, minimum)
         if size < minimum:
             raise UsageError(f"{backbone} needs --image-size >= {minimum}, got {size}; run it separately with a larger size")
@@ -135,7 +157,8 @@ def _config(args: argparse.Namespace, dataset_task: str):
         return GridConfig(
             task=args.task or dataset_task, dataset=args.dataset, backbones=tuple(args.backbones), image_sizes=tuple(sizes),
             epochs=args.epochs, limit=args.limit, seeds=tuple(args.seeds), samples=args.samples, epsilons=epsilons,
-            steps=args.steps, epoch_fraction=args.epoch_fraction, batch_size=args.batch_size, learning_rate=args.learning_rate, variants=tuple(args.variants), weights=args.weights,
+            steps=args.steps, epoch_fraction=args.epoch_fraction, batch_size=args.batch_size, learning_rate=args.learning_rate,
+            variants=tuple(args.variants), weights=args.weights,
             attacks=tuple(args.attacks), apgd_steps=args.apgd_steps, queries=args.queries,
         )
     except ValueError as exc:
@@ -157,8 +180,6 @@ def _reproduce(args: argparse.Namespace) -> int:
     from training.dataset_types import DatasetError
     from training.datasets import load_dataset
 
-    if not 0.0 < args.epoch_fraction <= 1.0:
-        raise UsageError(f"expected --epoch-fraction in (0, 1], got {args.epoch_fraction}")
     try:
         dataset = load_dataset(args.dataset, seed=0)  # one split for every seed: seeds vary training only
     except DatasetError as exc:
@@ -181,7 +202,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         "arguments": {k: _jsonable(v) for k, v in vars(args).items() if k != "handler"},
         "seeds": list(config.seeds),
         "backbones": list(config.backbones),
-        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "environment": environment(),
         "status": "running",
     }
@@ -202,7 +223,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         raise
     finally:
         invocation.update(
-            status=status, finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            status=status, finished=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             wall_seconds=round(time.perf_counter() - started, 1), cells_worked_on=[c.key for c in worked],
         )
         state.save()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from training.contract.config import ServiceConfig, default_of
+from training.contract.config import DEFAULT_MODEL_REPO, ServiceConfig, default_of
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,8 +21,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     d = lambda name: default_of(ServiceConfig, name)  # noqa: E731  (defaults are written once, on the config)
-    p.add_argument("--model-repo", metavar="DIR", help="model repository (MEDROBUST_MODEL_REPO)")
-    p.add_argument("--tf-serving", metavar="HOST:PORT", help="TF Serving gRPC address, HOST:PORT or dns:///HOST:PORT to balance over every address the name has (MEDROBUST_TF_SERVING)")
+    p.add_argument("--model-repo", metavar="DIR",
+                   help=f"model repository (MEDROBUST_MODEL_REPO, default {DEFAULT_MODEL_REPO} unless --tf-serving is given)")
+    p.add_argument("--tf-serving", metavar="HOST:PORT",
+                   help="TF Serving gRPC address, HOST:PORT or dns:///HOST:PORT to balance over every address the name has "
+                        "(MEDROBUST_TF_SERVING)")
     p.add_argument("--models", metavar="A,B", help="served model names, when TF Serving runs without a visible repository (MEDROBUST_MODELS)")
     p.add_argument("--host", help=f"bind address (MEDROBUST_HOST, default {d('host')})")
     p.add_argument("--port", type=int, help=f"port (MEDROBUST_PORT, default {d('port')})")
@@ -35,11 +38,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--workers", type=int, help=f"gunicorn worker processes (MEDROBUST_WORKERS, default {d('workers')})")
     p.add_argument("--threads", type=int, help=f"threads per worker (MEDROBUST_THREADS, default {d('threads')})")
-    p.add_argument("--max-loaded", type=int, help=f"embedded: most model versions held in memory per worker (MEDROBUST_MAX_LOADED, default {d('max_loaded')})")
-    p.add_argument("--poll-seconds", type=float, help=f"embedded: how often to look for new versions (MEDROBUST_POLL_SECONDS, default {d('poll_seconds'):g})")
+    p.add_argument("--max-loaded", type=int,
+                   help=f"embedded: most model versions held in memory per worker (MEDROBUST_MAX_LOADED, default {d('max_loaded')})")
+    p.add_argument("--poll-seconds", type=float,
+                   help=f"embedded: how often to look for new versions (MEDROBUST_POLL_SECONDS, default {d('poll_seconds'):g})")
     p.add_argument("--tf-serving-max-batch", type=int,
-                   help=f"TF Serving's max_batch_size: larger batches are split (MEDROBUST_TF_SERVING_MAX_BATCH, default {d('tf_serving_max_batch')})")
-    p.add_argument("--grpc-deadline-seconds", type=float, help=f"TF Serving: deadline of each call (MEDROBUST_GRPC_DEADLINE_SECONDS, default {d('grpc_deadline_seconds'):g})")
+                   help="TF Serving's max_batch_size: larger batches are split "
+                        f"(MEDROBUST_TF_SERVING_MAX_BATCH, default {d('tf_serving_max_batch')})")
+    p.add_argument("--grpc-deadline-seconds", type=float,
+                   help=f"TF Serving: deadline of each call (MEDROBUST_GRPC_DEADLINE_SECONDS, default {d('grpc_deadline_seconds'):g})")
     p.add_argument("--max-upload-bytes", type=int, help=f"largest request body (MEDROBUST_MAX_UPLOAD_BYTES, default {d('max_upload_bytes')})")
     p.add_argument("--max-pixels", type=int, help=f"largest decoded image (MEDROBUST_MAX_PIXELS, default {d('max_pixels')})")
     p.add_argument("--max-decodes", type=int,
@@ -53,11 +60,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from medrobust.commands import UsageError, read_service_config
+    from medrobust.commands import read_service_config, require_model_repo
+    from medrobust.ports import check_free, front_end_listens
 
     config = read_service_config(vars(args))
-    if config.model_repo is not None and not config.model_repo.is_dir():
-        raise UsageError(f"--model-repo: expected a directory, got {str(config.model_repo)!r}")
+    if config.model_repo is not None:
+        require_model_repo(config.model_repo)
+    check_free(*front_end_listens(config))
     if config.database_url:
         _wait_for_the_audit_database(config)
     from medrobust.web_server import serve

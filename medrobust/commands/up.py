@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import secrets
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from training.contract.config import AuditConfig, ServiceConfig, TrainConfig, default_of
+from medrobust.commands import positive_int
+from training.contract.card import MIN_INPUT_SIZE, Backbone
+from training.contract.config import DEFAULT_MODEL_REPO, AuditConfig, ServiceConfig, default_of, env_name
+
+if TYPE_CHECKING:
+    from medrobust.admin_token import KeptToken
 
 log = logging.getLogger(__name__)
 QUICK_DATASET = "synthetic:600"
@@ -22,21 +28,23 @@ QUICK_DATASET = "synthetic:600"
 
 def register(subparsers) -> None:
     up = subparsers.add_parser("up", help="train a quick model pair if none exists, then serve, audit and export metrics")
-    up.add_argument("--model-repo", type=Path, help=f"default: MEDROBUST_MODEL_REPO or {default_of(TrainConfig, 'model_repo')}")
+    up.add_argument("--model-repo", type=Path, help=f"model repository (default: MEDROBUST_MODEL_REPO or {DEFAULT_MODEL_REPO})")
     up.add_argument("--dataset", help=f"KIND:PATH to train on and audit with (default: the models' own, or {QUICK_DATASET} offline)")
     up.add_argument("--task", help="task name for the quick models (default: the dataset's)")
-    up.add_argument("--image-size", type=int, default=32, help="input size of the quick models (default 32)")
-    up.add_argument("--train-images", type=int, default=300, help="training images for the quick models (default 300)")
-    up.add_argument("--epochs", type=int, default=3, help="epochs for the quick models (default 3)")
+    up.add_argument("--image-size", type=positive_int, default=32, help="input size of the quick models (default 32)")
+    up.add_argument("--train-images", type=positive_int, default=300, help="training images for the quick models (default 300)")
+    up.add_argument("--epochs", type=positive_int, default=3, help="epochs for the quick models (default 3)")
     up.add_argument("--host", help=f"bind address (default: MEDROBUST_HOST or {default_of(ServiceConfig, 'host')})")
     up.add_argument("--port", type=int, help=f"front end port (default: MEDROBUST_PORT or {default_of(ServiceConfig, 'port')})")
     up.add_argument(
         "--allow-anonymous", action="store_true", default=None,
         help="serve the API without MEDROBUST_API_TOKEN on a non-loopback --host, on purpose (MEDROBUST_ALLOW_ANONYMOUS=1)",
     )
-    up.add_argument("--metrics-port", type=int, help=f"/metrics of the front end and the audit, apart from the API (default: MEDROBUST_AUDIT_METRICS_PORT or {default_of(AuditConfig, 'metrics_port')})")
-    up.add_argument("--samples", type=int, help=f"audit set size (default: MEDROBUST_AUDIT_SAMPLES or {default_of(AuditConfig, 'samples')})")
-    up.add_argument("--steps", type=int, help="attack steps (default: MEDROBUST_AUDIT_STEPS or the attack's own)")
+    up.add_argument("--metrics-port", type=int,
+                    help=f"/metrics of the front end and the audit, apart from the API, as `serve`'s "
+                         f"(default: MEDROBUST_METRICS_PORT or {default_of(ServiceConfig, 'metrics_port')})")
+    up.add_argument("--samples", type=positive_int, help=f"audit set size (default: MEDROBUST_AUDIT_SAMPLES or {default_of(AuditConfig, 'samples')})")
+    up.add_argument("--steps", type=positive_int, help="attack steps (default: MEDROBUST_AUDIT_STEPS or the attack's own)")
     up.add_argument("--database-url", help=f"audit store (default: MEDROBUST_DATABASE_URL or {default_of(AuditConfig, 'database_url')})")
     up.add_argument("--no-audit", action="store_true",
                     help="do not audit the models there are at start (the schedule, and versions added later, still are)")
@@ -63,24 +71,39 @@ def train_quick_pair(repo: Path, dataset, *, task: str, image_size: int, train_i
 
 def _up(args: argparse.Namespace) -> int:
     from medrobust.commands import UsageError, read_service_config
-    from training.contract.config import read_config
+    from medrobust.ports import check_free, front_end_listens
+    from training.contract.config import TrainConfig, read_config
 
     started = time.perf_counter()
     try:
-        repo = read_config(TrainConfig, {"model_repo": args.model_repo}).model_repo
-        dataset_flag = read_config(AuditConfig, {"dataset": args.dataset}).dataset
+        train_config = read_config(TrainConfig, {"model_repo": args.model_repo})
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    # Before any training: a refused --host should not cost minutes.
-    service_config = read_service_config(
-        {"model_repo": repo, "host": args.host, "port": args.port, "allow_anonymous": args.allow_anonymous}
-    )
+    repo = train_config.model_repo
+    # Before any training: a refused --host, a too small --image-size or a busy port should not cost minutes.
+    service_config = read_service_config({
+        "model_repo": repo, "host": args.host, "port": args.port, "metrics_port": args.metrics_port,
+        "allow_anonymous": args.allow_anonymous,
+    })
+    audit_config = audit_config_for_up(args, service_config)
+    minimum = MIN_INPUT_SIZE[Backbone.RESNET50]
+    if args.image_size < minimum:
+        raise UsageError(f"resnet50 needs --image-size >= {minimum}, got {args.image_size}")
+    if audit_config.dataset:
+        from training.dataset_types import DatasetError
+        from training.datasets import check_spec
+
+        try:
+            check_spec(audit_config.dataset)
+        except DatasetError as exc:
+            raise UsageError(str(exc)) from None
+    check_free(*front_end_listens(service_config))
     from training.contract.repository import list_models
 
     # This process becomes gunicorn's master, which forks the front end's worker: TensorFlow must
     # never be imported here. Training runs in a child process of its own.
     existing = list_models(repo)
-    dataset_spec = dataset_flag
+    dataset_spec = audit_config.dataset  # --dataset or MEDROBUST_AUDIT_DATASET
     if not existing:
         dataset_spec = dataset_spec or QUICK_DATASET
         status = _in_child(train_for_up, repo=repo, dataset_spec=dataset_spec, task=args.task,
@@ -95,7 +118,23 @@ def _up(args: argparse.Namespace) -> int:
             raise UsageError("expected --dataset to audit with: the models' cards do not name their dataset")
     if any((m.card.get("dataset") or {}).get("synthetic") for m in existing):
         _banner("These models were trained on SYNTHETIC data: a demonstration, not medical classifiers.")
-    return _serve(args, service_config, dataset_spec, started)
+    return _serve(args, service_config, replace(audit_config, dataset=dataset_spec), started, train_config.workdir)
+
+
+def audit_config_for_up(args: argparse.Namespace, service_config: ServiceConfig) -> AuditConfig:
+    """The audit's config in `up`: the embedded backend over the front end's repository, and its
+    metrics on the front end's metrics port (one server in the worker serves both)."""
+    from medrobust.commands import UsageError
+    from training.contract.config import read_config
+
+    try:
+        return replace(read_config(AuditConfig, {
+            "model_repo": service_config.model_repo, "dataset": args.dataset, "samples": args.samples,
+            "steps": args.steps, "database_url": args.database_url,
+            "metrics_port": service_config.metrics_port, "metrics_host": service_config.metrics_host or service_config.host,
+        }), tf_serving=None)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _in_child(target, **kwargs) -> int:
@@ -128,10 +167,7 @@ def train_for_up(*, repo: Path, dataset_spec: str, task: str | None, image_size:
     try:
         from training.dataset_types import DatasetError
         from training.datasets import load_dataset
-        from training.models import spec_for
 
-        if image_size < spec_for("resnet50").min_size:
-            raise UsageError(f"resnet50 needs --image-size >= {spec_for('resnet50').min_size}, got {image_size}")
         try:
             dataset = load_dataset(dataset_spec, seed=0)
         except DatasetError as exc:
@@ -153,30 +189,16 @@ def train_for_up(*, repo: Path, dataset_spec: str, task: str | None, image_size:
         sys.exit(130)
 
 
-def _serve(args, service_config: ServiceConfig, dataset_spec: str, started: float) -> int:
+def _serve(args, service_config: ServiceConfig, audit_config: AuditConfig, started: float, state_dir: Path) -> int:
     """gunicorn with one worker, which holds the front end and the audit scheduler over one
-    embedded backend (one copy of each model in memory); its registry is served on the metrics port."""
-    from dataclasses import replace
-
-    from medrobust.commands import UsageError
+    embedded backend (one copy of each model in memory); its registry is served on the metrics port.
+    An admin token `up` makes is kept in `state_dir` and reused on the next start."""
+    from medrobust.admin_token import keep_admin_token
     from medrobust.web_server import run_gunicorn
-    from training.contract.config import read_config
 
-    repo = service_config.model_repo
-    try:
-        # Always the embedded backend over `repo`: `up` is the one-machine system.
-        service_config = replace(service_config, tf_serving=None)
-        audit_config = replace(read_config(AuditConfig, {
-            "model_repo": repo, "dataset": dataset_spec, "samples": args.samples, "steps": args.steps,
-            "database_url": args.database_url, "metrics_port": args.metrics_port, "metrics_host": service_config.host,
-        }), tf_serving=None)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    admin_token = service_config.admin_token
-    generated = admin_token is None
-    if generated:
-        admin_token = secrets.token_urlsafe(18)
-        service_config = replace(service_config, admin_token=admin_token)
+    admin = keep_admin_token(service_config.admin_token, state_dir)
+    # Always the embedded backend over the repository: `up` is the one-machine system.
+    service_config = replace(service_config, tf_serving=None, admin_token=admin.token)
     held = {}
 
     def load():
@@ -197,7 +219,7 @@ def _serve(args, service_config: ServiceConfig, dataset_spec: str, started: floa
         if args.no_audit:
             stack.worker.skip_served_versions()  # else the new-version poll would audit them at once
         stack.worker.start(audit_now=not args.no_audit)
-        _print_urls(service_config, audit_config, stack.worker.metrics_port, admin_token if generated else None,
+        _print_urls(service_config, audit_config, stack.worker.metrics_port, admin,
                     time.perf_counter() - started, audit_now=not args.no_audit)
         return app
 
@@ -209,7 +231,7 @@ def _serve(args, service_config: ServiceConfig, dataset_spec: str, started: floa
     return run_gunicorn(service_config, load, workers=1, hooks={"worker_exit": worker_exit}, quiet=not args.verbose)
 
 
-def _print_urls(service: ServiceConfig, audit: AuditConfig, metrics_port: int, generated_token: str | None,
+def _print_urls(service: ServiceConfig, audit: AuditConfig, metrics_port: int, admin: KeptToken,
                 seconds: float, *, audit_now: bool) -> None:
     host = service.host
     base = f"http://{host}:{service.port}"
@@ -221,7 +243,8 @@ def _print_urls(service: ServiceConfig, audit: AuditConfig, metrics_port: int, g
         f"  health         {base}/healthz  and  http://{host}:{metrics_port}/healthz\n"
         f"  audit schedule {audit.schedule!r} (MEDROBUST_AUDIT_SCHEDULE), first audit "
         f"{'running now' if audit_now else 'skipped'}; store {audit.database_url}\n"
-        + (f"  admin token    {generated_token}   (generated; set MEDROBUST_ADMIN_TOKEN to choose one)\n" if generated_token else "")
+        + (f"  admin token    {admin.token}   (kept in {admin.path}; set {env_name(ServiceConfig, 'admin_token')} "
+           "to choose one)\n" if admin.path is not None else "")
         + "Ctrl-C stops everything.",
         flush=True,
     )

@@ -165,7 +165,8 @@ def project_image(base: str, tag: str = PROJECT_IMAGE) -> Built:
 # build if two versions are installed. The cluster is made at build time, so every container starts
 # with the database and its user, and keeps what it writes in its own layer across `podman restart`.
 # It listens on 127.0.0.1 unless told `-c listen_addresses=*` (compose's service on its network),
-# and takes password logins from any address it listens on. SIGINT is PostgreSQL's fast shutdown: SIGTERM (smart) waits for the worker's pooled connections
+# and takes password logins from any address it listens on. SIGINT is PostgreSQL's fast shutdown: SIGTERM (smart)
+# waits for the worker's pooled connections
 # to close, which they never do, until podman kills the server.
 _POSTGRES_CONTAINERFILE = """\
 FROM {base}

@@ -123,8 +123,8 @@ def stack(medrobust_image, postgres_image, prometheus_image, tiny_repo, tmp_path
         import_model_repo(f"{compose.project}_model-repo", tiny_repo.path, scratch)
         compose("up", "--detach", *BACKENDS)
         for service in BACKENDS:
-            wait_until(lambda: compose.healthy(service), seconds=START_SECONDS, expected=f"{service} healthy",
-                       context=lambda: compose.logs(service))
+            wait_until(lambda s=service: compose.healthy(s), seconds=START_SECONDS, expected=f"{service} healthy",
+                       context=lambda s=service: compose.logs(s))
         compose("up", "--detach", *SERVERS)
         yield compose
     finally:
@@ -135,8 +135,8 @@ def stack(medrobust_image, postgres_image, prometheus_image, tiny_repo, tmp_path
 
 def test_every_service_reaches_healthy_through_its_own_healthcheck(stack):
     for service in (*BACKENDS, *SERVERS):
-        wait_until(lambda: stack.healthy(service), seconds=START_SECONDS, expected=f"{service} healthy",
-                   context=lambda: stack.logs(service))
+        wait_until(lambda s=service: stack.healthy(s), seconds=START_SECONDS, expected=f"{service} healthy",
+                   context=lambda s=service: stack.logs(s))
         state = stack.inspect(service)["State"]
         assert (state.get("Health") or state["Healthcheck"])["Status"] == "healthy", (service, state)
     # model-repo-init ran first and handed the volume to the image's user.
@@ -214,7 +214,8 @@ def test_a_prediction_goes_through_the_front_end_to_tf_serving_and_is_counted(st
     wait_until(lambda: stack.healthy("frontend"), seconds=START_SECONDS, expected="frontend healthy",
                context=lambda: stack.logs("frontend"))
     before = _served(stack, model)
-    code = (
+    # %-formatting: the script's own dict braces would need doubling in an f-string.
+    code = (  # noqa: UP031
         "import json, sys, urllib.request\n"
         "request = urllib.request.Request('http://127.0.0.1:8000/api/v1/models/%s/predict', data=sys.stdin.buffer.read(),"
         " headers={'Content-Type': 'image/png', 'Authorization': 'Bearer %s'}, method='POST')\n"
@@ -242,8 +243,12 @@ def _served(stack: Compose, model: str) -> int:
 def test_the_front_end_is_ready_with_every_model_available_in_tf_serving(stack, tiny_repo):
     wait_until(lambda: stack.healthy("frontend"), seconds=START_SECONDS, expected="frontend healthy",
                context=lambda: stack.logs("frontend"))
-    ready = wait_until(lambda: (lambda body: body if body.get("models") else None)(_frontend_get(stack, "/readyz")),
-                       seconds=START_SECONDS, expected="/readyz listing the models", context=lambda: stack.logs("frontend"))
+
+    def listed() -> dict | None:
+        body = _frontend_get(stack, "/readyz")
+        return body if body.get("models") else None
+
+    ready = wait_until(listed, seconds=START_SECONDS, expected="/readyz listing the models", context=lambda: stack.logs("frontend"))
     assert ready["backend"] == "tfserving", ready
     assert ready["models"] == dict.fromkeys(tiny_repo.models, "AVAILABLE"), ready
 

@@ -156,5 +156,5 @@ def test_shared_contract_checker_accepts_the_repository(exported):
     if not checker.is_file():
         pytest.skip(f"{checker} is absent")
     repo, _ = exported
-    run = subprocess.run([sys.executable, str(checker), str(repo)], capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, str(checker), str(repo)], capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stdout + run.stderr

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from service.app import create_app
-from training.contract.config import ServiceConfig
 from tests.integration import service_images as images
+from training.contract.config import ServiceConfig
 
 
 @pytest.fixture
@@ -297,8 +297,8 @@ def test_uploads_never_touch_disk(client, tiny_repo, monkeypatch):
 def test_extensions_reuse_the_admin_check_and_the_nav(tiny_repo, predictor):
     from flask import Blueprint, jsonify
 
-    from service.state import add_nav_link
     from service.auth import require_admin
+    from service.state import add_nav_link
 
     def audits(app):
         bp = Blueprint("audits", __name__)

@@ -10,11 +10,11 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from service.app import create_app
-from training.contract.config import ServiceConfig
-from training.contract.errors import ModelNotFound
 from tests.integration import service_images as images
 from tests.integration.serving import BACKENDS
 from training.contract import repository
+from training.contract.config import ServiceConfig
+from training.contract.errors import ModelNotFound
 
 
 @pytest.fixture(scope="module")

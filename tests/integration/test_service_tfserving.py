@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from service.app import create_app
-from training.contract.config import ServiceConfig
-from training.contract.errors import BackendTimeout, BackendUnavailable, ModelNotFound
 from service.tfserving import RETRY_MAX_TOKENS, TFServingPredictor
 from tests.integration import service_images as images
 from tests.integration.serving import free_port
+from training.contract.config import ServiceConfig
+from training.contract.errors import BackendTimeout, BackendUnavailable, ModelNotFound
 
 
 def _x() -> np.ndarray:
@@ -87,7 +87,8 @@ def test_server_down_through_the_app(tiny_repo):
     assert client.get("/readyz").status_code == 503
     assert client.get("/healthz").status_code == 200
     assert client.get("/").status_code == 200  # the page says the backend is down instead of failing
-    assert 'medrobust_backend_errors_total{backend="tfserving",code="UNAVAILABLE"}' in client.application.extensions["medrobust"].metrics.exposition().decode()
+    exposition = client.application.extensions["medrobust"].metrics.exposition().decode()
+    assert 'medrobust_backend_errors_total{backend="tfserving",code="UNAVAILABLE"}' in exposition
     predictor.close()
 
 

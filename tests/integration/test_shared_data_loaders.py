@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.datasets import load_dataset, load_images
 from training.contract.imaging import decode_image_file
+from training.datasets import load_dataset, load_images
 from training.medmnist_download import INFO
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"

@@ -292,7 +292,10 @@ class FakeTFServing:
         wanted = sorted(versions)
         if request.model_spec.HasField("version"):
             if request.model_spec.version.value not in versions:
-                context.abort(grpc.StatusCode.NOT_FOUND, f"Could not find version {request.model_spec.version.value} of model {request.model_spec.name}")
+                context.abort(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"Could not find version {request.model_spec.version.value} of model {request.model_spec.name}",
+                )
             wanted = [request.model_spec.version.value]
         loading = request.model_spec.name in self._loading
         response = get_model_status_pb2.GetModelStatusResponse()

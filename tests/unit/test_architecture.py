@@ -25,7 +25,7 @@ ALLOWED = {
 
 
 def layer(module: str) -> str:
-    return "training.contract" if module.startswith("training.contract") else module.split(".")[0]
+    return "training.contract" if module.startswith("training.contract") else module.split(".", maxsplit=1)[0]
 
 
 def module_graph(root: Path, packages=PACKAGES) -> dict[str, set[str]]:
@@ -153,7 +153,10 @@ def test_an_upward_import_is_found_even_inside_a_function(tmp_path):
 
 
 @pytest.mark.parametrize("imports", [
-    {"training/datasets.py": "def load():\n    from training.medmnist import read\n", "training/medmnist.py": "from training.datasets import Dataset\n"},
+    {
+        "training/datasets.py": "def load():\n    from training.medmnist import read\n",
+        "training/medmnist.py": "from training.datasets import Dataset\n",
+    },
     {"service/app.py": "from service import api\n", "service/api.py": "def v():\n    from service.app import state\n"},
 ])
 def test_a_cycle_is_found(tmp_path, imports):

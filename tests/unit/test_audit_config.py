@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from audit.auditset import audit_set_fingerprint, stratified_indices
-from training.contract.config import PAPER_EPSILONS, AttackConfig, AuditConfig, epsilon_label, read_config, parse_epsilons
+from training.contract.config import (
+    PAPER_EPSILONS,
+    AttackConfig,
+    AuditConfig,
+    epsilon_label,
+    parse_epsilons,
+    read_config,
+)
 
 
 @pytest.mark.parametrize(

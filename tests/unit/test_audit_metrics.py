@@ -269,10 +269,10 @@ def test_a_worker_restored_from_a_first_schema_database_flags_its_one_class_mode
 
 
 def test_the_worker_poll_drops_the_metrics_of_a_version_taken_out_of_the_repository(empty_store, tmp_path):
-    from training.contract.config import AuditConfig
     from audit.runner import AuditRunner
     from audit.scheduler import AuditWorker
     from service.embedded import EmbeddedPredictor
+    from training.contract.config import AuditConfig
 
     repo = tmp_path / "repo"
     model = "demo-resnet50-attention"

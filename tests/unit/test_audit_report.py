@@ -72,8 +72,8 @@ def test_the_audits_page_shows_the_same(store, tmp_path):
     from audit.web_reader import StoreReader
     from service.app import create_app
     from service.audits_web import audits_extension
-    from training.contract.config import ServiceConfig
     from service.embedded import EmbeddedPredictor
+    from training.contract.config import ServiceConfig
 
     repo = tmp_path / "repo"
     repo.mkdir()

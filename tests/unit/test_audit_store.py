@@ -18,7 +18,14 @@ import sqlalchemy as sa
 
 from audit.results import AuditResult, wilson_interval
 from audit.store import (
-    AuditStore, RunNotFound, _add_missing_columns, audit_points, audit_runs, audit_samples, audit_sanity, comparable,
+    AuditStore,
+    RunNotFound,
+    _add_missing_columns,
+    audit_points,
+    audit_runs,
+    audit_samples,
+    audit_sanity,
+    comparable,
 )
 from tests.audit_runs import CARD, EIGHT, OLD_SCHEMA_DUMP, make_result, one_class_result
 

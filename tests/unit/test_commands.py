@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from medrobust.cli import main
@@ -27,9 +26,9 @@ def test_a_bad_schedule_from_the_environment_names_the_variable(tmp_path, capsys
 
 
 def test_the_grpc_deadline_reaches_the_audits_predictor(monkeypatch):
+    from medrobust.cli import build_parser
     from medrobust.commands.audit import config_from_args
     from medrobust.compose import build_predictor
-    from medrobust.cli import build_parser
 
     monkeypatch.setenv("MEDROBUST_GRPC_DEADLINE_SECONDS", "2.5")
     args = build_parser().parse_args(["audit", "run", "--tf-serving", "127.0.0.1:1", "--models", "demo-resnet50-baseline"])

@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from training import medmnist_download
+from training.contract.imaging import InvalidImage
 from training.dataset_types import DatasetError, Split
 from training.datasets import load_dataset, load_images
-from training.contract.imaging import InvalidImage
 from training.medmnist import task_for
 from training.medmnist_download import INFO, MedMnistInfo
 
@@ -131,7 +131,7 @@ def test_chestxray14_reader_binary_pneumothorax_by_patient(tmp_path):
     data = load_dataset(f"chestxray14:{make_chest(tmp_path / 'cxr')}")
     assert data.class_names == ("no pneumothorax", "pneumothorax")
     assert data.default_task == "pneumothorax"
-    everything = {i: int(l) for s in ("train", "val", "test") for i, l in zip(data.split(s).ids, data.split(s).labels)}
+    everything = {i: int(label) for s in ("train", "val", "test") for i, label in zip(data.split(s).ids, data.split(s).labels)}
     assert everything["00000004_000.png"] == 1 and everything["00000001_000.png"] == 0
     patients = [set(data.split(s).groups) for s in ("train", "val", "test")]
     assert not (patients[0] & patients[1] or patients[0] & patients[2] or patients[1] & patients[2])
@@ -350,7 +350,9 @@ BAD_INPUTS = [
     ("npz volume", bad_npz_volume, r"organmnist3d\.npz: expected 2D train_images .*3D MedMNIST volumes"),
     ("npz not a zip", bad_npz_not_zip, r"broken\.npz: expected a MedMNIST \.npz archive, got an unreadable file"),
     ("npz missing", lambda tmp: f"medmnist:{tmp / 'nope.npz'}", r"nope\.npz: expected a MedMNIST \.npz file .*got no such file"),
-    ("unknown kind", lambda tmp: "nifti:/data", r"expected a dataset spec KIND:PATH with KIND one of medmnist, ham10000, kaggle-dr, chestxray14, folder, dicom, synthetic, got 'nifti:/data'"),
+    ("unknown kind", lambda tmp: "nifti:/data",
+     r"expected a dataset spec KIND:PATH with KIND one of medmnist, ham10000, kaggle-dr, chestxray14, folder, dicom, synthetic, "
+     r"got 'nifti:/data'"),
     ("missing directory", lambda tmp: f"ham10000:{tmp / 'absent'}", r"absent: expected a directory for .*got no such directory"),
     ("no directory given", lambda tmp: "folder:", r"expected folder:DIR naming a directory"),
     ("unknown medmnist name", lambda tmp: "medmnist:fakemnist", r"expected a 2D MedMNIST name \(bloodmnist, .*got 'fakemnist'"),

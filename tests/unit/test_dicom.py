@@ -235,7 +235,8 @@ def test_a_multiframe_file_answers_its_first_frame_and_says_so():
 
 def test_the_pixel_limit_counts_frames_before_any_pixel_is_decoded():
     data = files.long_multiframe(400)  # 400 frames claimed, one carried: a decode would fail differently
-    with pytest.raises(ImageTooLarge, match=r"expected at most 1,000,000 pixels \(frames x rows x columns\), got 400 frames of 64x64 = 1,638,400") as caught:
+    too_many = r"expected at most 1,000,000 pixels \(frames x rows x columns\), got 400 frames of 64x64 = 1,638,400"
+    with pytest.raises(ImageTooLarge, match=too_many) as caught:
         decode_image(data, max_pixels=1_000_000)
     assert caught.value.http_status == 413 and files.leaks(str(caught.value)) == []
     with pytest.raises(InvalidImage, match="decoder rejects"):  # within the limit, the missing frames show

@@ -98,7 +98,7 @@ def test_dicom_dir_with_a_labels_csv(tmp_path):
     data = load_dataset(f"dicom:{root}")
     assert data.class_names == ("clear", "effusion")
     path_of = by_listing(data, root)
-    labels = {path_of[i]: data.class_names[l] for s in ("train", "val", "test") for i, l in zip(data.split(s).ids, data.split(s).labels)}
+    labels = {path_of[i]: data.class_names[label] for s in ("train", "val", "test") for i, label in zip(data.split(s).ids, data.split(s).labels)}
     assert labels == {rel: ("effusion" if i % 3 == 0 else "clear") for i, rel in enumerate(ids)}
 
 

@@ -23,7 +23,7 @@ class Point:
 DOCUMENTS = [
     {"model": "m", "probabilities": {"nevus": 0.25, "melanoma": 0.75}, "overlay_png": "iVBORw0KGgo" * 1000},
     {"zeta": 1, "alpha": [1, 2.5, None, True], "nested": {"b": 1, "a": 2}},
-    {"when": dt.datetime(2026, 11, 29, 6, 30, tzinfo=dt.timezone.utc), "day": dt.date(2026, 1, 2)},
+    {"when": dt.datetime(2026, 11, 29, 6, 30, tzinfo=dt.UTC), "day": dt.date(2026, 1, 2)},
     {"point": Point(1, 2.5), "id": uuid.UUID(int=7)},
     {"text": "naïve café — 皮膚"},
     {3: "int keys become strings"},
@@ -63,7 +63,7 @@ def test_response_matches_flask_default(doc) -> None:
 
 def test_dates_stay_http_dates() -> None:
     fast, _ = _apps()
-    assert json.loads(fast.json.dumps({"d": dt.datetime(2026, 11, 29, tzinfo=dt.timezone.utc)})) == {
+    assert json.loads(fast.json.dumps({"d": dt.datetime(2026, 11, 29, tzinfo=dt.UTC)})) == {
         "d": "Sun, 29 Nov 2026 00:00:00 GMT"
     }
 

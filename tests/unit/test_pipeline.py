@@ -21,7 +21,7 @@ def synthetic():
 @pytest.fixture
 def file_split(tmp_path):
     rng = np.random.default_rng(0)
-    for c, name in enumerate(("a", "b", "c")):
+    for name in ("a", "b", "c"):
         for i in range(5):
             pixels = rng.integers(0, 256, size=(20 + i, 30, 3), dtype=np.uint8)
             path = tmp_path / "classes" / name / f"{i}.{'png' if i % 2 else 'jpg'}"
@@ -75,7 +75,7 @@ def test_unshuffled_training_and_evaluation_follow_split_order(synthetic):
         training_dataset(synthetic.val, image_size=24, num_classes=3, batch_size=7, seed=0, shuffle=False),
     ):
         x = np.concatenate([b.numpy() for b, _ in dataset])
-        y = np.concatenate([l.numpy() for _, l in dataset])
+        y = np.concatenate([labels.numpy() for _, labels in dataset])
         np.testing.assert_array_equal(x, expected)  # bit-identical to the shared imaging path
         np.testing.assert_array_equal(y.argmax(axis=1), synthetic.val.labels)
 

@@ -7,7 +7,14 @@ import json
 import pytest
 
 from medrobust.reproduce_report import (
-    MANIFEST, RESULTS_JSON, RESULTS_MD, draw_reproduction_figure, figure_name, manifest, markdown_table, summarise,
+    MANIFEST,
+    RESULTS_JSON,
+    RESULTS_MD,
+    draw_reproduction_figure,
+    figure_name,
+    manifest,
+    markdown_table,
+    summarise,
     write_report,
 )
 

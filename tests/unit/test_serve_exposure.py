@@ -22,6 +22,13 @@ def clean_environment(monkeypatch):
         monkeypatch.delenv(f"MEDROBUST_{name}", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def no_port_probe(monkeypatch):
+    """The commands here use the default ports, which another process on this machine may hold: exposure, not
+    ports, is what these tests are about (tests/unit/test_cli_consistency.py covers the port check)."""
+    monkeypatch.setattr("medrobust.ports.check_free", lambda *listens: None)
+
+
 @pytest.fixture
 def served(monkeypatch):
     """The configs `medrobust serve` would hand gunicorn; none is started."""

@@ -36,7 +36,7 @@ def test_from_env_and_overrides():
         ({"MEDROBUST_MODEL_REPO": "/m", "MEDROBUST_WORKERS": "two"}, "MEDROBUST_WORKERS: expected an integer, got 'two'"),
         ({"MEDROBUST_MODEL_REPO": "/m", "MEDROBUST_WORKERS": "0"}, "^MEDROBUST_WORKERS: expected at least 1, got 0$"),
         ({"MEDROBUST_MODEL_REPO": "/m", "MEDROBUST_MAX_LOADED": "0"}, "^MEDROBUST_MAX_LOADED: expected at least 1, got 0$"),
-        ({}, "expected a model repository"),
+        ({"MEDROBUST_TF_SERVING": "tf:8500"}, "expected a model repository .* beside TF Serving, or --models"),
         ({"MEDROBUST_MODEL_REPO": "/m", "MEDROBUST_MAX_DECODES": "0"}, "^MEDROBUST_MAX_DECODES: expected at least 1, got 0$"),
         ({"MEDROBUST_MODEL_REPO": "/m", "MEDROBUST_METRICS_PORT": "8000"},
          r"^MEDROBUST_METRICS_PORT: expected a port other than the API's \(8000\), got 8000$"),
@@ -46,6 +46,15 @@ def test_from_env_and_overrides():
 def test_refusals(env, message):
     with pytest.raises(ValueError, match=message):
         read_config(ServiceConfig, {}, env)
+
+
+def test_the_embedded_backend_reads_the_one_default_repository():
+    from training.contract.config import DEFAULT_MODEL_REPO, AuditConfig, TrainConfig
+
+    assert read_config(ServiceConfig, {}, {}).model_repo == DEFAULT_MODEL_REPO == Path("model-repo")
+    assert read_config(AuditConfig, {}, {}).model_repo == read_config(TrainConfig, {}, {}).model_repo == DEFAULT_MODEL_REPO
+    # Against TF Serving no repository is assumed: the served models are named instead.
+    assert read_config(ServiceConfig, {}, {"MEDROBUST_TF_SERVING": "tf:8500", "MEDROBUST_MODELS": "m"}).model_repo is None
 
 
 def test_is_frozen():

@@ -7,6 +7,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from service.metrics import ServiceMetrics, error_code
+from service.tfserving import map_rpc_error
 from training.contract.errors import (
     BackendTimeout,
     BackendUnavailable,
@@ -14,7 +15,6 @@ from training.contract.errors import (
     ModelNotFound,
     PredictorError,
 )
-from service.tfserving import map_rpc_error
 
 
 def test_names_and_labels():

@@ -21,6 +21,9 @@ class Backbone(str, enum.Enum):
 
 
 BACKBONES = tuple(b.value for b in Backbone)
+# The smallest input each backbone's downsampling still leaves a feature map for. Here, not beside
+# the Keras backbones, so that a command can refuse a too small --image-size before importing TensorFlow.
+MIN_INPUT_SIZE = {Backbone.RESNET50: 32, Backbone.INCEPTION_RESNET_V2: 75}
 CARD_SCHEMA_VERSION = 1
 
 
@@ -28,9 +31,10 @@ def read_card(version_dir: Path) -> dict[str, Any]:
     """The model card of one exported version."""
     path = version_dir / CARD_PATH
     try:
-        return json.loads(path.read_text())
+        card: dict[str, Any] = json.loads(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: expected a model card beside the SavedModel, found none") from None
+    return card
 
 
 def package_version() -> str:

@@ -20,7 +20,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, replace
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 # The paper's grid on [0, 1] pixels; written as decimals so labels are exact ("0.00125", not 0.00125000001).
 PAPER_EPSILONS = ("0", "0.00125", "0.0025", "0.005", "0.01", "0.02", "0.04", "0.08", "0.16", "0.32")
@@ -38,6 +41,10 @@ GRPC_DEADLINE_SECONDS = 10.0  # per TF Serving call, for the front end and the a
 # ... is larger than maximum input batch size") under deploy/tf-serving/batching.config's max_batch_size.
 TF_SERVING_MAX_BATCH = 32
 ENV_PREFIX = "MEDROBUST_"
+# Where every command looks for the model repository when neither --model-repo nor
+# MEDROBUST_MODEL_REPO names one (and no TF Serving address is given): `medrobust train` writes
+# there, so the next command, run in the same folder, finds it.
+DEFAULT_MODEL_REPO = Path("model-repo")
 
 
 class ConfigError(ValueError):
@@ -77,23 +84,28 @@ def setting(
     return field(default=default, metadata=metadata)
 
 
-def default_of(cls: type, name: str) -> Any:
+def default_of(cls: type[DataclassInstance], name: str) -> Any:
     """A field's default, for help texts (so no default is written twice)."""
     for f in fields(cls):
         if f.name == name:
-            return f.default_factory() if f.default is MISSING else f.default
+            return f.default_factory() if f.default_factory is not MISSING else f.default
     raise KeyError(f"expected a field of {cls.__name__}, got {name!r}")
 
 
-def env_name(cls: type, name: str) -> str:
+def env_name(cls: type[DataclassInstance], name: str) -> str:
     """The variable a field is read from, e.g. `MEDROBUST_AUDIT_SCHEDULE`."""
     for f in fields(cls):
         if f.name == name and f.metadata.get("env"):
-            return ENV_PREFIX + f.metadata["env"]
+            return ENV_PREFIX + str(f.metadata["env"])
     raise KeyError(f"expected a field of {cls.__name__} read from the environment, got {name!r}")
 
 
-def read_config(cls: type, flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Any:
+Config = TypeVar("Config", bound="DataclassInstance")  # read_config returns an instance of the class it is given
+
+
+def read_config(
+    cls: type[Config], flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Config:
     """A `cls` from flags (None = not given) over `MEDROBUST_*` variables over the fields' defaults.
 
     Flags are keyed by argparse destination; keys that are no field of `cls` are ignored, so a
@@ -128,7 +140,7 @@ def read_config(cls: type, flags: Mapping[str, Any] | None = None, environ: Mapp
         raise ConfigError(f"{sources.get(exc.name, exc.name)}: {exc.message}") from None
 
 
-def _expected(parse: Callable, raw: str, exc: Exception) -> str:
+def _expected(parse: Callable[[str], Any], raw: str, exc: Exception) -> str:
     if parse is int:
         return f"expected an integer, got {raw!r}"
     if parse is float:
@@ -209,6 +221,7 @@ def _positive(name: str, value: float, low: float = 1) -> None:
 class ServiceConfig:
     """Everything `medrobust serve` and `create_app` need; tests construct it directly."""
 
+    # None after construction only with TF Serving and --models (no repository visible to the front end).
     model_repo: Path | None = setting(None, "MODEL_REPO", parse=Path)
     # TF Serving's gRPC port, HOST:PORT or dns:///HOST:PORT (a headless Service: calls are balanced over
     # every replica); None: the embedded backend.
@@ -248,6 +261,8 @@ class ServiceConfig:
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
+        if self.model_repo is None and not self.tf_serving:
+            object.__setattr__(self, "model_repo", DEFAULT_MODEL_REPO)
         if isinstance(self.models, str):
             object.__setattr__(self, "models", _names(self.models))
         object.__setattr__(self, "models", tuple(self.models))
@@ -266,7 +281,7 @@ class ServiceConfig:
         if self.model_repo is None and not (self.tf_serving and self.models):
             raise FieldError(
                 "model_repo",
-                "expected a model repository (MEDROBUST_MODEL_REPO / --model-repo), or TF Serving with "
+                "expected a model repository (MEDROBUST_MODEL_REPO / --model-repo) beside TF Serving, or "
                 "--models naming the served models; got neither",
             )
         if self.open_beyond_loopback and not self.allow_anonymous:
@@ -373,7 +388,7 @@ class AuditConfig:
 
     dataset: str | None = setting(None, "AUDIT_DATASET")
     # With TF Serving, a mounted repository (if any) still supplies the model cards; with neither
-    # given, the embedded backend reads ./model-repo.
+    # given, the embedded backend reads DEFAULT_MODEL_REPO.
     model_repo: Path | None = setting(None, "MODEL_REPO", parse=Path, excludes=("tf_serving",))
     tf_serving: str | None = setting(None, "TF_SERVING")
     models: tuple[str, ...] = setting((), "AUDIT_MODELS", parse=_names)
@@ -387,6 +402,8 @@ class AuditConfig:
     schedule: str = setting(DEFAULT_SCHEDULE, "AUDIT_SCHEDULE")
     poll_seconds: float = setting(30.0, "AUDIT_POLL_SECONDS")
     metrics_host: str = setting("0.0.0.0", "AUDIT_METRICS_HOST")
+    # A worker's own /metrics port, apart from the front end's (ServiceConfig.metrics_port, which
+    # `serve` and `up` share): a worker beside `serve` on one machine must not collide with it.
     metrics_port: int = setting(9101, "AUDIT_METRICS_PORT")
     grpc_deadline_seconds: float = setting(GRPC_DEADLINE_SECONDS, "GRPC_DEADLINE_SECONDS")
     tf_serving_max_batch: int = setting(TF_SERVING_MAX_BATCH, "TF_SERVING_MAX_BATCH")  # larger batches are split
@@ -399,7 +416,7 @@ class AuditConfig:
                 object.__setattr__(self, name, Path(value))
         _check_tf_serving(self.tf_serving)
         if self.model_repo is None and not self.tf_serving:
-            object.__setattr__(self, "model_repo", Path("model-repo"))
+            object.__setattr__(self, "model_repo", DEFAULT_MODEL_REPO)
         if isinstance(self.models, str):
             object.__setattr__(self, "models", _names(self.models))
         object.__setattr__(self, "models", tuple(self.models))
@@ -430,7 +447,7 @@ class AuditConfig:
             raise ValueError(f"expected an attack among the configured {self.attacks}, got {name!r}")
         return self.attack.for_attack(name)
 
-    def with_(self, **changes) -> AuditConfig:
+    def with_(self, **changes: Any) -> AuditConfig:
         return replace(self, **changes)
 
 
@@ -439,7 +456,7 @@ class AuditConfig:
 class TrainConfig:
     """`medrobust train` and `export-config`: where versions are published."""
 
-    model_repo: Path = setting(Path("model-repo"), "MODEL_REPO")
+    model_repo: Path = setting(DEFAULT_MODEL_REPO, "MODEL_REPO")
     serving_root: str | None = setting(None, "SERVING_ROOT")  # the repository's path inside TF Serving's container
     workdir: Path = setting(Path(".medrobust"), "WORKDIR")  # checkpoints of runs in progress
 

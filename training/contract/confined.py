@@ -15,9 +15,11 @@ first time it needs one.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.context
 import resource
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import Any
 
 from training.contract.image_errors import ImageTooLarge, InvalidImage
@@ -48,7 +50,7 @@ def _address_space() -> int:
     return pages * resource.getpagesize()
 
 
-def _child(connection, limit: int, call: Callable[..., Any], args: tuple) -> None:
+def _child(connection: Connection, limit: int, call: Callable[..., Any], args: tuple[Any, ...]) -> None:
     ceiling = _address_space() + limit
     resource.setrlimit(resource.RLIMIT_AS, (ceiling, ceiling))
     try:
@@ -67,7 +69,7 @@ def _child(connection, limit: int, call: Callable[..., Any], args: tuple) -> Non
         connection.close()
 
 
-def _context():
+def _context() -> multiprocessing.context.ForkServerContext:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(_PRELOAD)
     return context

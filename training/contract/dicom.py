@@ -25,8 +25,11 @@ import os
 import re
 import warnings
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -41,6 +44,10 @@ from training.contract.image_errors import (
     UnsupportedImage,
 )
 from training.contract.warnings_lock import WARNINGS_LOCK
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+    from pydicom.uid import UID
 
 MAGIC_OFFSET = 128  # a Part 10 file: a 128-byte preamble, then "DICM", then the meta header
 MAGIC = b"DICM"
@@ -114,6 +121,7 @@ def _headerless(data: bytes) -> bool:
     # 0008 (or the 0002 meta group, always little endian). No accepted image format starts so.
     if len(data) < 8:
         return False
+    order: Literal["little", "big"]
     if data[:2] in (b"\x08\x00", b"\x02\x00"):
         order = "little"
     elif data[:2] == b"\x00\x08":
@@ -133,7 +141,7 @@ def is_dicom(data: bytes) -> bool:
 
 
 @lru_cache(maxsize=1)
-def _pydicom():
+def _pydicom() -> ModuleType:
     import pydicom
     import pydicom.config
 
@@ -146,14 +154,14 @@ def _pydicom():
     return pydicom
 
 
-def _parse(source, *, force: bool, **options):
+def _parse(source: io.BytesIO | str, *, force: bool, **options: Any) -> Dataset:
     """pydicom's dataset, every top-level element converted while pydicom's warnings are off."""
     pydicom = _pydicom()
     with WARNINGS_LOCK, warnings.catch_warnings():
         # Odd but readable files (a wrong VR, an odd character set) make pydicom warn; reading
         # them is the point, and the warnings may quote the header.
         warnings.simplefilter("ignore")
-        ds = pydicom.dcmread(source, force=force, **options)
+        ds: Dataset = pydicom.dcmread(source, force=force, **options)
         for _ in ds:  # converts raw elements now, under the filter, rather than on first use
             pass
     return ds
@@ -172,7 +180,7 @@ def _photometric_text(value: str) -> str:
     return value if value in _KNOWN_PHOTOMETRIC else "a value the standard does not define"
 
 
-def _whole(ds, keyword: str, described: str, default: int | None = None) -> int:
+def _whole(ds: Dataset, keyword: str, described: str, default: int | None = None) -> int:
     value = ds.get(keyword, default)
     if value is None or value == "":
         if default is not None:
@@ -187,7 +195,7 @@ def _whole(ds, keyword: str, described: str, default: int | None = None) -> int:
     return number
 
 
-def _transfer_syntax(ds):
+def _transfer_syntax(ds: Dataset) -> UID:
     """The file's transfer syntax UID; for a headerless file, the encoding pydicom found."""
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import (
@@ -215,7 +223,7 @@ def _transfer_syntax(ds):
     return uid
 
 
-def _check_decodable(uid) -> None:
+def _check_decodable(uid: UID) -> None:
     from pydicom.pixels import get_decoder
 
     if not (_UID.fullmatch(uid) and uid.is_transfer_syntax):
@@ -231,14 +239,14 @@ def _check_decodable(uid) -> None:
         )
 
 
-def _first(value):
+def _first(value: Any) -> Any:
     from pydicom.multival import MultiValue
 
     # Window Center/Width may hold several views; the first is the one to show.
     return value[0] if isinstance(value, (list, tuple, MultiValue)) else value
 
 
-def _header_window(ds) -> Window | None:
+def _header_window(ds: Dataset) -> Window | None:
     """The first Window Center/Width, when the header holds one the standard allows."""
     center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
     if center in (None, "") or width in (None, ""):
@@ -257,7 +265,7 @@ def _header_window(ds) -> Window | None:
     return Window(source="window", center=center, width=width)
 
 
-def _lut_inputs(ds) -> np.ndarray | None:
+def _lut_inputs(ds: Dataset) -> np.ndarray | None:
     """Every input value the first VOI LUT maps, when the header holds a usable one."""
     sequence = ds.get("VOILUTSequence")
     if not sequence:
@@ -277,18 +285,21 @@ def _to_eight(values: np.ndarray, low: float, high: float) -> np.ndarray:
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
-def _grey(stored: np.ndarray, ds, photometric: str) -> tuple[np.ndarray, Window]:
+def _grey(stored: np.ndarray, ds: Dataset, photometric: str) -> tuple[np.ndarray, Window]:
     """Modality LUT, then VOI LUT (window, LUT, or percentiles), then MONOCHROME1 inverted."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     window, lut_inputs = _header_window(ds), _lut_inputs(ds)
+    grey_levels: Callable[[np.ndarray], np.ndarray]
     if window is not None:
+        center, width = window.center, window.width
+        assert center is not None and width is not None  # a header window has both (_header_window)
         # The window's output range, found by pydicom itself: two values far outside the window.
-        reach = abs(window.width) * 64 + 1
-        ends = np.array([window.center - reach, window.center + reach], dtype=np.float64)
+        reach = abs(width) * 64 + 1
+        ends = np.array([center - reach, center + reach], dtype=np.float64)
         low, high = apply_voi_lut(ends, ds, index=0, prefer_lut=False)
 
-        def grey_levels(strip):
+        def grey_levels(strip: np.ndarray) -> np.ndarray:
             return apply_voi_lut(apply_modality_lut(strip, ds), ds, index=0, prefer_lut=False)
     elif lut_inputs is not None:
         window = Window(source="voi_lut", center=None, width=None)
@@ -296,7 +307,7 @@ def _grey(stored: np.ndarray, ds, photometric: str) -> tuple[np.ndarray, Window]
         outputs = apply_voi_lut(lut_inputs, ds, index=0, prefer_lut=True)
         low, high = float(outputs.min()), float(outputs.max())
 
-        def grey_levels(strip):
+        def grey_levels(strip: np.ndarray) -> np.ndarray:
             values = apply_modality_lut(strip, ds)
             # A VOI LUT is indexed by whole numbers; a rescale gives floats that are whole.
             if not np.issubdtype(values.dtype, np.integer):
@@ -311,7 +322,7 @@ def _grey(stored: np.ndarray, ds, photometric: str) -> tuple[np.ndarray, Window]
             raise InvalidImage("expected finite pixel values, got NaN or infinite ones")
         window = Window(source="percentile", center=(low + high) / 2, width=high - low)
 
-        def grey_levels(strip):
+        def grey_levels(strip: np.ndarray) -> np.ndarray:
             return apply_modality_lut(strip, ds)
 
     eight = np.empty(stored.shape, np.uint8)
@@ -329,7 +340,7 @@ def _rgb_to_eight(rgb: np.ndarray, bits: int) -> np.ndarray:
     return _to_eight(rgb, 0.0, float(2**bits - 1))
 
 
-def _colour(stored: np.ndarray, ds, photometric: str) -> np.ndarray:
+def _colour(stored: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
     from pydicom.pixels import apply_color_lut, convert_color_space
 
     if photometric == PALETTE:
@@ -386,7 +397,7 @@ def _check_inflation(data: bytes, max_pixels: int) -> None:
         raise InvalidImage("expected a deflated DICOM data set, got a deflate stream that does not inflate") from None
 
 
-def _frames(ds, frames: int):
+def _frames(ds: Dataset, frames: int) -> Iterator[tuple[int, bytes]]:
     """The encapsulated pixel data's frames, as pydicom splits them, at most `frames` of them."""
     from pydicom.encaps import generate_frames
 
@@ -399,7 +410,7 @@ def _frames(ds, frames: int):
         yield index, frame
 
 
-def _check_codestreams(ds, uid, *, rows: int, columns: int, frames: int, max_pixels: int) -> None:
+def _check_codestreams(ds: Dataset, uid: UID, *, rows: int, columns: int, frames: int, max_pixels: int) -> None:
     """Every frame's codestream declares the header's size and samples, before any decoder sees it.
 
     The decoders size their output from the codestream, not from Rows and Columns.
@@ -459,7 +470,7 @@ def _decode_first_frame(data: bytes, force: bool) -> np.ndarray:
     return pixel_array(ds, index=0, as_rgb=False)
 
 
-def _decode_limits(ds, *, rows: int, columns: int, size: int) -> Limits:
+def _decode_limits(ds: Dataset, *, rows: int, columns: int, size: int) -> Limits:
     """The frame's own bytes four times over (decoder buffers, colour conversion, the answer's copy),
     the file's four times (parsed and split), and 256 MiB for the codecs' fixed costs."""
     samples = _whole(ds, "SamplesPerPixel", "Samples per Pixel", default=1)
@@ -488,8 +499,8 @@ def read_dicom(data: bytes, *, max_pixels: int, min_side: int, confine: bool = F
         raise InvalidImage(
             f"expected a DICOM file, got {len(data):,} bytes that pydicom cannot parse ({type(exc).__name__})"
         ) from None
-    modality = str(ds.get("Modality") or "").strip().upper()
-    modality = modality if modality in MODALITIES else None
+    stated = str(ds.get("Modality") or "").strip().upper()
+    modality = stated if stated in MODALITIES else None
     if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
         raise NoPixelData(
             f"expected a DICOM image, got a DICOM object{f' ({modality})' if modality else ''} without "
@@ -547,7 +558,7 @@ def read_dicom(data: bytes, *, max_pixels: int, min_side: int, confine: bool = F
     return DicomPicture(pixels=np.ascontiguousarray(pixels), info=info)
 
 
-def patient_key(path: str | os.PathLike) -> str | None:
+def patient_key(path: str | os.PathLike[str]) -> str | None:
     """sha256 of a DICOM file's PatientID, or None without one: groups a patient's files, holds no id.
 
     Unsalted, so a dataset splits the same way on every run.

@@ -41,6 +41,7 @@ class PredictorError(HttpError):
 
     code = "backend_error"
     http_status = 502
+    grpc_code: str | None = None  # TF Serving's status code when it gave the error (service.metrics counts it)
 
 
 class ModelNotFound(PredictorError):

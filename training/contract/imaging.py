@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,7 +110,7 @@ def describe_start(data: bytes, count: int = 8) -> str:
 _STRIP_ROWS = 256
 
 
-def _strips(image: Image.Image, mode: str, convert) -> Image.Image:
+def _strips(image: Image.Image, mode: str, convert: Callable[[np.ndarray], np.ndarray]) -> Image.Image:
     """`image` converted strip by strip with `convert` (array -> uint8 array) into a new `mode` image."""
     width, height = image.size
     out = Image.new(mode, (width, height))
@@ -122,7 +123,8 @@ def _strips(image: Image.Image, mode: str, convert) -> Image.Image:
 def _grey16(strip: np.ndarray) -> np.ndarray:
     # 16-bit grey: the full 0..65535 range onto 0..255 rather than clipping at 255. float32 gives
     # exactly float64's answer here: v / 257 is never within float32's error of a .5 tie.
-    return np.clip(np.rint(strip.astype(np.float32) / np.float32(257.0)), 0, 255).astype(np.uint8)
+    grey: np.ndarray = np.clip(np.rint(strip.astype(np.float32) / np.float32(257.0)), 0, 255).astype(np.uint8)
+    return grey
 
 
 def _float_grey(strip: np.ndarray) -> np.ndarray:
@@ -243,7 +245,7 @@ def _upload(eight: Image.Image, size: int, display_side: int, *, info: DicomInfo
 
 
 def decode_image_file(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_side: int | None = None,

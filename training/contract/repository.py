@@ -16,9 +16,13 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from training.contract.card import BACKBONES, read_card
+
+if TYPE_CHECKING:
+    # tensorflow_serving ships no type information: the proto class is Any to the checker.
+    from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
 
 MODEL_NAME = re.compile(rf"^[a-z0-9_]+-({'|'.join(BACKBONES)})-(attention|baseline)$")
 WARMUP_PATH = Path("assets.extra") / "tf_serving_warmup_requests"
@@ -47,7 +51,7 @@ def versions_of(model_dir: Path) -> tuple[int, ...]:
     return tuple(sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir()))
 
 
-def list_models(repo: str | os.PathLike) -> tuple[RepoModel, ...]:
+def list_models(repo: str | os.PathLike[str]) -> tuple[RepoModel, ...]:
     """Every model in the repository that has at least one complete version, by name."""
     root = Path(repo)
     if not root.is_dir():
@@ -84,7 +88,7 @@ def publish_version(repo: Path, model: str, staged: Path) -> tuple[int, Path]:
     target = model_dir / str(version)
     # mkdtemp made `staged` 0700 and the process's umask decided its files' modes: open both up
     # before the version becomes visible, so no server ever sees it unreadable.
-    for root, dirs, files in os.walk(staged):
+    for root, _dirs, files in os.walk(staged):
         os.chmod(root, READABLE_DIR)
         for name in files:
             os.chmod(os.path.join(root, name), READABLE_FILE)
@@ -108,7 +112,7 @@ def _make_readable_dir(path: Path) -> None:
     os.chmod(path, READABLE_DIR)
 
 
-def read_models_config(repo: str | os.PathLike):
+def read_models_config(repo: str | os.PathLike[str]) -> ModelServerConfig | None:
     """The repository's `models.config` as a TF Serving `ModelServerConfig` proto; None without one."""
     path = Path(repo) / MODELS_CONFIG
     try:
@@ -119,12 +123,13 @@ def read_models_config(repo: str | os.PathLike):
     from tensorflow_serving.config import model_server_config_pb2
 
     try:
-        return text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+        config: ModelServerConfig = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+        return config
     except text_format.ParseError as exc:
         raise ValueError(f"{path}: expected a TF Serving ModelServerConfig in text format, got: {exc}") from None
 
 
-def version_labels(repo: str | os.PathLike) -> dict[str, dict[str, int]]:
+def version_labels(repo: str | os.PathLike[str]) -> dict[str, dict[str, int]]:
     """The version labels (TF Serving's `version_labels`, e.g. `stable` -> 3) that the repository's
     `models.config` gives each model; {} when there is no `models.config`.
 
@@ -135,12 +140,12 @@ def version_labels(repo: str | os.PathLike) -> dict[str, dict[str, int]]:
     return config_labels(config) if config is not None else {}
 
 
-def config_labels(config) -> dict[str, dict[str, int]]:
+def config_labels(config: ModelServerConfig) -> dict[str, dict[str, int]]:
     """The version labels of each model in a `ModelServerConfig` proto that has any."""
     return {c.name: dict(c.version_labels) for c in config.model_config_list.config if c.version_labels}
 
 
-def models_config_text(repo: str | os.PathLike, serving_root: str | None = None) -> str:
+def models_config_text(repo: str | os.PathLike[str], serving_root: str | None = None) -> str:
     """TF Serving's ModelServerConfig (text proto) listing every model in the repository.
 
     `serving_root` is where the repository is mounted in the TF Serving container (for example
@@ -163,10 +168,10 @@ def models_config_text(repo: str | os.PathLike, serving_root: str | None = None)
             entry.version_labels.update(kept)
         else:
             entry.model_version_policy.latest.num_versions = 2
-    return text_format.MessageToString(config)
+    return str(text_format.MessageToString(config))
 
 
-def write_models_config(repo: str | os.PathLike, serving_root: str | None = None) -> Path:
+def write_models_config(repo: str | os.PathLike[str], serving_root: str | None = None) -> Path:
     """Regenerate `<repo>/models.config` atomically."""
     path = Path(repo) / MODELS_CONFIG
     tmp = path.with_name(f".{MODELS_CONFIG}.tmp")
