@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 
-from flask import Blueprint, Response, abort, render_template, send_from_directory
+from flask import Blueprint, Response, abort, render_template, request, send_from_directory
 
+from service.auth import require_page_token
 from service.card_summary import card_summary
 from service.overlay import ATTENTION_COLORMAP, HEATMAP_COLORMAP, colour_scale_png
 from training.contract.errors import PredictorError
@@ -16,6 +17,7 @@ log = logging.getLogger(__name__)
 
 
 @bp.get("/")
+@require_page_token  # the model list says what is deployed: behind the token like the rest
 def index():
     from service.state import state
 
@@ -27,15 +29,24 @@ def index():
             by_task[str(m.card.get("task", "other"))].append((m, card_summary(m.card)))
     except PredictorError as exc:
         problem = f"The model backend cannot be reached ({exc.message}). Try again shortly."
-    return render_template(
+    # A browser that opened the page with the token as its Basic password gets it in the token field,
+    # so the page's API calls (bearer only: a browser never sends that by itself) need no second entry.
+    auth = request.authorization
+    given = auth.password if s.config.api_token is not None and auth is not None and auth.type == "basic" else None
+    page = render_template(
         "index.html",
         models_by_task=dict(sorted(by_task.items())),
         problem=problem,
         needs_token=s.config.api_token is not None,
+        token=given or "",
         max_upload_bytes=s.config.max_upload_bytes,
         heatmap_colormap=HEATMAP_COLORMAP,
         attention_colormap=ATTENTION_COLORMAP,
     )
+    response = Response(page, mimetype="text/html")
+    if given:
+        response.headers["Cache-Control"] = "no-store"  # it holds the token
+    return response
 
 
 @bp.get("/colour-scale/<name>.png")

@@ -121,3 +121,19 @@ def test_the_api_docs_page_is_swagger_ui_from_the_package_under_the_csp(client):
             assert asset.status_code == 200 and kind in asset.mimetype and len(asset.data) > 10_000
     missing = client.get("/api/docs/assets/index.html")  # the package's own page, with its inline script: not served
     assert missing.status_code == 404 and missing.json["error"]["code"] == "not_found"
+
+
+def test_with_a_token_set_the_page_lists_no_model_until_the_token_is_given(tiny_repo, embedded_predictor):
+    import base64
+
+    client = create_app(ServiceConfig(model_repo=tiny_repo.path, api_token="page-secret"), predictor=embedded_predictor).test_client()
+    refused = client.get("/")
+    assert refused.status_code == 401 and refused.headers["WWW-Authenticate"].startswith("Basic")
+    assert tiny_repo.attention not in refused.get_data(as_text=True)
+    basic = {"Authorization": "Basic " + base64.b64encode(b"anyone:page-secret").decode()}
+    page = client.get("/", headers=basic)
+    text = page.get_data(as_text=True)
+    assert page.status_code == 200 and tiny_repo.attention in text
+    assert 'value="page-secret"' in text and page.headers["Cache-Control"] == "no-store"
+    open_client = create_app(ServiceConfig(model_repo=tiny_repo.path), predictor=embedded_predictor).test_client()
+    assert tiny_repo.attention in open_client.get("/").get_data(as_text=True)
