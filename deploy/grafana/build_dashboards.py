@@ -4,7 +4,9 @@
     python deploy/grafana/build_dashboards.py --check  # exit 1 if they are out of date
 
 Edit this file, not the JSON; tests/unit/test_deploy_grafana.py fails when they differ.
-Metric names are the ones fixed by the serving and audit issues.
+Metric names are the ones fixed by the serving and audit issues. The attack variable lists the
+attack registry (training/contract/attacks.py); the model and epsilon variables are Prometheus's
+label values: no list of either is copied here.
 """
 
 from __future__ import annotations
@@ -14,11 +16,16 @@ import json
 import sys
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # run as a script from a checkout: the registry is the project's
+    sys.path.insert(0, str(ROOT))
+
+from training.contract.attacks import DEFAULT_ATTACK, attack_names  # noqa: E402  (needs the path above)
+
 DASHBOARDS_DIR = Path(__file__).resolve().parent / "dashboards"
 # The uid given to the datasource in provisioning/datasources/prometheus.yml.
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
-PAPER_EPSILONS = ("0", "0.00125", "0.0025", "0.005", "0.01", "0.02", "0.04", "0.08", "0.16", "0.32")
-ATTACKS = ("linf_pgd", "fgsm", "l2_pgd", "uniform_noise")
+DEFAULT_EPSILON = "0.01"  # the alerts' epsilon
 # Requests that are not predictions: left out of error rates (as in the alert rules).
 NOT_PREDICTIONS = 'endpoint!~".*(healthz|readyz|metrics).*"'
 
@@ -86,8 +93,12 @@ def layout(items: list[dict]) -> list[dict]:
     return items
 
 
-def query_variable(name: str, label: str, definition: str) -> dict:
-    return {
+def query_variable(name: str, label: str, definition: str, *, default: str | None = None, sort: int = 1) -> dict:
+    """Values from Prometheus (`label_values(...)`): every one ("All") unless a single `default` is given.
+
+    `sort` is Grafana's: 1 alphabetical, 3 numerical (epsilons).
+    """
+    variable = {
         "name": name,
         "label": label,
         "type": "query",
@@ -99,8 +110,12 @@ def query_variable(name: str, label: str, definition: str) -> dict:
         "includeAll": True,
         "allValue": ".*",
         "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
-        "sort": 1,
+        "sort": sort,
     }
+    if default is not None:
+        variable.update(multi=False, includeAll=False, current={"selected": True, "text": default, "value": default})
+        del variable["allValue"]
+    return variable
 
 
 def custom_variable(name: str, label: str, values: tuple[str, ...], default: str) -> dict:
@@ -256,8 +271,11 @@ def robustness() -> dict:
     variables = [
         TASK,
         query_variable("model", "Model", 'label_values(medrobust_audit_clean_accuracy{task=~"$task"}, model)'),
-        custom_variable("attack", "Attack", ATTACKS, "linf_pgd"),
-        custom_variable("epsilon", "Epsilon", PAPER_EPSILONS, "0.01"),
+        custom_variable("attack", "Attack", attack_names(), DEFAULT_ATTACK),
+        query_variable(
+            "epsilon", "Epsilon", 'label_values(medrobust_audit_robust_accuracy{attack="$attack"}, epsilon)',
+            default=DEFAULT_EPSILON, sort=3,
+        ),
     ]
     return dashboard("medrobust-robustness", "medrobust: Robustness",
                      "Adversarial robustness of the served models, from the scheduled audits.",
