@@ -111,6 +111,9 @@ class _MasterMetrics:
 
         host = self.config.metrics_host or self.config.host
         registry = multiprocess_registry(str(self.directory))
+        from medrobust.compose import register_master_audit_collector
+
+        register_master_audit_collector(self.config, registry)
         self.server = start_metrics_server(host, self.config.metrics_port, registry, name="frontend-metrics")
         log.info("metrics on http://%s:%d/metrics", host, self.server.port)
 
