@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run as a script from a checkout: the registry is the project's
     sys.path.insert(0, str(ROOT))
 
-from training.contract.attacks import DEFAULT_ATTACK, attack_names  # noqa: E402  (needs the path above)
+from audit.metrics import metric_families  # noqa: E402  (needs the path above)
+from training.contract.attacks import DEFAULT_ATTACK, attack_names  # noqa: E402
 
 DASHBOARDS_DIR = Path(__file__).resolve().parent / "dashboards"
 # The uid given to the datasource in provisioning/datasources/prometheus.yml.
@@ -166,6 +167,16 @@ def epsilon_bars(expr: str, column: str, row_field: str = "epsilon") -> dict:
     }
 
 
+def audit(metric: str, selector: str) -> str:
+    """One audit series per label set, however many processes export it.
+
+    Every worker replica and the front end read the same store and export the same figures; they
+    differ only in the labels Prometheus adds (job, instance, pod). `max by` the metric's own
+    labels, read off the collector, keeps one of each.
+    """
+    return f"max by ({', '.join(metric_families()[metric])}) ({metric}{{{selector}}})"
+
+
 # A model version flagged degenerate (it answers one class): its plain figures measure that
 # class's share, so rankings leave it out; the "Degenerate models" panel names it.
 def not_degenerate(expr: str) -> str:
@@ -181,13 +192,15 @@ def robustness() -> dict:
     selector = 'task=~"$task", model=~"$model"'
     accuracy = dict(unit="percentunit", min_value=0, max_value=1)
     legend = "{{model}} v{{version}}"
-    latest = epsilon_bars(f'medrobust_audit_robust_accuracy{{{selector}, attack="$attack"}}', "model")
-    worst = epsilon_bars(f'medrobust_audit_worst_class_robust_accuracy{{{selector}, attack="$attack"}}', "model")
+    latest = epsilon_bars(audit("medrobust_audit_robust_accuracy", f'{selector}, attack="$attack"'), "model")
+    worst = epsilon_bars(audit("medrobust_audit_worst_class_robust_accuracy", f'{selector}, attack="$attack"'), "model")
     per_class = epsilon_bars(
-        f'medrobust_audit_class_robust_accuracy{{{selector}, attack="$attack", epsilon="$epsilon"}}', "model", row_field="class",
+        audit("medrobust_audit_class_robust_accuracy", f'{selector}, attack="$attack", epsilon="$epsilon"'), "model",
+        row_field="class",
     )
-    gain = epsilon_bars('medrobust_audit_attention_gain{task=~"$task", attack="$attack"}', "backbone")
-    score = f'medrobust_audit_robustness_score{{{selector}, attack="$attack"}}'
+    gain_at = 'task=~"$task", attack="$attack", epsilon="$epsilon"'
+    gain = epsilon_bars(audit("medrobust_audit_attention_gain", 'task=~"$task", attack="$attack"'), "backbone")
+    score = audit("medrobust_audit_robustness_score", f'{selector}, attack="$attack"')
     at_epsilon = f'{selector}, attack="$attack", epsilon="$epsilon"'
     panels = [
         row("Latest audit"),
@@ -212,7 +225,7 @@ def robustness() -> dict:
         panel("stat", "Degenerate models", "1 = the model version answers one class for at least 95% of its audit set: "
               "it has not learned the task, and its robust accuracy is that class's share, not robustness. "
               "Alert MedrobustDegenerateModel.",
-              [query(f"medrobust_audit_degenerate{{{selector}}}", legend, instant=True)],
+              [query(audit("medrobust_audit_degenerate", selector), legend, instant=True)],
               width=6, unit="none", thresholds=[("green", None), ("red", 1)], mappings=DEGENERATE_MAPPINGS),
         panel("bargauge", "Robustness score (latest audit, degenerate models left out)",
               "Mean robust accuracy over the non-zero epsilons of the grid under $attack (epsilon 0 is clean accuracy). "
@@ -222,44 +235,44 @@ def robustness() -> dict:
               width=6, options={"orientation": "horizontal", "displayMode": "gradient"}, **accuracy),
         panel("bargauge", "Clean accuracy (latest audit)", "Accuracy on the unperturbed audit set, and its balanced "
               "figure (the mean over classes: 1/K for a one-class model).",
-              [query(f"medrobust_audit_clean_accuracy{{{selector}}}", legend, instant=True),
-               query(f"medrobust_audit_balanced_clean_accuracy{{{selector}}}", legend + " balanced", instant=True, ref="B")],
+              [query(audit("medrobust_audit_clean_accuracy", selector), legend, instant=True),
+               query(audit("medrobust_audit_balanced_clean_accuracy", selector), legend + " balanced", instant=True, ref="B")],
               width=6, options={"orientation": "horizontal", "displayMode": "gradient"}, **accuracy),
         panel("stat", "Attention gain at ε = $epsilon", "Attentive minus baseline robust accuracy at the chosen epsilon.",
-              [query('medrobust_audit_attention_gain{task=~"$task", attack="$attack", epsilon="$epsilon"}',
-                     "{{task}} {{backbone}}", instant=True)],
+              [query(audit("medrobust_audit_attention_gain", gain_at), "{{task}} {{backbone}}", instant=True)],
               width=6, unit="percentunit", thresholds=[("red", None), ("green", 0)]),
         row("Across versions"),
         panel("timeseries", "Robust accuracy at ε = $epsilon over time, by version",
               "One line per model version: the mean, the lower bound of its 95% Wilson interval and the worst class. "
               "Alert MedrobustRobustAccuracyRegression fires when a new version's mean falls below the previous "
               "version's lower bound.",
-              [query(f"medrobust_audit_robust_accuracy{{{at_epsilon}}}", legend),
-               query(f"medrobust_audit_robust_accuracy_lower{{{at_epsilon}}}", legend + " 95% lower bound", ref="B"),
-               query(f"medrobust_audit_worst_class_robust_accuracy{{{at_epsilon}}}", legend + " worst class", ref="C")],
+              [query(audit("medrobust_audit_robust_accuracy", at_epsilon), legend),
+               query(audit("medrobust_audit_robust_accuracy_lower", at_epsilon), legend + " 95% lower bound", ref="B"),
+               query(audit("medrobust_audit_worst_class_robust_accuracy", at_epsilon), legend + " worst class", ref="C")],
               **accuracy),
         panel("timeseries", "Clean accuracy over time, by version", "Clean accuracy of every audited version.",
-              [query(f"medrobust_audit_clean_accuracy{{{selector}}}", legend)], **accuracy),
+              [query(audit("medrobust_audit_clean_accuracy", selector), legend)], **accuracy),
         panel("timeseries", "Robustness score over time, by version (degenerate models left out)",
               "Mean robust accuracy over the grid's non-zero epsilons under $attack.",
               [query(not_degenerate(score), legend)], **accuracy),
         panel("timeseries", "Attention gain at ε = $epsilon over time", "Attentive minus baseline, per task and backbone.",
-              [query('medrobust_audit_attention_gain{task=~"$task", attack="$attack", epsilon="$epsilon"}', "{{task}} {{backbone}}")],
+              [query(audit("medrobust_audit_attention_gain", gain_at), "{{task}} {{backbone}}")],
               unit="percentunit"),
         row("Audit health"),
         panel("stat", "Time since last successful audit",
               "Alert MedrobustAuditStale fires at two days (twice the daily schedule).",
               [query('time() - max by (model) (medrobust_audit_last_success_timestamp_seconds{model=~"$model"})', "{{model}}", instant=True)],
               width=6, unit="s", thresholds=[("green", None), ("orange", 86400 * 1.5), ("red", 86400 * 2)]),
+        # Each exporting process counts the same stored runs: the largest increase, not their sum.
         panel("bargauge", "Audit runs in the last 24 h", "Successful and failed runs per model.",
-              [query('sum by (model, status) (increase(medrobust_audit_runs_total{model=~"$model"}[24h]))', "{{model}} {{status}}", instant=True)],
+              [query('max by (model, status) (increase(medrobust_audit_runs_total{model=~"$model"}[24h]))', "{{model}} {{status}}", instant=True)],
               width=6, unit="short", min_value=0, options={"orientation": "horizontal", "displayMode": "basic"}),
         panel("bargauge", "Last audit duration", "Wall time of each model's last audit run.",
-              [query('medrobust_audit_duration_seconds{model=~"$model"}', "{{model}}", instant=True)],
+              [query(audit("medrobust_audit_duration_seconds", 'model=~"$model"'), "{{model}}", instant=True)],
               width=6, unit="s", min_value=0, options={"orientation": "horizontal", "displayMode": "basic"}),
         panel("stat", "Audit set size", "Images the figures are counted over: at 128, one image is 0.008 of accuracy "
               "and the 95% interval is about ±0.08.",
-              [query(f'medrobust_audit_samples{{{selector}, attack="$attack"}}', legend, instant=True)],
+              [query(audit("medrobust_audit_samples", f'{selector}, attack="$attack"'), legend, instant=True)],
               width=6, unit="short"),
         panel("stat", "Sanity checks", "1 = the check failed in the latest run of the version under the attack: the "
               "robust accuracy may be overstated (gradient masking suspected). Alert MedrobustGradientMaskingSuspected.",

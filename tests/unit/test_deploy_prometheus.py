@@ -18,6 +18,7 @@ RULE_TESTS = ("alerts_test.yml", "alerts_test_days.yml")
 EXPECTED_ALERTS = {
     "MedrobustRobustAccuracyBelowThreshold",
     "MedrobustDegenerateModel",
+    "MedrobustModelNotAudited",
     "MedrobustRobustAccuracyRegression",
     "MedrobustAuditStale",
     "MedrobustAuditFailing",
