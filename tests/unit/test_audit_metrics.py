@@ -338,3 +338,29 @@ def test_the_metrics_drop_a_version_taken_out_of_the_repository(empty_store, tmp
         assert registry.get_sample_value("medrobust_audit_robust_accuracy", {**point, "version": "2"}) == 0.5
     finally:
         predictor.close()
+
+
+def test_the_gunicorn_masters_collector_reads_the_store_and_the_mounted_repository(empty_store, tmp_path):
+    """`medrobust serve`'s /metrics is served by a master that loads no model: the served versions
+    come from the repository folders, the audit sets from the same variables as the workers'."""
+    from medrobust.compose import register_master_audit_collector
+    from training.contract.config import ServiceConfig
+
+    repo = tmp_path / "repo"
+    for model, task in (("demo-resnet50-attention", "demo"), ("chest-resnet50-baseline", "chest")):
+        card = repo / model / "1" / "assets.extra" / "model_card.json"
+        card.parent.mkdir(parents=True)
+        card.write_text(json.dumps({**CARD, "task": task}))
+    _stored(empty_store, make_result(version=1))
+    _stored(empty_store, make_result(version=2))  # a version no longer in the repository
+    sets = tmp_path / "sets.toml"
+    sets.write_text('[tasks]\ndemo = "synthetic:30"\n')
+    config = ServiceConfig(model_repo=repo, database_url=empty_store.engine.url.render_as_string(hide_password=False),
+                           audit_sets=sets)
+    registry = CollectorRegistry()
+    register_master_audit_collector(config, registry)
+    point = {**_labels("demo-resnet50-attention"), "attack": "linf_pgd", "epsilon": "0.01"}
+    assert registry.get_sample_value("medrobust_audit_robust_accuracy", point) == 0.5
+    assert registry.get_sample_value("medrobust_audit_robust_accuracy", {**point, "version": "2"}) is None
+    assert registry.get_sample_value("medrobust_audit_unauditable", {"model": "chest-resnet50-baseline", "task": "chest"}) == 1
+    assert registry.get_sample_value("medrobust_audit_unauditable", {"model": "demo-resnet50-attention", "task": "demo"}) is None
