@@ -45,7 +45,7 @@ class Target:
         return self._foolbox
 
 
-class Attack(ABC):  # noqa: B024  (abstract in what it is: a spec; SingleAttack adds the abstract run)
+class Attack(ABC):  # what an attack is; SingleAttack adds the abstract run
     """An attack with its budget: `LinfPGD(steps=40)`, `Square(queries=1000)`; unnamed fields take the spec's defaults."""
 
     spec: ClassVar[AttackSpec]

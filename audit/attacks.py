@@ -77,7 +77,7 @@ class Attacker:
             return Candidates(images, None)  # the ball is one point: the served prediction of the image itself
         cls = attack_class(name)
         if not issubclass(cls, SingleAttack):
-            raise ValueError(f"expected a single attack, got {name!r}, which runs {stages(name)} in turn (see stages)")
+            raise TypeError(f"expected a single attack, got {name!r}, which runs {stages(name)} in turn (see stages)")
         # Valued from the configured attack's settings: an ensemble's steps reach its APGD stages.
         attack = cls.from_config(self.config)
         return attack.run(self._target, images, np.asarray(labels, np.int64), epsilon, clean_logits=clean_logits, rng=rng)

@@ -87,7 +87,7 @@ class AuditCollector(Collector):
         if self._served is not None:
             try:
                 models = tuple(self._served())
-            except Exception as exc:  # the served list is a filter: without it, the store's figures still hold
+            except Exception as exc:  # noqa: BLE001  (the served list is a filter: without it the figures still hold)
                 log.warning("audit metrics: the served models could not be listed (%s): every stored version exported", exc)
             else:
                 served = {m.name: frozenset(int(v) for v in m.versions) for m in models}

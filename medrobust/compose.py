@@ -8,7 +8,6 @@ which ones. Imports are inside the functions: building nothing at import time ke
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
