@@ -29,10 +29,13 @@ most iterations + 1 calls per run (fewer once every image is fooled).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import numpy as np
 
 from audit.attack_run import AttackRun, check_at_least, check_batch, check_output, merge, true_class_margin, unattacked
+from audit.attack_base import Candidates, SingleAttack, Target
+from training.contract.attacks import ATTACKS, AttackSpec
 
 # (x float32 [n,H,W,3] in [0,1], cotangent float32 [n,K]) -> (logits [n,K] at x, cotangent . dlogits/dx [n,H,W,3])
 LogitsAndGradient = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -265,3 +268,43 @@ def _targeted_margin(z: np.ndarray, y: np.ndarray, t: np.ndarray | None) -> tupl
     z = z.astype(np.float64)
     k = z.shape[1]
     return z[_rows(z), t] - z[_rows(z), y], _one_hot(t, k) - _one_hot(y, k)
+
+
+# -- the registry's classes ---------------------------------------------------------------------
+class _APGD(SingleAttack):
+    def _steps(self) -> int:
+        return int(self.budget["steps"])
+
+
+class APGDCE(_APGD):
+    """Untargeted APGD on cross-entropy."""
+
+    spec: ClassVar[AttackSpec] = ATTACKS["apgd_ce"]
+
+    def run(self, target: Target, images, labels, epsilon, *, clean_logits, rng) -> Candidates:
+        run = apgd(target.served.logits_and_gradient, images, labels, epsilon, clean_logits=clean_logits, loss="ce",
+                   iterations=self._steps(), rng=rng)
+        return Candidates(run.adversarial, run.margins)
+
+
+class APGDDLR(_APGD):
+    """Untargeted APGD on the DLR loss, or on the margin where K = 2 (DLR needs three classes)."""
+
+    spec: ClassVar[AttackSpec] = ATTACKS["apgd_dlr"]
+
+    def run(self, target: Target, images, labels, epsilon, *, clean_logits, rng) -> Candidates:
+        loss = "dlr" if clean_logits.shape[1] >= 3 else "cw"
+        run = apgd(target.served.logits_and_gradient, images, labels, epsilon, clean_logits=clean_logits, loss=loss,
+                   iterations=self._steps(), rng=rng)
+        return Candidates(run.adversarial, run.margins)
+
+
+class APGDT(_APGD):
+    """Targeted APGD towards each of the top min(9, K-1) other classes."""
+
+    spec: ClassVar[AttackSpec] = ATTACKS["apgd_t"]
+
+    def run(self, target: Target, images, labels, epsilon, *, clean_logits, rng) -> Candidates:
+        run = apgd_targeted(target.served.logits_and_gradient, images, labels, epsilon, clean_logits=clean_logits,
+                            iterations=self._steps(), rng=rng)
+        return Candidates(run.adversarial, run.margins)

@@ -1,8 +1,11 @@
-"""The audit's Prometheus metrics: names and labels fixed by the dashboards and alerts.
+"""The audit's Prometheus metrics, read from the store at each scrape: names and labels fixed by the
+dashboards and alerts.
 
-Declared against a `registry` (a fresh one per test); `restore(store)` fills them from the store so
-a restarted worker does not blank the dashboards, `publish(run)` updates them after each run, and
-`retain(served)` drops the series of model versions no longer served.
+`AuditCollector` is a prometheus_client custom collector: `collect()` reads the store every time
+Prometheus scrapes and keeps nothing between scrapes, so any process with a metrics port and the
+store's URL (the front end, every audit worker) exports the same figures, a fresh process exports
+them at once, and nothing can drift from the database. Each family is one method; a new family (the
+job queue's) is one more method named in `FAMILIES`.
 
 Per epsilon, beside the plain robust accuracy (a one-class model keeps its class's share of it at
 every epsilon), the balanced and worst-class figures and the Wilson lower bound are published, so
@@ -11,220 +14,258 @@ that neither alerts nor dashboards need to read the plain mean alone.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-from audit.store import comparable
+from audit.store import RunRecord, comparable
+
+log = logging.getLogger(__name__)
 
 MODEL_LABELS = ("task", "model", "backbone", "attention", "version")
 POINT_LABELS = (*MODEL_LABELS, "attack", "epsilon")
+SHORT_LABELS = ("task", "model", "version")
 RUN_STATUSES = ("succeeded", "failed")
+
+# The served models now: objects with `name`, `versions` and `card` (the predictor's ModelInfo, the repository's RepoModel).
+Served = Callable[[], Iterable[Any]]
+# Of the served (name, card) pairs, the (model, task) of those no audit set covers.
+Unauditable = Callable[[Iterable[tuple[str, Mapping[str, Any]]]], Iterable[tuple[str, str]]]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one scrape read from the store (and the served models), shared by every family."""
+
+    runs: tuple[RunRecord, ...]  # the newest succeeded run of every served (model, version, attack)
+    served: Mapping[str, Collection[int]] | None  # model -> versions; None: unknown (every stored version exported)
+    unauditable: tuple[tuple[str, str], ...] = ()
 
 
 def _attention(value: bool) -> str:
     return "true" if value else "false"
 
 
-class AuditMetrics:
-    """Every audit metric, registered in `registry`."""
+def _model_labels(run: RunRecord) -> tuple[str, ...]:
+    return (run.task, run.model, run.backbone, _attention(run.attention), str(run.version))
 
-    def __init__(self, registry: CollectorRegistry):
-        self.registry = registry
-        self._lock = threading.Lock()
-        self.robust_accuracy = Gauge(
-            "medrobust_audit_robust_accuracy", "Robust accuracy of a served model version under an attack at an epsilon",
-            POINT_LABELS, registry=registry,
-        )
-        self.balanced_robust_accuracy = Gauge(
-            "medrobust_audit_balanced_robust_accuracy", "Mean over classes of the per-class robust accuracy",
-            POINT_LABELS, registry=registry,
-        )
-        self.worst_class_robust_accuracy = Gauge(
-            "medrobust_audit_worst_class_robust_accuracy", "Lowest per-class robust accuracy (0 for a one-class model)",
-            POINT_LABELS, registry=registry,
-        )
-        self.robust_accuracy_lower = Gauge(
-            "medrobust_audit_robust_accuracy_lower", "Lower bound of the 95% Wilson score interval of robust accuracy",
-            POINT_LABELS, registry=registry,
-        )
-        self.class_robust_accuracy = Gauge(
+
+def _gauge(name: str, documentation: str, labels: Sequence[str]) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, labels=list(labels))
+
+
+class AuditCollector(Collector):
+    """Every `medrobust_audit_*` family, from `store` at each scrape.
+
+    `served` limits the versioned series to the versions served now (a version rolled back must not
+    keep alerting); `unauditable` names the served models whose task has no audit set.
+    """
+
+    FAMILIES = ("points", "model_figures", "attention_gain", "sanity", "runs", "run_times", "unauditable")
+
+    def __init__(self, store, *, served: Served | None = None, unauditable: Unauditable | None = None):
+        self.store = store
+        self._served = served
+        self._unauditable = unauditable
+
+    def describe(self) -> list[Metric]:
+        # Registration asks for the names; answering without samples keeps it off the database.
+        return [family for name in self.FAMILIES for family in getattr(self, name)(None)]
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self.snapshot()
+        for name in self.FAMILIES:
+            yield from getattr(self, name)(snapshot)
+
+    def snapshot(self) -> Snapshot:
+        """One read of the store and of the served models, for every family of this scrape."""
+        served: dict[str, frozenset[int]] | None = None
+        unauditable: tuple[tuple[str, str], ...] = ()
+        if self._served is not None:
+            try:
+                models = tuple(self._served())
+            except Exception as exc:  # noqa: BLE001  (the served list is a filter: without it the figures still hold)
+                log.warning("audit metrics: the served models could not be listed (%s): every stored version exported", exc)
+            else:
+                served = {m.name: frozenset(int(v) for v in m.versions) for m in models}
+                if self._unauditable is not None:
+                    unauditable = tuple(sorted(set(self._unauditable((m.name, m.card) for m in models))))
+        runs = self.store.latest_succeeded()
+        if served is not None:
+            runs = tuple(r for r in runs if int(r.version) in served.get(r.model, ()))
+        return Snapshot(tuple(runs), served, unauditable)
+
+    # -- one method per family group; each answers empty families for `None` (describe) ------------
+    def points(self, snapshot: Snapshot | None) -> list[Metric]:
+        """Per model version, attack and epsilon."""
+        families = {
+            "robust_accuracy": _gauge(
+                "medrobust_audit_robust_accuracy", "Robust accuracy of a served model version under an attack at an epsilon",
+                POINT_LABELS,
+            ),
+            "balanced_robust_accuracy": _gauge(
+                "medrobust_audit_balanced_robust_accuracy", "Mean over classes of the per-class robust accuracy", POINT_LABELS,
+            ),
+            "worst_class_robust_accuracy": _gauge(
+                "medrobust_audit_worst_class_robust_accuracy", "Lowest per-class robust accuracy (0 for a one-class model)",
+                POINT_LABELS,
+            ),
+            "robust_accuracy_lower": _gauge(
+                "medrobust_audit_robust_accuracy_lower", "Lower bound of the 95% Wilson score interval of robust accuracy",
+                POINT_LABELS,
+            ),
+        }
+        per_class = _gauge(
             "medrobust_audit_class_robust_accuracy", "Robust accuracy on the audit set's images of one class",
-            (*POINT_LABELS, "class"), registry=registry,
+            (*POINT_LABELS, "class"),
         )
-        self.clean_accuracy = Gauge(
-            "medrobust_audit_clean_accuracy", "Clean accuracy of a served model version on its audit set",
-            MODEL_LABELS, registry=registry,
+        for run in snapshot.runs if snapshot else ():
+            for p in run.points:
+                labels = [*_model_labels(run), run.attack, p["epsilon"]]
+                for key, family in families.items():
+                    if p.get(key) is not None:
+                        family.add_metric(labels, p[key])
+                for name, value in (p["per_class"] or {}).items():
+                    per_class.add_metric([*labels, name], value)
+        return [*families.values(), per_class]
+
+    def model_figures(self, snapshot: Snapshot | None) -> list[Metric]:
+        """Per model version (and attack): clean accuracy, score, audit set size, degenerate."""
+        clean = _gauge("medrobust_audit_clean_accuracy", "Clean accuracy of a served model version on its audit set", MODEL_LABELS)
+        balanced = _gauge(
+            "medrobust_audit_balanced_clean_accuracy", "Mean over classes of the per-class clean accuracy", MODEL_LABELS,
         )
-        self.balanced_clean_accuracy = Gauge(
-            "medrobust_audit_balanced_clean_accuracy", "Mean over classes of the per-class clean accuracy",
-            MODEL_LABELS, registry=registry,
-        )
-        self.robustness_score = Gauge(
+        score = _gauge(
             "medrobust_audit_robustness_score", "Mean robust accuracy over the grid's non-zero epsilons",
-            (*MODEL_LABELS, "attack"), registry=registry,
+            (*MODEL_LABELS, "attack"),
         )
-        self.samples = Gauge(
-            "medrobust_audit_samples", "Images in the audit set the figures are counted over",
-            ("task", "model", "version", "attack"), registry=registry,
+        samples = _gauge(
+            "medrobust_audit_samples", "Images in the audit set the figures are counted over", (*SHORT_LABELS, "attack"),
         )
-        self.degenerate = Gauge(
+        degenerate = _gauge(
             "medrobust_audit_degenerate",
             "1 when the model version answers one class for at least 95% of its audit set (its robust figures "
             "then measure that class's share, not robustness), else 0",
-            ("task", "model", "version"), registry=registry,
+            SHORT_LABELS,
         )
-        self.attention_gain = Gauge(
-            "medrobust_audit_attention_gain",
-            "Robust accuracy of the attentive model minus the baseline's (latest comparable runs, same task and backbone)",
-            ("task", "backbone", "attack", "epsilon"), registry=registry,
-        )
-        self.runs = Counter(
-            "medrobust_audit_runs", "Finished audit runs by outcome", ("model", "status"), registry=registry,
-        )
-        self.duration = Gauge(
-            "medrobust_audit_duration_seconds", "Wall time of the model's latest finished audit run", ("model",),
-            registry=registry,
-        )
-        self.last_success = Gauge(
-            "medrobust_audit_last_success_timestamp_seconds", "Unix time the model's latest successful audit finished",
-            ("model",), registry=registry,
-        )
-        self.sanity_failed = Gauge(
-            "medrobust_audit_sanity_check_failed",
-            "1 when the latest audit of the model version under the attack failed this sanity check, else 0",
-            ("model", "version", "attack", "check"), registry=registry,
-        )
-        # (model, version, attack) -> the newest published run, and the series it set.
-        self._runs: dict[tuple[str, int, str], Any] = {}
-        self._series: dict[tuple[str, int, str], set[tuple[Gauge, tuple[str, ...]]]] = {}
-        self._gains: dict[tuple[str, str, str], set[tuple[str, ...]]] = {}  # (task, backbone, attack) -> gain labels
-        self._last_success_at: dict[str, float] = {}
+        # Series without the attack label are shared by the version's runs of every attack: the newest sets them.
+        shared: dict[tuple[str, ...], RunRecord] = {}
+        for run in snapshot.runs if snapshot else ():
+            labels = list(_model_labels(run))
+            if run.robustness_score is not None:
+                score.add_metric([*labels, run.attack], run.robustness_score)
+            if run.audit_set_size is not None:
+                samples.add_metric([run.task, run.model, str(run.version), run.attack], run.audit_set_size)
+            key: tuple[str, ...] = tuple(labels)
+            if key not in shared or shared[key].id < run.id:
+                shared[key] = run
+        for shared_labels, run in shared.items():
+            if run.clean_accuracy is not None:
+                clean.add_metric(list(shared_labels), run.clean_accuracy)
+            if run.balanced_clean_accuracy is not None:
+                balanced.add_metric(list(shared_labels), run.balanced_clean_accuracy)
+        newest_degenerate: dict[tuple[str, str, str], RunRecord] = {}
+        for run in shared.values():
+            key = (run.task, run.model, str(run.version))
+            if run.degenerate is not None and (key not in newest_degenerate or newest_degenerate[key].id < run.id):
+                newest_degenerate[key] = run
+        for key, run in newest_degenerate.items():
+            degenerate.add_metric(list(key), 1.0 if run.degenerate else 0.0)
+        return [clean, balanced, score, samples, degenerate]
 
-    def restore(self, store) -> None:
-        """Set every metric from the store (called once at start)."""
-        for model, _status in store.run_counts():
-            self.declare(model)
-        for (model, status), count in store.run_counts().items():
-            self.runs.labels(model=model, status=status).inc(count)
-        for run in store.latest_succeeded():
-            self.publish(run)
-
-    def declare(self, model: str) -> None:
-        """Create a model's run counters at zero, so Prometheus sees its first run as an increase."""
-        for status in RUN_STATUSES:
-            self.runs.labels(model=model, status=status)
-
-    def count(self, model: str, status: str, duration_seconds: float | None = None) -> None:
-        """A run finished with `status` ("succeeded" or "failed")."""
-        self.runs.labels(model=model, status=status).inc()
-        if duration_seconds is not None:
-            self.duration.labels(model=model).set(duration_seconds)
-
-    def publish(self, run) -> None:
-        """The figures of a succeeded run (a store RunRecord with points and sanity).
-
-        An older run of the same model version and attack than one already published is ignored;
-        series the previous run set and this one does not (an epsilon, a class, a check) are removed.
-        """
-        key = (run.model, int(run.version), run.attack)
-        with self._lock:
-            current = self._runs.get(key)
-            if current is not None and current.id > run.id:
-                return
-            series = self._run_series(run)
-            for gauge, labels, value in series:
-                gauge.labels(*labels).set(value)
-            published = {(gauge, labels) for gauge, labels, _ in series}
-            self._remove(self._series.get(key, set()) - published)
-            self._runs[key], self._series[key] = run, published
-            if run.duration_seconds is not None:
-                self.duration.labels(model=run.model).set(run.duration_seconds)
-            finished = run.finished_at or 0.0
-            if finished >= self._last_success_at.get(run.model, 0.0):
-                self._last_success_at[run.model] = finished
-                self.last_success.labels(model=run.model).set(finished)
-            self._publish_gain(run.task, run.backbone, run.attack)
-
-    def retain(self, served: Mapping[str, set[int] | frozenset[int] | tuple[int, ...]]) -> None:
-        """Keep only the series of served model versions (`{model: versions}`); remove every other one.
-
-        A model missing from `served` loses all its versioned series, and its duration and
-        last-success gauges too (an unserved model must not look stale); run counters are kept.
-        """
-        keep = {model: {int(v) for v in versions} for model, versions in served.items()}
-        with self._lock:
-            gone = [key for key in self._runs if key[1] not in keep.get(key[0], set())]
-            for key in gone:
-                run = self._runs.pop(key)
-                self._remove(self._series.pop(key))
-                self._publish_gain(run.task, run.backbone, run.attack)
-            for model in [m for m in self._last_success_at if m not in keep]:
-                del self._last_success_at[model]
-                for gauge in (self.duration, self.last_success):
-                    self._remove({(gauge, (model,))})
-
-    # -- helpers (called with the lock held) -------------------------------------------------------
-    def _run_series(self, run) -> list[tuple[Gauge, tuple[str, ...], float]]:
-        """(gauge, label values, value) of every versioned series of a run."""
-        model = (run.task, run.model, run.backbone, _attention(run.attention), str(run.version))
-        series: list[tuple[Gauge, tuple[str, ...], float]] = []
-        for p in run.points:
-            labels = (*model, run.attack, p["epsilon"])
-            figures = (
-                (self.robust_accuracy, p["robust_accuracy"]),
-                (self.balanced_robust_accuracy, p["balanced_robust_accuracy"]),
-                (self.worst_class_robust_accuracy, p.get("worst_class_robust_accuracy")),
-                (self.robust_accuracy_lower, p.get("robust_accuracy_lower")),
-            )
-            series += [(gauge, labels, value) for gauge, value in figures if value is not None]
-            series += [(self.class_robust_accuracy, (*labels, name), value) for name, value in (p["per_class"] or {}).items()]
-        for gauge, value in ((self.clean_accuracy, run.clean_accuracy), (self.balanced_clean_accuracy, run.balanced_clean_accuracy)):
-            if value is not None:
-                series.append((gauge, model, value))
-        series.append((self.robustness_score, (*model, run.attack), run.robustness_score))
-        short = (run.task, run.model, str(run.version))
-        if run.audit_set_size is not None:
-            series.append((self.samples, (*short, run.attack), run.audit_set_size))
-        if run.degenerate is not None:
-            series.append((self.degenerate, short, 1.0 if run.degenerate else 0.0))
-        # Whatever checks the run has: their names are the sanity module's to choose.
-        series += [
-            (self.sanity_failed, (run.model, str(run.version), run.attack, s["check"]), 0.0 if s["passed"] else 1.0)
-            for s in run.sanity
-        ]
-        return series
-
-    @staticmethod
-    def _remove(series) -> None:
-        for gauge, labels in series:
-            try:
-                gauge.remove(*labels)
-            except KeyError:  # shared by another attack's run of the same version and removed with it
-                pass
-
-    def _publish_gain(self, task: str, backbone: str, attack: str) -> None:
-        """Attentive minus baseline per epsilon, from the newest published run of each, when comparable.
+    def attention_gain(self, snapshot: Snapshot | None) -> list[Metric]:
+        """Attentive minus baseline per epsilon, from the newest run of each, when comparable.
 
         Runs on different audit sets, steps or grids are not paired (their difference would be
         noise or protocol, not attention), nor is a degenerate model (its figures are a class share).
         """
-        newest: dict[bool, Any] = {}
-        for (_, _, a), r in self._runs.items():
-            if a == attack and r.task == task and r.backbone == backbone:
-                if r.attention not in newest or newest[r.attention].id < r.id:
-                    newest[r.attention] = r
-        labels: set[tuple[str, ...]] = set()
-        if len(newest) == 2 and comparable(newest[True], newest[False]) and not (
-            newest[True].degenerate or newest[False].degenerate
-        ):
-            base = {p["epsilon"]: p["robust_accuracy"] for p in newest[False].points}
-            for p in newest[True].points:
+        gain = _gauge(
+            "medrobust_audit_attention_gain",
+            "Robust accuracy of the attentive model minus the baseline's (latest comparable runs, same task and backbone)",
+            ("task", "backbone", "attack", "epsilon"),
+        )
+        newest: dict[tuple[str, str, str, bool], RunRecord] = {}
+        for run in snapshot.runs if snapshot else ():
+            key = (run.task, run.backbone, run.attack, run.attention)
+            if key not in newest or newest[key].id < run.id:
+                newest[key] = run
+        for (task, backbone, attack, attention), attentive in newest.items():
+            baseline = newest.get((task, backbone, attack, False))
+            if not attention or baseline is None or not comparable(attentive, baseline):
+                continue
+            if attentive.degenerate or baseline.degenerate:
+                continue
+            base = {p["epsilon"]: p["robust_accuracy"] for p in baseline.points}
+            for p in attentive.points:
                 if p["epsilon"] in base:
-                    label = (task, backbone, attack, p["epsilon"])
-                    self.attention_gain.labels(*label).set(p["robust_accuracy"] - base[p["epsilon"]])
-                    labels.add(label)
-        self._remove({(self.attention_gain, label) for label in self._gains.get((task, backbone, attack), set()) - labels})
-        self._gains[(task, backbone, attack)] = labels
+                    gain.add_metric([task, backbone, attack, p["epsilon"]], p["robust_accuracy"] - base[p["epsilon"]])
+        return [gain]
+
+    def sanity(self, snapshot: Snapshot | None) -> list[Metric]:
+        """Whatever checks each latest run has: their names are the sanity module's to choose."""
+        failed = _gauge(
+            "medrobust_audit_sanity_check_failed",
+            "1 when the latest audit of the model version under the attack failed this sanity check, else 0",
+            ("model", "version", "attack", "check"),
+        )
+        for run in snapshot.runs if snapshot else ():
+            for s in run.sanity:
+                failed.add_metric([run.model, str(run.version), run.attack, s["check"]], 0.0 if s["passed"] else 1.0)
+        return [failed]
+
+    def runs(self, snapshot: Snapshot | None) -> list[Metric]:
+        """Finished runs by outcome, counted in the store; every served model's at zero until its first."""
+        counter = CounterMetricFamily("medrobust_audit_runs", "Finished audit runs by outcome", labels=["model", "status"])
+        if snapshot is None:
+            return [counter]
+        counts = dict(self.store.run_counts())
+        # Prometheus cannot see a series' first value as an increase: a served model's counters exist at 0.
+        for model in snapshot.served or ():
+            for status in RUN_STATUSES:
+                counts.setdefault((model, status), 0)
+        for (model, status), count in sorted(counts.items()):
+            counter.add_metric([model, status], count)
+        return [counter]
+
+    def run_times(self, snapshot: Snapshot | None) -> list[Metric]:
+        """Per model: the latest run's wall time and the latest success (only served models: an unserved one must not look stale)."""
+        duration = _gauge("medrobust_audit_duration_seconds", "Wall time of the model's latest finished audit run", ("model",))
+        last = _gauge(
+            "medrobust_audit_last_success_timestamp_seconds", "Unix time the model's latest successful audit finished",
+            ("model",),
+        )
+        if snapshot is None:
+            return [duration, last]
+        for model, (seconds, succeeded_at) in sorted(self.store.run_times().items()):
+            if snapshot.served is not None and model not in snapshot.served:
+                continue
+            if seconds is not None:
+                duration.add_metric([model], seconds)
+            if succeeded_at is not None:
+                last.add_metric([model], succeeded_at)
+        return [duration, last]
+
+    def unauditable(self, snapshot: Snapshot | None) -> list[Metric]:
+        """1 per served model whose task has no audit set: it is never audited until one is named."""
+        family = _gauge(
+            "medrobust_audit_unauditable",
+            "1 for a served model whose task has no audit set (name one in the audit-sets file): it is not audited",
+            ("model", "task"),
+        )
+        for model, task in snapshot.unauditable if snapshot else ():
+            family.add_metric([model, task], 1.0)
+        return [family]
+
+
+def metric_families(collector_class: type[AuditCollector] = AuditCollector) -> dict[str, tuple[str, ...]]:
+    """The exposed sample names a collector class exports, with their labels (for deploy checks and docs)."""
+    found: dict[str, tuple[str, ...]] = {}
+    probe: Any = collector_class(None)
+    for family in probe.describe():
+        name = family.name + ("_total" if family.type == "counter" else "")
+        found[name] = tuple(getattr(family, "_labelnames", ()))
+    return found

@@ -6,9 +6,10 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +31,13 @@ class AuditInProgress(HttpError):
     """A run of this model is already under way (the API answers 409)."""
 
     code = "audit_in_progress"
+    http_status = 409
+
+
+class NoAuditSet(HttpError):
+    """The model's task has no audit set: auditing it on another task's data would mean nothing (409)."""
+
+    code = "no_audit_set"
     http_status = 409
 
 
@@ -66,6 +74,13 @@ def audit_model(
         raise AuditError(
             f"{model} version {served.version}: expected a dataset with its {card['num_classes']} classes, "
             f"got {dataset.source} with {dataset.num_classes}"
+        )
+    # An equal count is not the same task: the classes must be the card's, in its order.
+    classes = tuple(card.get("class_names") or ())
+    if classes and classes != tuple(dataset.class_names):
+        raise AuditError(
+            f"{model} version {served.version}: expected an audit set of task {card.get('task')!r} with classes "
+            f"{list(classes)}, got {dataset.source} with {list(dataset.class_names)}"
         )
     trained_on = (card.get("dataset") or {}).get("fingerprint")
     if trained_on and trained_on != dataset.fingerprint:
@@ -136,14 +151,17 @@ def save_examples(audit: Audit, predictor: Predictor, directory: Path) -> Path:
 
 
 class AuditRunner:
-    """Runs audits into a store and metrics, never two of one model at once."""
+    """Runs audits into a store (the metrics read it at each scrape), never two of one model at once."""
 
-    def __init__(self, config: AuditConfig, predictor: Predictor, store, metrics=None,
-                 load_dataset: Callable | None = None):
+    def __init__(
+        self, config: AuditConfig, predictor: Predictor, store, load_dataset: Callable | None = None,
+        audit_set_for: Callable[[Mapping[str, Any]], str | None] | None = None,
+    ):
         self.config = config
         self.predictor = predictor
         self.store = store
-        self.metrics = metrics
+        # card -> the dataset spec of its task's audit set (None: unauditable); default: --dataset for every model.
+        self._audit_set_for = audit_set_for or (lambda card: config.dataset)
         self._load_dataset = load_dataset
         self._datasets: dict[str, object] = {}
         self._lock = threading.Lock()  # guards the active runs only: held for microseconds
@@ -151,8 +169,18 @@ class AuditRunner:
         self._active: dict[str, int] = {}
         self._threads: list[threading.Thread] = []
 
-    def dataset(self):
-        spec = self.config.dataset
+    def audit_set_for(self, model: str, card: Mapping[str, Any]) -> str:
+        """The dataset spec `model` (with this card) is audited on; NoAuditSet when its task has none."""
+        spec = self._audit_set_for(card)
+        if not spec:
+            raise NoAuditSet(
+                f"model {model!r}: expected an audit set for its task {card.get('task')!r} (an entry in the audit-sets "
+                "file, --dataset, or training data readable here), got none"
+            )
+        return spec
+
+    def dataset(self, spec: str | None = None):
+        spec = spec or self.config.dataset
         if not spec:
             raise AuditError("expected a dataset to draw the audit set from (--dataset or MEDROBUST_AUDIT_DATASET), got none")
         with self._dataset_lock:
@@ -187,10 +215,11 @@ class AuditRunner:
             info = self.predictor.model_info(model)
             pinned = info.latest if version is None else int(version)
             card = self.predictor.model_card(model, pinned)
+            dataset = self.audit_set_for(model, card)
             run_ids = [
                 self.store.start_run(
                     model=model, version=pinned, card=card, backend=self.predictor.backend_name,
-                    attack=self.config.attack_config(name).attack, config=self.run_config(name), trigger=trigger,
+                    attack=self.config.attack_config(name).attack, config=self.run_config(name, dataset), trigger=trigger,
                 )
                 for name in attacks
             ]
@@ -202,15 +231,15 @@ class AuditRunner:
             self._active[model] = run_ids[0]
         return run_ids
 
-    def run_config(self, attack: str | None = None) -> dict:
+    def run_config(self, attack: str | None = None, dataset: str | None = None) -> dict:
         config = self.config.attack_config(attack)
         doc = asdict(config)
         doc["epsilons"] = list(config.epsilons)
         doc["steps"] = config.iterations
-        return {"dataset": self.config.dataset, "samples": self.config.samples, **doc, "seed": self.config.seed}
+        return {"dataset": dataset or self.config.dataset, "samples": self.config.samples, **doc, "seed": self.config.seed}
 
     def execute(self, run_id: int, *, release: bool = True) -> Audit | None:
-        """Carry out a started run; its outcome goes to the store and metrics. Returns the audit or None.
+        """Carry out a started run; its outcome goes to the store. Returns the audit or None.
 
         `release=False` keeps the model reserved for the next of several runs started together.
         """
@@ -229,8 +258,9 @@ class AuditRunner:
         with self._lock:
             self._active[record.model] = run_id
         try:
+            dataset = self.dataset(record.config.get("dataset") or self.config.dataset)
             audit = audit_model(
-                self.predictor, record.model, self.dataset(), self.config, version=record.version, attack=record.attack
+                self.predictor, record.model, dataset, self.config, version=record.version, attack=record.attack
             )
             artefacts = self.config.artefacts_dir / str(run_id)
             try:
@@ -244,8 +274,6 @@ class AuditRunner:
             log.error("audit run %s of %s failed: %s", run_id, record.model, exc)
             log.debug("%s", traceback.format_exc())
             self.store.fail_run(run_id, f"{type(exc).__name__}: {exc}", duration_seconds=seconds)
-            if self.metrics is not None:
-                self.metrics.count(record.model, "failed", seconds)
             return None
         finally:
             if release:
@@ -257,9 +285,6 @@ class AuditRunner:
             record.version, result.clean_accuracy, result.robustness_score, "passed" if result.sanity_passed else "FAILED",
             result.seconds,
         )
-        if self.metrics is not None:
-            self.metrics.count(record.model, "succeeded")
-            self.metrics.publish(self.store.get_run(run_id))
         self._draw_report(run_id)
         return audit
 

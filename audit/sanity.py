@@ -25,7 +25,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from audit.attacks import GRADIENT_FREE, Attacker, stages
+from audit.attacks import Attacker, stages
+from training.contract.attacks import NOISE_REFERENCE, attack_spec
 from training.contract.config import AttackConfig
 from audit.foolbox_model import ServedModel
 from audit.results import DEGENERATE_SHARE, SanityCheck
@@ -179,7 +180,7 @@ def run_checks(
     """Every check, passed or not, with a one-line detail; runs the few extra attacks they need."""
     correct = np.flatnonzero(sweep.correct)
     base = stages(config.attack)[0]
-    gradient_attack = base not in GRADIENT_FREE
+    gradient_attack = not attack_spec(base).gradient_free
     checks = [_independent(served, attacker, sweep, images, labels, clean_logits, config, base)]
 
     survivors_at = _survivor_epsilons(sweep)
@@ -204,7 +205,7 @@ def _independent(served, attacker, sweep, images, labels, clean_logits, config, 
     """Attack the largest epsilon with survivors and the grid epsilon before it, each from scratch."""
     survivors_at = _survivor_epsilons(sweep)
     nonzero = [i for i, e in enumerate(sweep.epsilons) if float(e) > 0]
-    if base == "uniform_noise" or len(nonzero) < 2:
+    if base == NOISE_REFERENCE or len(nonzero) < 2:
         return SanityCheck("independent_epsilons_consistent", True, "fewer than two non-zero epsilons or no attack: nothing to compare")
     large = survivors_at[-1] if survivors_at else nonzero[0]
     if large == nonzero[0]:
@@ -250,7 +251,7 @@ def _progress(served: ServedModel, sweep: Sweep, images, labels, attack: str | N
     """Compare each survivor's margin fall with eps x |margin gradient|_1 at its clean image."""
     if attack is None:
         return SanityCheck("attack_made_progress", True, "a query-only attack: no gradient promise to compare with")
-    records = [p for p in sweep.progress if p.attack not in GRADIENT_FREE and float(sweep.epsilons[p.epsilon_index]) > 0]
+    records = [p for p in sweep.progress if not attack_spec(p.attack).gradient_free and float(sweep.epsilons[p.epsilon_index]) > 0]
     if not records:
         return progress_check(np.zeros(0), np.zeros(0), None, attack)
     first = min(p.epsilon_index for p in records)

@@ -1,7 +1,8 @@
 """The audit worker: runs on a cron schedule and on every new model version, and serves /metrics.
 
 APScheduler's BackgroundScheduler fires the cron job (misfires coalesced, one instance at a time);
-a poll job notices versions never audited, and removes the metrics of versions no longer served. Each model's runs are kept apart by the runner's lock,
+a poll job notices versions never audited. The metrics it serves are read from the store at each
+scrape (audit.metrics.AuditCollector). Each model's runs are kept apart by the runner's lock,
 so a scheduled run, a new-version run and an API request never overlap on one model.
 """
 
@@ -11,7 +12,7 @@ import logging
 import threading
 
 from training.contract.config import AuditConfig
-from audit.runner import AuditInProgress, AuditRunner
+from audit.runner import AuditInProgress, AuditRunner, NoAuditSet
 from service.metrics_server import start_metrics_server
 
 log = logging.getLogger(__name__)
@@ -45,19 +46,17 @@ class AuditWorker:
                 ids.append(self.runner.submit(model, trigger=trigger))
             except AuditInProgress as exc:
                 log.info("skipping %s: %s", model, exc)
+            except NoAuditSet as exc:  # reported on the Audits page and as medrobust_audit_unauditable too
+                log.warning("not auditing %s: %s", model, exc)
         return ids
 
     def check_new_versions(self) -> list[int]:
-        """Audit every (model, version) that has no run yet; drop the metrics of versions no longer served."""
+        """Audit every (model, version) that has no run yet."""
         audited = self.runner.store.audited_versions()
         ids = []
         wanted = set(self.config.models)
         served = self.runner.predictor.list_models()
-        if self.runner.metrics is not None:
-            self.runner.metrics.retain({info.name: set(info.versions) for info in served})
         for info in served:
-            if self.runner.metrics is not None:
-                self.runner.metrics.declare(info.name)
             key = (info.name, int(info.latest))
             if (wanted and info.name not in wanted) or key in audited:
                 continue
@@ -68,6 +67,11 @@ class AuditWorker:
                 ids.append(self.runner.submit(info.name, trigger="new_version"))
             except AuditInProgress:
                 continue  # the running audit's version may be older; the next poll looks again
+            except NoAuditSet as exc:
+                log.warning("not auditing %s: %s", info.name, exc)
+                with self._seen_lock:
+                    self._seen.add(key)  # said once per version; the schedule and the metric keep saying it
+                continue
             with self._seen_lock:
                 self._seen.add(key)
             log.info("new version %s of %s: audit run %s", info.latest, info.name, ids[-1])

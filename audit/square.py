@@ -19,10 +19,13 @@ true-class margin of each image so far (row 0 at the stripe start).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import numpy as np
 
+from audit.attack_base import Candidates, SingleAttack, Target
 from audit.attack_run import AttackRun, check_at_least, check_batch, check_output, merge, true_class_margin, unattacked
+from training.contract.attacks import ATTACKS, AttackSpec
 
 Logits = Callable[[np.ndarray], np.ndarray]  # x float32 [n,H,W,3] in [0,1] -> logits [n,K]
 HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)  # p halves after these of 10000 queries
@@ -103,3 +106,14 @@ def _run(
         fooled[a[hit]] = True
         rows.append(margin.copy())
     return AttackRun(best, fooled, np.stack(rows), len(rows))
+
+
+class Square(SingleAttack):
+    """L-infinity Square Attack by queries to `serving_default` only."""
+
+    spec: ClassVar[AttackSpec] = ATTACKS["square"]
+
+    def run(self, target: Target, images, labels, epsilon, *, clean_logits, rng) -> Candidates:
+        run = square_linf(target.served.logits, images, labels, epsilon, clean_logits=clean_logits,
+                          queries=int(self.budget["queries"]), rng=rng)
+        return Candidates(run.adversarial, run.margins)

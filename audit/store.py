@@ -608,3 +608,24 @@ class AuditStore:
             ).scalars().all()
         return next((other for other in map(self.get_run, ids) if comparable(run, other)), None)
 
+
+    def run_times(self) -> Mapping[str, tuple[float | None, float | None]]:
+        """Per model: (wall time of its latest finished run, whatever its outcome; when its latest success finished)."""
+        with self.engine.connect() as conn:
+            latest = (
+                sa.select(sa.func.max(audit_runs.c.id))
+                .where(audit_runs.c.status != "running")
+                .group_by(audit_runs.c.model)
+            )
+            durations = conn.execute(
+                sa.select(audit_runs.c.model, audit_runs.c.duration_seconds).where(audit_runs.c.id.in_(latest))
+            ).all()
+            successes = conn.execute(
+                sa.select(audit_runs.c.model, sa.func.max(audit_runs.c.finished_at))
+                .where(audit_runs.c.status == "succeeded")
+                .group_by(audit_runs.c.model)
+            ).all()
+        times: dict[str, tuple[float | None, float | None]] = {r[0]: (r[1], None) for r in durations}
+        for model, finished in successes:
+            times[model] = (times.get(model, (None, None))[0], finished)
+        return times

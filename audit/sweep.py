@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from audit.attacks import Attacker, distance, is_random, stages
+from training.contract.attacks import NOISE_REFERENCE
 from training.contract.config import AttackConfig
 from audit.foolbox_model import ServedModel
 
@@ -199,9 +200,9 @@ def run_sweep(
         config.attack, attacker, served, images, labels, clean_logits, clean_class, config, progress=progress,
         description=f"{served.model} v{served.version} {config.attack}",
     )
-    if config.noise_check and config.attack != "uniform_noise":
+    if config.noise_check and config.attack != NOISE_REFERENCE:
         noise = nested_sweep(
-            "uniform_noise", attacker, served, images, labels, clean_logits, clean_class, config, progress=progress,
+            NOISE_REFERENCE, attacker, served, images, labels, clean_logits, clean_class, config, progress=progress,
             description=f"{served.model} v{served.version} noise reference",
         )
         sweep = Sweep(**{**sweep.__dict__, "noise_fooled_at": noise.fooled_at})

@@ -3,6 +3,7 @@ root hands the Audits pages, so the front end shows runs without importing the a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,13 @@ class AuditPage:
 
 @dataclass(frozen=True)
 class StoreReader:
-    """Runs from `store`; `runner` (None beside a separate audit worker) starts new ones."""
+    """Runs from `store`; `runner` (None beside a separate audit worker) starts new ones; `coverage`
+    (None: not known here) lists every served model's audit set (audit.audit_sets.Coverage)."""
 
     store: AuditStore
     artefacts_dir: Path
     runner: Any = None
+    coverage: Callable[[], Any] | None = None
 
     @property
     def can_submit(self) -> bool:
@@ -38,6 +41,12 @@ class StoreReader:
         if self.runner is None:
             raise RuntimeError("expected a runner to start audits, got none; check can_submit first")
         return self.runner.submit(model, trigger="api")
+
+    def unauditable(self) -> list[dict[str, str]]:
+        """The served models no audit set covers ({"model", "task"}): never audited until one is named."""
+        if self.coverage is None:
+            return []
+        return [{"model": c.model, "task": c.task} for c in self.coverage() if c.dataset is None]
 
     def active(self) -> dict[str, int]:
         return self.runner.active() if self.runner is not None else {}

@@ -41,11 +41,12 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter hides the tables
 
 # training.contract.config is light (no TensorFlow, no NumPy): --help and bad flags answer at once.
-from training.contract.config import DEFAULT_STEPS, PAPER_EPSILONS, AttackConfig
+from training.contract.attacks import attack_spec
+from training.contract.config import PAPER_EPSILONS, AttackConfig
 
 APGD_GOAL = 1.3  # the bar: medrobust's apgd_ce may cost at most 1.3x the compiled loop per image-iteration
 AUDIT_QUERIES = AttackConfig().queries  # Square's budget per image in an audit
-AUDIT_APGD_STEPS = DEFAULT_STEPS["ensemble"]  # APGD's iterations in an audit (Croce & Hein's 100)
+AUDIT_APGD_STEPS = attack_spec("ensemble").steps  # APGD's iterations in an audit (Croce & Hein's 100)
 EPSILONS = PAPER_EPSILONS
 EPSILON_VALUES = tuple(float(e) for e in EPSILONS)
 REFERENCE = "tf_function"

@@ -19,13 +19,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from training.contract.config import DEFAULT_STEPS, AttackConfig
+from training.contract.attacks import DEFAULT_ATTACK, attacks_with
+from training.contract.config import AttackConfig
 from training.workflow import Variant, train_and_export
 
 STATE_FILE = "state.json"
 STATE_FORMAT = 1  # attacks added keys beside "audit", not a new layout
-DEFAULT_ATTACK = "linf_pgd"  # the paper's, and the attack of the "audit" key
-QUERY_ATTACKS = ("square", "ensemble")  # spend Square's query budget, alone or as the ensemble's last stage
 
 
 def audit_step(attack: str) -> str:
@@ -120,7 +119,7 @@ class GridConfig:
     def attack_config(self, attack: str) -> AttackConfig:
         """The protocol of one attack on this grid: --steps for PGD, --apgd-steps for APGD (alone or in the
         ensemble), --queries for Square (likewise)."""
-        steps = self.steps if attack == DEFAULT_ATTACK else self.apgd_steps if attack in DEFAULT_STEPS else None
+        steps = self.steps if attack == DEFAULT_ATTACK else self.apgd_steps if attack in attacks_with("steps") else None
         queries: dict[str, Any] = {} if self.queries is None else {"queries": self.queries}
         return AttackConfig(attack=attack, epsilons=self.epsilons, steps=steps, seed=self.audit_seed, **queries)
 
@@ -128,9 +127,10 @@ class GridConfig:
         """What an attack spends per image and epsilon: iterations, queries, restarts (recorded with its audits)."""
         config = self.attack_config(attack)
         doc: dict[str, Any] = {"restarts": config.restarts}
-        if attack in DEFAULT_STEPS:
+        if attack in attacks_with("steps"):
             doc["steps"] = config.iterations
-        if attack in QUERY_ATTACKS:
+        # Square's query budget, alone or as the ensemble's last stage
+        if attack in attacks_with("queries"):
             doc["queries"] = config.queries
         return doc
 
@@ -345,7 +345,7 @@ def run_grid(
         for attack in attacks
     }
     # Polling off: this loop refreshes the repository itself after each export.
-    predictor = build_predictor(ServiceConfig(model_repo=repo, max_loaded=2), start_polling=False)
+    predictor = build_predictor(ServiceConfig(model_repo=repo), max_loaded=2, start_polling=False)
     started = time.perf_counter()
     worked: list[Cell] = []
     try:

@@ -17,18 +17,13 @@ from typing import Any
 import numpy as np
 
 from medrobust.reproduce_grid import DEFAULT_ATTACK, cell_audits, stored_budget
-from training.contract.config import ATTACKS
+from training.contract.attacks import attack_names, attack_spec
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 MANIFEST = "manifest.json"
 VARIANTS = ("baseline", "attention")
 COLOURS = {"baseline": "tab:blue", "attention": "tab:red"}
-# Short names for table columns and legends; the titles name each attack in full.
-LABELS = {
-    "linf_pgd": "PGD", "ensemble": "ensemble", "apgd_ce": "APGD-CE", "apgd_dlr": "APGD-DLR", "apgd_t": "APGD-T",
-    "square": "Square", "fgsm": "FGSM", "uniform_noise": "noise",
-}
 TITLES = {"linf_pgd": "L-inf PGD", "ensemble": "AutoAttack's ensemble"}
 DESCRIPTIONS = {
     "linf_pgd": "the paper's attack",
@@ -43,7 +38,8 @@ def figure_name(task: str, backbone: str) -> str:
 
 
 def label(attack: str) -> str:
-    return LABELS.get(attack, attack)
+    """The attack's short name for table columns and legends (its registry label); the titles name it in full."""
+    return attack_spec(attack).label if attack in attack_names() else attack
 
 
 def _line(attack: str) -> tuple[str, str]:
@@ -63,7 +59,8 @@ def _stats(values: list[float]) -> dict[str, Any]:
 
 def _attack_order(attack: str) -> tuple[int, int, str]:
     """The paper's attack first, then the audit's own order."""
-    return (attack != DEFAULT_ATTACK, ATTACKS.index(attack) if attack in ATTACKS else len(ATTACKS), attack)
+    names = attack_names()
+    return (attack != DEFAULT_ATTACK, names.index(attack) if attack in names else len(names), attack)
 
 
 def summarise(state_doc: dict[str, Any], class_names: tuple[str, ...] = ()) -> dict[str, Any]:

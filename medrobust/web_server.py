@@ -128,6 +128,9 @@ class _MasterMetrics:
             workers = len(arbiter.WORKERS)
             return workers > 0, {"workers": workers, "expected_workers": arbiter.num_workers}
 
+        from medrobust.compose import register_master_audit_collector
+
+        register_master_audit_collector(self.config, registry)
         self.server = start_metrics_server(host, self.config.metrics_port, registry, healthy, name="frontend-metrics")
         log.info("metrics on http://%s:%d/metrics", host, self.server.port)
 

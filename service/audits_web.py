@@ -37,6 +37,8 @@ class AuditReader(Protocol):
 
     def active(self) -> dict[str, int]: ...
 
+    def unauditable(self) -> list[dict[str, str]]: ...  # served models whose task has no audit set: {"model", "task"}
+
     def list_runs(self, *, model: str | None = None, status: str | None = None, limit: int = 100) -> Sequence[Any]: ...
 
     def get_run(self, run_id: int) -> Any | None: ...
@@ -125,7 +127,8 @@ def list_audits():
     if not 1 <= limit <= 1000:
         return api_error("invalid_request", f"expected limit in 1..1000, got {limit}", 400)
     runs = _reader().list_runs(model=request.args.get("model"), status=request.args.get("status"), limit=limit)
-    return {"audits": [_summary(r) for r in runs]}
+    # Beside the runs, the served models that have none because no audit set covers their task.
+    return {"audits": [_summary(r) for r in runs], "unauditable": _reader().unauditable()}
 
 
 @bp.get("/api/v1/audits/<int:run_id>")
@@ -177,7 +180,7 @@ def audits_page():
     return render_template(
         "audits.html", runs=runs, selected=selected, partner=page.partner if page else None,
         header=page.header if page else [], table=page.table if page else [], warning=page.warning if page else None,
-        active=reader.active(), chance=1 / len(classes) if classes else None, classes=classes,
+        active=reader.active(), unauditable=reader.unauditable(), chance=1 / len(classes) if classes else None, classes=classes,
         example_epsilon=grey_levels(0.01),
         has_examples=page is not None and reader.picture(selected, "examples.png") is not None,
     )

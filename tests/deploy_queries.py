@@ -63,6 +63,7 @@ METRIC_LABELS: Mapping[str, frozenset[str]] = {
     "medrobust_audit_duration_seconds": frozenset({"model"}),
     "medrobust_audit_last_success_timestamp_seconds": frozenset({"model"}),
     "medrobust_audit_sanity_check_failed": frozenset({"model", "version", "attack", "check"}),
+    "medrobust_audit_unauditable": frozenset({"model", "task"}),
 }
 AUDIT_METRICS = frozenset(name for name in METRIC_LABELS if name.startswith("medrobust_audit_"))
 _VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\[\[(\w+)\]\]|\$(\w+)")

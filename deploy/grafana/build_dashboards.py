@@ -4,7 +4,9 @@
     python deploy/grafana/build_dashboards.py --check  # exit 1 if they are out of date
 
 Edit this file, not the JSON; tests/unit/test_deploy_grafana.py fails when they differ.
-Metric names are the ones fixed by the serving and audit issues.
+Metric names are the ones fixed by the serving and audit issues. The attack variable lists the
+attack registry (training/contract/attacks.py); the model and epsilon variables are Prometheus's
+label values: no list of either is copied here.
 """
 
 from __future__ import annotations
@@ -14,11 +16,17 @@ import json
 import sys
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # run as a script from a checkout: the registry is the project's
+    sys.path.insert(0, str(ROOT))
+
+from audit.metrics import metric_families  # noqa: E402  (needs the path above)
+from training.contract.attacks import DEFAULT_ATTACK, attack_names  # noqa: E402
+
 DASHBOARDS_DIR = Path(__file__).resolve().parent / "dashboards"
 # The uid given to the datasource in provisioning/datasources/prometheus.yml.
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
-PAPER_EPSILONS = ("0", "0.00125", "0.0025", "0.005", "0.01", "0.02", "0.04", "0.08", "0.16", "0.32")
-ATTACKS = ("linf_pgd", "fgsm", "l2_pgd", "uniform_noise")
+DEFAULT_EPSILON = "0.01"  # the alerts' epsilon
 # Requests that are not predictions: left out of error rates (as in the alert rules).
 NOT_PREDICTIONS = 'endpoint!~".*(healthz|readyz|metrics).*"'
 
@@ -86,8 +94,12 @@ def layout(items: list[dict]) -> list[dict]:
     return items
 
 
-def query_variable(name: str, label: str, definition: str) -> dict:
-    return {
+def query_variable(name: str, label: str, definition: str, *, default: str | None = None, sort: int = 1) -> dict:
+    """Values from Prometheus (`label_values(...)`): every one ("All") unless a single `default` is given.
+
+    `sort` is Grafana's: 1 alphabetical, 3 numerical (epsilons).
+    """
+    variable = {
         "name": name,
         "label": label,
         "type": "query",
@@ -99,8 +111,12 @@ def query_variable(name: str, label: str, definition: str) -> dict:
         "includeAll": True,
         "allValue": ".*",
         "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
-        "sort": 1,
+        "sort": sort,
     }
+    if default is not None:
+        variable.update(multi=False, includeAll=False, current={"selected": True, "text": default, "value": default})
+        del variable["allValue"]
+    return variable
 
 
 def custom_variable(name: str, label: str, values: tuple[str, ...], default: str) -> dict:
@@ -154,6 +170,16 @@ def epsilon_bars(expr: str, column: str, row_field: str = "epsilon") -> dict:
     }
 
 
+def audit(metric: str, selector: str) -> str:
+    """One audit series per label set, however many processes export it.
+
+    Every worker replica and the front end read the same store and export the same figures; they
+    differ only in the labels Prometheus adds (job, instance, pod). `max by` the metric's own
+    labels, read off the collector, keeps one of each.
+    """
+    return f"max by ({', '.join(metric_families()[metric])}) ({metric}{{{selector}}})"
+
+
 # A model version flagged degenerate (it answers one class): its plain figures measure that
 # class's share, so rankings leave it out; the "Degenerate models" panel names it.
 def not_degenerate(expr: str) -> str:
@@ -169,13 +195,15 @@ def robustness() -> dict:
     selector = 'task=~"$task", model=~"$model"'
     accuracy = dict(unit="percentunit", min_value=0, max_value=1)
     legend = "{{model}} v{{version}}"
-    latest = epsilon_bars(f'medrobust_audit_robust_accuracy{{{selector}, attack="$attack"}}', "model")
-    worst = epsilon_bars(f'medrobust_audit_worst_class_robust_accuracy{{{selector}, attack="$attack"}}', "model")
+    latest = epsilon_bars(audit("medrobust_audit_robust_accuracy", f'{selector}, attack="$attack"'), "model")
+    worst = epsilon_bars(audit("medrobust_audit_worst_class_robust_accuracy", f'{selector}, attack="$attack"'), "model")
     per_class = epsilon_bars(
-        f'medrobust_audit_class_robust_accuracy{{{selector}, attack="$attack", epsilon="$epsilon"}}', "model", row_field="class",
+        audit("medrobust_audit_class_robust_accuracy", f'{selector}, attack="$attack", epsilon="$epsilon"'), "model",
+        row_field="class",
     )
-    gain = epsilon_bars('medrobust_audit_attention_gain{task=~"$task", attack="$attack"}', "backbone")
-    score = f'medrobust_audit_robustness_score{{{selector}, attack="$attack"}}'
+    gain_at = 'task=~"$task", attack="$attack", epsilon="$epsilon"'
+    gain = epsilon_bars(audit("medrobust_audit_attention_gain", 'task=~"$task", attack="$attack"'), "backbone")
+    score = audit("medrobust_audit_robustness_score", f'{selector}, attack="$attack"')
     at_epsilon = f'{selector}, attack="$attack", epsilon="$epsilon"'
     panels = [
         row("Latest audit"),
@@ -200,7 +228,7 @@ def robustness() -> dict:
         panel("stat", "Degenerate models", "1 = the model version answers one class for at least 95% of its audit set: "
               "it has not learned the task, and its robust accuracy is that class's share, not robustness. "
               "Alert MedrobustDegenerateModel.",
-              [query(f"medrobust_audit_degenerate{{{selector}}}", legend, instant=True)],
+              [query(audit("medrobust_audit_degenerate", selector), legend, instant=True)],
               width=6, unit="none", thresholds=[("green", None), ("red", 1)], mappings=DEGENERATE_MAPPINGS),
         panel("bargauge", "Robustness score (latest audit, degenerate models left out)",
               "Mean robust accuracy over the non-zero epsilons of the grid under $attack (epsilon 0 is clean accuracy). "
@@ -210,44 +238,44 @@ def robustness() -> dict:
               width=6, options={"orientation": "horizontal", "displayMode": "gradient"}, **accuracy),
         panel("bargauge", "Clean accuracy (latest audit)", "Accuracy on the unperturbed audit set, and its balanced "
               "figure (the mean over classes: 1/K for a one-class model).",
-              [query(f"medrobust_audit_clean_accuracy{{{selector}}}", legend, instant=True),
-               query(f"medrobust_audit_balanced_clean_accuracy{{{selector}}}", legend + " balanced", instant=True, ref="B")],
+              [query(audit("medrobust_audit_clean_accuracy", selector), legend, instant=True),
+               query(audit("medrobust_audit_balanced_clean_accuracy", selector), legend + " balanced", instant=True, ref="B")],
               width=6, options={"orientation": "horizontal", "displayMode": "gradient"}, **accuracy),
         panel("stat", "Attention gain at ε = $epsilon", "Attentive minus baseline robust accuracy at the chosen epsilon.",
-              [query('medrobust_audit_attention_gain{task=~"$task", attack="$attack", epsilon="$epsilon"}',
-                     "{{task}} {{backbone}}", instant=True)],
+              [query(audit("medrobust_audit_attention_gain", gain_at), "{{task}} {{backbone}}", instant=True)],
               width=6, unit="percentunit", thresholds=[("red", None), ("green", 0)]),
         row("Across versions"),
         panel("timeseries", "Robust accuracy at ε = $epsilon over time, by version",
               "One line per model version: the mean, the lower bound of its 95% Wilson interval and the worst class. "
               "Alert MedrobustRobustAccuracyRegression fires when a new version's mean falls below the previous "
               "version's lower bound.",
-              [query(f"medrobust_audit_robust_accuracy{{{at_epsilon}}}", legend),
-               query(f"medrobust_audit_robust_accuracy_lower{{{at_epsilon}}}", legend + " 95% lower bound", ref="B"),
-               query(f"medrobust_audit_worst_class_robust_accuracy{{{at_epsilon}}}", legend + " worst class", ref="C")],
+              [query(audit("medrobust_audit_robust_accuracy", at_epsilon), legend),
+               query(audit("medrobust_audit_robust_accuracy_lower", at_epsilon), legend + " 95% lower bound", ref="B"),
+               query(audit("medrobust_audit_worst_class_robust_accuracy", at_epsilon), legend + " worst class", ref="C")],
               **accuracy),
         panel("timeseries", "Clean accuracy over time, by version", "Clean accuracy of every audited version.",
-              [query(f"medrobust_audit_clean_accuracy{{{selector}}}", legend)], **accuracy),
+              [query(audit("medrobust_audit_clean_accuracy", selector), legend)], **accuracy),
         panel("timeseries", "Robustness score over time, by version (degenerate models left out)",
               "Mean robust accuracy over the grid's non-zero epsilons under $attack.",
               [query(not_degenerate(score), legend)], **accuracy),
         panel("timeseries", "Attention gain at ε = $epsilon over time", "Attentive minus baseline, per task and backbone.",
-              [query('medrobust_audit_attention_gain{task=~"$task", attack="$attack", epsilon="$epsilon"}', "{{task}} {{backbone}}")],
+              [query(audit("medrobust_audit_attention_gain", gain_at), "{{task}} {{backbone}}")],
               unit="percentunit"),
         row("Audit health"),
         panel("stat", "Time since last successful audit",
               "Alert MedrobustAuditStale fires at two days (twice the daily schedule).",
               [query('time() - max by (model) (medrobust_audit_last_success_timestamp_seconds{model=~"$model"})', "{{model}}", instant=True)],
               width=6, unit="s", thresholds=[("green", None), ("orange", 86400 * 1.5), ("red", 86400 * 2)]),
+        # Each exporting process counts the same stored runs: the largest increase, not their sum.
         panel("bargauge", "Audit runs in the last 24 h", "Successful and failed runs per model.",
-              [query('sum by (model, status) (increase(medrobust_audit_runs_total{model=~"$model"}[24h]))', "{{model}} {{status}}", instant=True)],
+              [query('max by (model, status) (increase(medrobust_audit_runs_total{model=~"$model"}[24h]))', "{{model}} {{status}}", instant=True)],
               width=6, unit="short", min_value=0, options={"orientation": "horizontal", "displayMode": "basic"}),
         panel("bargauge", "Last audit duration", "Wall time of each model's last audit run.",
-              [query('medrobust_audit_duration_seconds{model=~"$model"}', "{{model}}", instant=True)],
+              [query(audit("medrobust_audit_duration_seconds", 'model=~"$model"'), "{{model}}", instant=True)],
               width=6, unit="s", min_value=0, options={"orientation": "horizontal", "displayMode": "basic"}),
         panel("stat", "Audit set size", "Images the figures are counted over: at 128, one image is 0.008 of accuracy "
               "and the 95% interval is about ±0.08.",
-              [query(f'medrobust_audit_samples{{{selector}, attack="$attack"}}', legend, instant=True)],
+              [query(audit("medrobust_audit_samples", f'{selector}, attack="$attack"'), legend, instant=True)],
               width=6, unit="short"),
         panel("stat", "Sanity checks", "1 = the check failed in the latest run of the version under the attack: the "
               "robust accuracy may be overstated (gradient masking suspected). Alert MedrobustGradientMaskingSuspected.",
@@ -259,8 +287,11 @@ def robustness() -> dict:
     variables = [
         TASK,
         query_variable("model", "Model", 'label_values(medrobust_audit_clean_accuracy{task=~"$task"}, model)'),
-        custom_variable("attack", "Attack", ATTACKS, "linf_pgd"),
-        custom_variable("epsilon", "Epsilon", PAPER_EPSILONS, "0.01"),
+        custom_variable("attack", "Attack", attack_names(), DEFAULT_ATTACK),
+        query_variable(
+            "epsilon", "Epsilon", 'label_values(medrobust_audit_robust_accuracy{attack="$attack"}, epsilon)',
+            default=DEFAULT_EPSILON, sort=3,
+        ),
     ]
     return dashboard("medrobust-robustness", "medrobust: Robustness",
                      "Adversarial robustness of the served models, from the scheduled audits.",

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from medrobust.commands import positive_int
-from training.contract.config import ATTACKS, DEFAULT_MODEL_REPO, AttackConfig, AuditConfig, default_of, read_config
+from training.contract.attacks import attack_names
+from training.contract.config import DEFAULT_MODEL_REPO, AttackConfig, AuditConfig, default_of, read_config
 
 _audit = lambda name: default_of(AuditConfig, name)  # noqa: E731  (defaults are written once, on the config)
 _attack = lambda name: default_of(AttackConfig, name)  # noqa: E731
@@ -28,12 +29,17 @@ def _common(parser: argparse.ArgumentParser, *, models: bool = True) -> None:
                         help=f"where examples and reports go (default: MEDROBUST_AUDIT_ARTEFACTS or {_audit('artefacts_dir')})")
     if not models:
         return
-    parser.add_argument("--dataset", help="KIND:PATH the audit set is drawn from (default: MEDROBUST_AUDIT_DATASET)")
+    parser.add_argument("--dataset", help="KIND:PATH the audit set of every task the --audit-sets file does not name is drawn from "
+                        "(default: MEDROBUST_AUDIT_DATASET, else each model's training data where it can be read here)")
+    parser.add_argument("--audit-sets", type=Path, metavar="FILE",
+                        help='TOML file of each task\'s audit set: [tasks] derm = "ham10000:/data/ham10000" (default: MEDROBUST_AUDIT_SETS)')
     parser.add_argument("--models", nargs="+", metavar="M", help="models to audit (default: every served model)")
+    parser.add_argument("--served-models", nargs="+", metavar="M",
+                        help="the models TF Serving serves, when no --model-repo or MEDROBUST_MODEL_REPO lists them (default: MEDROBUST_MODELS)")
     parser.add_argument("--epsilons", nargs="+", metavar="EPS", help="epsilon grid on [0,1] pixels (default: the paper's 0 ... 0.32)")
     parser.add_argument(
-        "--attack", nargs="+", metavar="ATTACK", choices=ATTACKS,
-        help=f"one or more of {', '.join(ATTACKS)}, each its own run (default: linf_pgd, the paper's; "
+        "--attack", nargs="+", metavar="ATTACK", choices=attack_names(),
+        help=f"one or more of {', '.join(attack_names())}, each its own run (default: linf_pgd, the paper's; "
         "ensemble = apgd_ce, apgd_t, then square on the images still standing)",
     )
     parser.add_argument("--steps", type=positive_int, help="iterations per image and epsilon (default: 20 for PGD, "
@@ -63,6 +69,16 @@ def register(subparsers) -> None:
     worker.add_argument("--now", action="store_true", help="also audit every model at start")
     worker.set_defaults(handler=_worker, check=config_from_args)
 
+    sets = sub.add_parser("sets", help="each task's audit set, where it comes from, and the served models it covers")
+    where = sets.add_mutually_exclusive_group()
+    where.add_argument("--model-repo", type=Path, help="model repository (default: MEDROBUST_MODEL_REPO or model-repo)")
+    where.add_argument("--tf-serving", metavar="HOST:PORT", help="TF Serving's gRPC address (default: MEDROBUST_TF_SERVING)")
+    sets.add_argument("--served-models", nargs="+", metavar="M", help="the models TF Serving serves (default: MEDROBUST_MODELS)")
+    sets.add_argument("--dataset", help="the audit set of every task the file does not name (default: MEDROBUST_AUDIT_DATASET)")
+    sets.add_argument("--audit-sets", type=Path, metavar="FILE", help="TOML file of each task's audit set (default: MEDROBUST_AUDIT_SETS)")
+    sets.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    sets.set_defaults(handler=_sets)
+
     report = sub.add_parser("report", help="write the figures and HTML page of a stored run")
     report.add_argument("run_id", type=int, metavar="RUN_ID", help="the run's id, as `audit run` and the Audits page show it")
     report.add_argument("--database-url", help="SQLAlchemy URL of the audit store (default: MEDROBUST_DATABASE_URL)")
@@ -89,8 +105,6 @@ def _build(args, *, worker: bool = False):
     from medrobust.compose import build_audit_stack
 
     config = config_from_args(args)
-    if not config.dataset:
-        raise UsageError("expected --dataset KIND:PATH (or MEDROBUST_AUDIT_DATASET) to draw the audit set from, got none")
     from audit.store import StoreUnavailable
 
     try:
@@ -132,6 +146,7 @@ def _table(result, run_id: int) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from audit.runner import NoAuditSet
     from medrobust.commands import UsageError
 
     stack = _build(args)
@@ -146,7 +161,14 @@ def _run(args: argparse.Namespace) -> int:
     documents, failed = [], 0
     for model in models:
         for attack in config.attacks:
-            run_id, audit = runner.run(model, trigger="cli", attack=attack)
+            try:
+                run_id, audit = runner.run(model, trigger="cli", attack=attack)
+            except NoAuditSet as exc:  # not audited on another task's data; said, and counted as a failure
+                failed += 1
+                documents.append({"model": model, "attack": attack, "status": "unauditable", "error": str(exc)})
+                if not args.json:
+                    print(f"{model} {attack} NOT AUDITED: {exc}", file=sys.stderr)
+                continue
             if audit is None:
                 failed += 1
                 record = store.get_run(run_id)
@@ -184,6 +206,42 @@ def _worker(args: argparse.Namespace) -> int:
         pass
     print("audit worker: stopping", flush=True)
     stack.close(reason="interrupted: the audit worker was stopped (SIGTERM or SIGINT) before the run finished")
+    return 0
+
+
+def _sets(args: argparse.Namespace) -> int:
+    from audit.audit_sets import AuditSetsError, load_audit_sets
+    from medrobust.commands import UsageError
+    from medrobust.compose import build_audit_predictor
+
+    config = config_from_args(args)
+    try:
+        audit_sets = load_audit_sets(config.audit_sets, config.dataset)
+        predictor = build_audit_predictor(config)
+    except (AuditSetsError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        coverage = audit_sets.coverage((info.name, info.card) for info in predictor.list_models())
+    finally:
+        predictor.close()
+    rows: dict[tuple[str, str | None, str | None], list[str]] = {}
+    for c in coverage:
+        rows.setdefault((c.task, c.dataset, c.origin), []).append(c.model)
+    for task, spec in audit_sets.tasks.items():  # named in the file but serving no model now
+        if not any(key[0] == task for key in rows):
+            rows[(task, spec, "file")] = []
+    if args.json:
+        print(json.dumps({
+            "file": audit_sets.source, "default": audit_sets.default,
+            "tasks": [{"task": t, "dataset": d, "origin": o, "models": m} for (t, d, o), m in sorted(rows.items(), key=str)],
+            "unauditable": [c.to_json() for c in coverage if c.dataset is None],
+        }))
+        return 0
+    print(f"audit sets: file {audit_sets.source or 'none'}, default {audit_sets.default or 'none'} "
+          "(then each model's training data where it can be read here)")
+    print(f"  {'task':<16} {'audit set':<40} {'from':<10} served models")
+    for (task, dataset, origin), models in sorted(rows.items(), key=str):
+        print(f"  {task:<16} {dataset or 'NONE: not audited':<40} {origin or '':<10} {', '.join(models) or '(none served)'}")
     return 0
 
 

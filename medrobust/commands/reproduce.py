@@ -18,16 +18,9 @@ import time
 from pathlib import Path
 
 from medrobust.commands import positive_float, positive_int
+from training.contract.attacks import DEFAULT_ATTACK, attack_names, attack_spec
 from training.contract.card import BACKBONES, MIN_INPUT_SIZE, Backbone
-from training.contract.config import (
-    ATTACKS,
-    DEFAULT_STEPS,
-    AttackConfig,
-    ReproduceConfig,
-    default_of,
-    parse_attacks,
-    read_config,
-)
+from training.contract.config import AttackConfig, ReproduceConfig, default_of, parse_attacks, read_config
 
 DEFAULT_SIZE = 64
 
@@ -62,8 +55,9 @@ def _attacks(text: str) -> tuple[str, ...]:
         names = parse_attacks(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    if "l2_pgd" in names:  # the grid's epsilons are L-inf radii
-        raise argparse.ArgumentTypeError(f"expected L-inf attacks (the epsilon grid is L-inf), got l2_pgd in {text!r}")
+    other = [n for n in names if attack_spec(n).norm != "linf"]
+    if other:  # the grid's epsilons are L-inf radii
+        raise argparse.ArgumentTypeError(f"expected L-inf attacks (the epsilon grid is L-inf), got {', '.join(other)} in {text!r}")
     return names
 
 
@@ -98,13 +92,14 @@ def register(subparsers) -> None:
     p.add_argument("--samples", type=positive_int, default=256, help="audit images, the same for every model (default: 256)")
     p.add_argument("--epsilons", help="comma-separated L-inf epsilons on [0,1] pixels (default: the paper's grid; 0 is always added)")
     p.add_argument(
-        "--attacks", type=_attacks, default=("linf_pgd",),
-        help=f"comma-separated, each cell audited with each: {', '.join(a for a in ATTACKS if a != 'l2_pgd')} "
+        "--attacks", type=_attacks, default=(DEFAULT_ATTACK,),
+        help=f"comma-separated, each cell audited with each: {', '.join(attack_names(norm='linf'))} "
              "(default: linf_pgd, the paper's; ensemble = AutoAttack's apgd_ce, apgd_t, then square on the images "
              "still standing). Adding an attack to a finished run audits its models again, training nothing",
     )
-    p.add_argument("--steps", type=positive_int, default=20, help="PGD steps (default: 20)")
-    p.add_argument("--apgd-steps", type=positive_int, help=f"APGD iterations, alone and in the ensemble (default: {DEFAULT_STEPS['apgd_ce']})")
+    pgd_steps = attack_spec(DEFAULT_ATTACK).steps
+    p.add_argument("--steps", type=positive_int, default=pgd_steps, help=f"PGD steps (default: {pgd_steps})")
+    p.add_argument("--apgd-steps", type=positive_int, help=f"APGD iterations, alone and in the ensemble (default: {attack_spec('apgd_ce').steps})")
     p.add_argument(
         "--queries", type=positive_int,
         help=f"Square Attack's queries per image and epsilon, alone and in the ensemble (default: {AttackConfig.queries})",

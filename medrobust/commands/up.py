@@ -206,11 +206,11 @@ def _serve(args, service_config: ServiceConfig, audit_config: AuditConfig, start
         from prometheus_client import CollectorRegistry
 
         from medrobust.cli import import_tensorflow_quietly
-        from medrobust.compose import build_app, build_audit_stack, build_predictor
+        from medrobust.compose import build_app, build_audit_stack, build_service_predictor
 
         if not args.verbose:
             import_tensorflow_quietly()
-        predictor = build_predictor(service_config)
+        predictor = build_service_predictor(service_config)
         # One registry, served on the worker's metrics port: the front end's counts and the audit's
         # figures together, and nothing of them on the API's port.
         registry = CollectorRegistry()

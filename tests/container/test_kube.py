@@ -79,7 +79,9 @@ def pod(medrobust_image, tiny_repo, tmp_path_factory):
             secret.write_text(json.dumps({key: base64.b64encode(value.encode()).decode() for key, value in data.items()}))
             podman("secret", "create", name, str(secret))
         import_model_repo("model-repo", tiny_repo.path, scratch)
-        podman("play", "kube", "--configmap", str(CONFIGMAP), str(manifest), timeout=300)
+        # The ConfigMaps its variables and its audit-sets volume come from.
+        podman("play", "kube", "--configmap", str(CONFIGMAP), "--configmap", str(K8S / "audit-sets-configmap.yaml"),
+               str(manifest), timeout=300)
         container = json.loads(podman("ps", "--all", "--filter", f"pod={deployment['metadata']['name']}-pod-0",
                                       "--format", "json").stdout)
         (name,) = [c["Names"][0] for c in container if not c["IsInfra"]]

@@ -31,7 +31,7 @@ class GatedDataset:
 
 @pytest.fixture
 def audit_app(tiny_repo, embedded_predictor, tmp_path):
-    from audit.metrics import AuditMetrics
+    from audit.metrics import AuditCollector
     from audit.runner import AuditRunner
     from audit.store import AuditStore
     from audit.web_reader import StoreReader
@@ -47,7 +47,8 @@ def audit_app(tiny_repo, embedded_predictor, tmp_path):
     store = AuditStore(config.database_url)
     registry = CollectorRegistry()
     gated = GatedDataset()
-    runner = AuditRunner(config, embedded_predictor, store, AuditMetrics(registry), load_dataset=gated)
+    registry.register(AuditCollector(store, served=embedded_predictor.list_models))
+    runner = AuditRunner(config, embedded_predictor, store, load_dataset=gated)
     app = create_app(
         ServiceConfig(model_repo=tiny_repo.path, admin_token="s3cret-admin"), predictor=embedded_predictor,
         registry=registry, extensions=[audits_extension(StoreReader(store, config.artefacts_dir, runner))],

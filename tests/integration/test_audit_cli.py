@@ -107,3 +107,14 @@ def test_up_on_an_existing_repository_serves_everything_and_stops_cleanly(copy_r
         rest, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, rest[-2000:]
     assert "stopping" in rest
+
+
+def test_audit_run_against_tf_serving_refuses_a_model_it_does_not_serve(tiny_repo, tfserving_server, tmp_path, capsys,
+                                                                       monkeypatch):
+    """`--models` is what to audit: the served names still come from the repository, so the check fires."""
+    monkeypatch.setenv("MEDROBUST_MODEL_REPO", str(tiny_repo.path))
+    code = main(["audit", "run", "--tf-serving", tfserving_server, "--dataset", tiny_repo.dataset_spec,
+                 "--database-url", f"sqlite:///{tmp_path / 'a.sqlite'}", "--models", "nope-resnet50-baseline"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "expected models among the served ones" in err and tiny_repo.baseline in err

@@ -75,7 +75,7 @@ def _config(tiny_repo):
 
 @pytest.mark.slow  # exports a model of its own: ~40 s
 def test_a_masked_gradient_fails_the_gradient_check_and_is_exported(masked_repo, tiny_repo, tmp_path):
-    from audit.metrics import AuditMetrics
+    from audit.metrics import AuditCollector
     from audit.runner import AuditRunner
     from audit.store import AuditStore
     from service.embedded import EmbeddedPredictor
@@ -85,7 +85,8 @@ def test_a_masked_gradient_fails_the_gradient_check_and_is_exported(masked_repo,
     registry = CollectorRegistry()
     store = AuditStore(f"sqlite:///{tmp_path / 'a.sqlite'}")
     config = _config(tiny_repo).with_(artefacts_dir=tmp_path / "art")
-    runner = AuditRunner(config, predictor, store, AuditMetrics(registry))
+    registry.register(AuditCollector(store))
+    runner = AuditRunner(config, predictor, store)
     run_id, audit = runner.run(tiny_repo.baseline)
     checks = {c.name: c for c in audit.result.sanity}
     assert not checks["gradients_not_vanishing"].passed

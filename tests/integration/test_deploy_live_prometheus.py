@@ -220,6 +220,18 @@ def test_front_end_and_audit_worker_are_scraped(stack) -> None:
     }
 
 
+def test_the_front_ends_own_metrics_carry_the_audits_figures(stack, tiny_repo) -> None:
+    """`serve --database-url` reads the figures from the store at each scrape (its gunicorn master does),
+    so it exports them with no worker to ask; compose's Prometheus keeps the worker's copy only."""
+    status, body = http(f"http://{stack.frontend_metrics}/metrics")
+    assert status == 200
+    for model in tiny_repo.models:
+        assert b'medrobust_audit_robust_accuracy{' in body and f'model="{model}"'.encode() in body
+        assert f'medrobust_audit_runs_total{{model="{model}",status="succeeded"}}'.encode() in body
+    scraped = stack.query('count by (job) (medrobust_audit_robust_accuracy)')["data"]["result"]
+    assert {series["metric"]["job"] for series in scraped} == {"medrobust-audit"}
+
+
 def test_the_front_end_shows_the_audit_workers_runs(stack, tiny_repo) -> None:
     base = f"http://{stack.frontend}"
     status, body = http(f"{base}/api/v1/audits")
@@ -262,9 +274,9 @@ def test_every_variable_query_returns_its_label(stack, tiny_repo) -> None:
         document = stack.query(selector)
         assert document["status"] == "success", (dashboard, variable, selector, document.get("error"))
         values[(dashboard, variable)] = {series["metric"].get(variable) for series in document["data"]["result"]}
+    wanted = {"task": {tiny_repo.task}, "model": set(tiny_repo.models), "epsilon": set(EPSILONS)}  # the grid audited
     for (dashboard, variable), found in values.items():
-        expected = {tiny_repo.task} if variable == "task" else set(tiny_repo.models)
-        assert found == expected, f"{dashboard} ${variable}: {found}"
+        assert found == wanted[variable], f"{dashboard} ${variable}: {found}"
 
 
 def _degenerate_models(stack) -> set[str]:

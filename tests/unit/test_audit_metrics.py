@@ -1,4 +1,4 @@
-"""The audit's Prometheus metrics: the exact names and labels dashboards rely on, restored from the store."""
+"""The audit's Prometheus metrics: the exact names and labels dashboards rely on, read from the store at each scrape."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import json
 import shutil
 import sqlite3
 from contextlib import closing
+from types import SimpleNamespace
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from audit.metrics import AuditMetrics
+from audit.metrics import AuditCollector, metric_families
 from audit.results import AuditResult, SanityCheck, wilson_interval
 from audit.store import AuditStore
 from tests.audit_runs import CARD, EIGHT, OLD_SCHEMA_DUMP, make_result, one_class_result
@@ -33,7 +34,26 @@ NAMES = {
     "medrobust_audit_duration_seconds": {"model"},
     "medrobust_audit_last_success_timestamp_seconds": {"model"},
     "medrobust_audit_sanity_check_failed": {"model", "version", "attack", "check"},
+    "medrobust_audit_unauditable": {"model", "task"},
 }
+
+
+def served(*models, unauditable=()):
+    """A `served` callable: (name, versions) pairs, plus models of a task no audit set covers."""
+    listed = [SimpleNamespace(name=n, versions=tuple(v), card=CARD) for n, v in models]
+    listed += [SimpleNamespace(name=n, versions=(1,), card={**CARD, "task": "chest"}) for n in unauditable]
+    return lambda: listed
+
+
+def no_chest(models):
+    """The audit sets' answer: the chest task has none."""
+    return [(name, card["task"]) for name, card in models if card["task"] == "chest"]
+
+
+def registered(store, **kwargs) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(AuditCollector(store, **kwargs))
+    return registry
 
 
 @pytest.fixture
@@ -61,17 +81,19 @@ def _series(registry) -> dict[str, list[dict[str, str]]]:
 
 
 def test_names_and_labels_are_exactly_the_issues(store):
-    registry = CollectorRegistry()
-    AuditMetrics(registry).restore(store)
+    registry = registered(
+        store, served=served(("demo-resnet50-baseline", (3,)), ("demo-resnet50-attention", (3,)), unauditable=("chest-x",)),
+        unauditable=no_chest,
+    )
     found = _series(registry)
     assert {name: {label for labels in series for label in labels} for name, series in found.items()} == NAMES
     for name, series in found.items():  # every series of a family carries every label
         assert all(set(labels) == NAMES[name] for labels in series), name
+    assert set(metric_families()) == set(NAMES)  # what the deploy checks read off the collector
 
 
-def test_restored_from_the_store_with_the_grids_label_values(store):
-    registry = CollectorRegistry()
-    AuditMetrics(registry).restore(store)
+def test_read_from_the_store_with_the_grids_label_values(store):
+    registry = registered(store)
     value = registry.get_sample_value
     model = {"task": "demo", "model": "demo-resnet50-attention", "backbone": "resnet50", "attention": "true", "version": "3"}
     assert value("medrobust_audit_robust_accuracy", {**model, "attack": "linf_pgd", "epsilon": "0.01"}) == 0.5
@@ -88,29 +110,54 @@ def test_restored_from_the_store_with_the_grids_label_values(store):
     assert value("medrobust_audit_sanity_check_failed", {"model": "demo-resnet50-baseline", **check}) == 0
     assert value("medrobust_audit_degenerate", {"task": "demo", "model": "demo-resnet50-attention", "version": "3"}) == 0
     assert value("medrobust_audit_samples", {"task": "demo", "model": "demo-resnet50-attention", "version": "3", "attack": "linf_pgd"}) == 4
-    assert value("medrobust_audit_duration_seconds", {"model": "demo-resnet50-baseline"}) == 1.5
+    assert value("medrobust_audit_duration_seconds", {"model": "demo-resnet50-attention"}) == 1.5
     assert value("medrobust_audit_last_success_timestamp_seconds", {"model": "demo-resnet50-baseline"}) > 1.7e9
     assert b"medrobust_audit_robust_accuracy{" in generate_latest(registry)
 
 
-def test_two_registries_do_not_share_series():
-    a, b = CollectorRegistry(), CollectorRegistry()
-    AuditMetrics(a).count("m", "failed", 2.0)
-    AuditMetrics(b)
-    assert a.get_sample_value("medrobust_audit_runs_total", {"model": "m", "status": "failed"}) == 1
-    assert b.get_sample_value("medrobust_audit_runs_total", {"model": "m", "status": "failed"}) is None
+def test_the_latest_run_wall_time_counts_a_failed_run_too(store):
+    # The baseline's latest run failed (its duration was not given): no wall time to show; the attentive one's is 1.5 s.
+    run_id = store.start_run(model="demo-resnet50-attention", version=3, card=CARD, backend="embedded", attack="linf_pgd", config={})
+    store.fail_run(run_id, "boom", duration_seconds=7.0)
+    value = registered(store).get_sample_value
+    assert value("medrobust_audit_duration_seconds", {"model": "demo-resnet50-attention"}) == 7.0
+    assert value("medrobust_audit_runs_total", {"model": "demo-resnet50-attention", "status": "failed"}) == 1
 
 
-def test_run_counters_of_a_declared_model_start_at_zero():
+def test_nothing_is_kept_between_scrapes(empty_store):
+    """A run stored after registration is at the next scrape; a collector registered with no runs holds none."""
+    registry = registered(empty_store)
+    assert _series(registry) == {}
+    _stored(empty_store, make_result())
+    point = {**_labels("demo-resnet50-attention"), "attack": "linf_pgd", "epsilon": "0.01"}
+    assert registry.get_sample_value("medrobust_audit_robust_accuracy", point) == 0.5
+
+
+def test_registering_does_not_read_the_store():
+    registry = CollectorRegistry()
+    registry.register(AuditCollector(None))  # describe() answers the names without a query
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        registry.register(AuditCollector(None))
+
+
+def test_run_counters_of_a_served_model_start_at_zero(empty_store):
     # Prometheus cannot see a series' first value as an increase: a run counted on a series
     # created by that same run would never show in increase()/rate() panels.
-    registry = CollectorRegistry()
-    metrics = AuditMetrics(registry)
-    metrics.declare("demo-resnet50-attention")
+    registry = registered(empty_store, served=served(("demo-resnet50-attention", (1,))))
     for status in ("succeeded", "failed"):
         assert registry.get_sample_value("medrobust_audit_runs_total", {"model": "demo-resnet50-attention", "status": status}) == 0
-    metrics.count("demo-resnet50-attention", "succeeded")
+    _stored(empty_store, make_result())
     assert registry.get_sample_value("medrobust_audit_runs_total", {"model": "demo-resnet50-attention", "status": "succeeded"}) == 1
+
+
+def test_a_served_model_without_an_audit_set_is_unauditable(empty_store):
+    registry = registered(
+        empty_store, served=served(("demo-resnet50-attention", (1,)), unauditable=("chest-resnet50-baseline",)),
+        unauditable=no_chest,
+    )
+    value = registry.get_sample_value
+    assert value("medrobust_audit_unauditable", {"model": "chest-resnet50-baseline", "task": "chest"}) == 1
+    assert value("medrobust_audit_unauditable", {"model": "demo-resnet50-attention", "task": "demo"}) is None
 
 
 def _stored(store, result, *, config=None, attack="linf_pgd"):
@@ -134,10 +181,9 @@ def _labels(model: str, version: int = 1, attention: bool = True) -> dict[str, s
 
 
 def test_a_one_class_model_is_flagged_and_its_worst_class_is_zero(empty_store):
-    registry = CollectorRegistry()
-    metrics = AuditMetrics(registry)
-    metrics.publish(_stored(empty_store, one_class_result(model="demo-resnet50-attention")))
-    metrics.publish(_stored(empty_store, make_result(model="demo-resnet50-baseline", attention=False, audit_set=EIGHT)))
+    _stored(empty_store, one_class_result(model="demo-resnet50-attention"))
+    _stored(empty_store, make_result(model="demo-resnet50-baseline", attention=False, audit_set=EIGHT))
+    registry = registered(empty_store)
     value = registry.get_sample_value
     point = {**_labels("demo-resnet50-attention"), "attack": "linf_pgd", "epsilon": "0.01"}
     # The plain mean and the score flatter it ...
@@ -157,9 +203,7 @@ def test_a_one_class_model_is_flagged_and_its_worst_class_is_zero(empty_store):
     assert "medrobust_audit_attention_gain" not in _series(registry)
 
 
-def test_retain_removes_every_series_of_versions_no_longer_served(empty_store):
-    registry = CollectorRegistry()
-    metrics = AuditMetrics(registry)
+def test_only_served_versions_are_exported(empty_store):
     attentive, baseline = "demo-resnet50-attention", "demo-resnet50-baseline"
     for result, attack in (
         (make_result(model=attentive, version=1), "linf_pgd"),
@@ -167,8 +211,10 @@ def test_retain_removes_every_series_of_versions_no_longer_served(empty_store):
         (make_result(model=attentive, version=2), "linf_pgd"),
         (make_result(model=baseline, version=1, attention=False, robust=(0.75, 0.25, 0.0)), "linf_pgd"),
     ):
-        metrics.publish(_stored(empty_store, AuditResult(**{**result.__dict__, "attack": attack}), attack=attack))
-    metrics.count(baseline, "succeeded")
+        _stored(empty_store, AuditResult(**{**result.__dict__, "attack": attack}), attack=attack)
+    now = {"served": [(attentive, (1, 2)), (baseline, (1,))]}
+    # Read at each scrape: the test changes what is served between scrapes.
+    registry = registered(empty_store, served=lambda: served(*now["served"])())  # noqa: PLW0108
 
     def versions() -> dict[str, set[tuple[str, str]]]:
         found: dict[str, set[tuple[str, str]]] = {}
@@ -184,12 +230,12 @@ def test_retain_removes_every_series_of_versions_no_longer_served(empty_store):
     gain = {"task": "demo", "backbone": "resnet50", "attack": "linf_pgd", "epsilon": "0.01"}
     assert registry.get_sample_value("medrobust_audit_attention_gain", gain) == pytest.approx(0.25)
 
-    metrics.retain({attentive: {2}, baseline: {1}})  # version 1 of the attentive model rolled back
+    now["served"] = [(attentive, (2,)), (baseline, (1,))]  # version 1 of the attentive model rolled back
     assert set(versions()) == versioned
     assert all(pairs == {(attentive, "2"), (baseline, "1")} for pairs in versions().values()), versions()
     assert registry.get_sample_value("medrobust_audit_attention_gain", gain) == pytest.approx(0.25)  # v2 and the baseline
 
-    metrics.retain({attentive: {2}})  # the baseline is no longer served at all
+    now["served"] = [(attentive, (2,))]  # the baseline is no longer served at all
     assert all(pairs == {(attentive, "2")} for pairs in versions().values()), versions()
     assert registry.get_sample_value("medrobust_audit_attention_gain", gain) is None  # no pair left
     for name in ("medrobust_audit_duration_seconds", "medrobust_audit_last_success_timestamp_seconds"):
@@ -197,8 +243,20 @@ def test_retain_removes_every_series_of_versions_no_longer_served(empty_store):
         assert registry.get_sample_value(name, {"model": attentive}) is not None
     assert registry.get_sample_value("medrobust_audit_runs_total", {"model": baseline, "status": "succeeded"}) == 1
 
-    metrics.retain({})
+    now["served"] = []
     assert set(versions()) == set()
+
+
+def test_a_served_list_that_fails_leaves_every_stored_version(empty_store, caplog):
+    _stored(empty_store, make_result(version=1))
+
+    def unreachable():
+        raise ConnectionError("TF Serving unreachable")
+
+    registry = registered(empty_store, served=unreachable)
+    point = {**_labels("demo-resnet50-attention"), "attack": "linf_pgd", "epsilon": "0.01"}
+    assert registry.get_sample_value("medrobust_audit_robust_accuracy", point) == 0.5
+    assert "TF Serving unreachable" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -211,89 +269,99 @@ def test_retain_removes_every_series_of_versions_no_longer_served(empty_store):
     ids=["audit-set", "steps", "grid"],
 )
 def test_the_attention_gain_pairs_only_comparable_runs(empty_store, baseline_changes, baseline_config):
-    registry = CollectorRegistry()
-    metrics = AuditMetrics(registry)
-    metrics.publish(_stored(empty_store, make_result(model="demo-resnet50-attention")))
+    registry = registered(empty_store)
+    _stored(empty_store, make_result(model="demo-resnet50-attention"))
     comparable_baseline = make_result(model="demo-resnet50-baseline", attention=False, robust=(0.75, 0.25, 0.0))
-    metrics.publish(_stored(empty_store, comparable_baseline))
+    _stored(empty_store, comparable_baseline)
     assert len(_series(registry)["medrobust_audit_attention_gain"]) == 3
     # A newer baseline run that cannot be compared withdraws the gain rather than leave it stale.
     other = make_result(model="demo-resnet50-baseline", attention=False, robust=(0.75, 0.25, 0.0), **baseline_changes)
-    metrics.publish(_stored(empty_store, other, config=baseline_config))
+    _stored(empty_store, other, config=baseline_config)
     assert "medrobust_audit_attention_gain" not in _series(registry)
-    # A worker restored from this store publishes nothing either.
-    restored = CollectorRegistry()
-    AuditMetrics(restored).restore(empty_store)
-    assert "medrobust_audit_attention_gain" not in _series(restored)
 
 
 def test_sanity_checks_are_published_by_version_and_attack_whatever_their_names(empty_store):
-    registry = CollectorRegistry()
-    metrics = AuditMetrics(registry)
+    registry = registered(empty_store)
     checks = (SanityCheck("attack_made_progress", False, "no loss decrease"), SanityCheck("independent_epsilons_consistent", True, "ok"))
-    metrics.publish(_stored(empty_store, make_result(sanity=checks)))
+    _stored(empty_store, make_result(sanity=checks))
     labels = {"model": "demo-resnet50-attention", "version": "1", "attack": "linf_pgd"}
     value = registry.get_sample_value
     assert value("medrobust_audit_sanity_check_failed", {**labels, "check": "attack_made_progress"}) == 1
     assert value("medrobust_audit_sanity_check_failed", {**labels, "check": "independent_epsilons_consistent"}) == 0
     # The next run has other checks: the one it no longer has is withdrawn, not left failing.
-    metrics.publish(_stored(empty_store, make_result(sanity=(SanityCheck("degenerate_predictions", True, "ok"),))))
+    _stored(empty_store, make_result(sanity=(SanityCheck("degenerate_predictions", True, "ok"),)))
     assert value("medrobust_audit_sanity_check_failed", {**labels, "check": "attack_made_progress"}) is None
     assert value("medrobust_audit_sanity_check_failed", {**labels, "check": "degenerate_predictions"}) == 0
 
 
-def test_an_older_run_never_overwrites_a_newer_one(empty_store):
-    registry = CollectorRegistry()
-    metrics = AuditMetrics(registry)
-    old = _stored(empty_store, make_result(robust=(0.75, 0.5, 0.25)))
-    new = _stored(empty_store, make_result(robust=(0.75, 0.125, 0.0)))
-    metrics.publish(new)
-    metrics.publish(old)
+def test_the_newest_run_of_a_version_and_attack_is_exported(empty_store):
+    registry = registered(empty_store)
+    _stored(empty_store, make_result(robust=(0.75, 0.5, 0.25)))
+    _stored(empty_store, make_result(robust=(0.75, 0.125, 0.0)))
+    failed = empty_store.start_run(model="demo-resnet50-attention", version=1, card=CARD, backend="embedded",
+                                   attack="linf_pgd", config={})
+    empty_store.fail_run(failed, "boom")  # a failed run after them changes no figure
     point = {**_labels("demo-resnet50-attention"), "attack": "linf_pgd", "epsilon": "0.01"}
     assert registry.get_sample_value("medrobust_audit_robust_accuracy", point) == 0.125
 
 
-def test_a_worker_restored_from_a_first_schema_database_flags_its_one_class_model(tmp_path):
+def test_a_first_schema_database_flags_its_one_class_model(tmp_path):
     path = tmp_path / "old.sqlite"
     with closing(sqlite3.connect(path)) as conn:
         conn.executescript(OLD_SCHEMA_DUMP.read_text())
     store = AuditStore(f"sqlite:///{path}")
-    registry = CollectorRegistry()
-    AuditMetrics(registry).restore(store)
-    store.close()
+    registry = registered(store)
     value = registry.get_sample_value
     assert value("medrobust_audit_degenerate", {"task": "demo", "model": "demo-resnet50-baseline", "version": "1"}) == 1
     point = {**_labels("demo-resnet50-baseline", attention=False), "attack": "linf_pgd", "epsilon": "0.02"}
     assert value("medrobust_audit_worst_class_robust_accuracy", point) == 0.0
     assert value("medrobust_audit_robustness_score", {**_labels("demo-resnet50-attention"), "attack": "linf_pgd"}) == pytest.approx(0.375)
+    store.close()
 
 
-def test_the_worker_poll_drops_the_metrics_of_a_version_taken_out_of_the_repository(empty_store, tmp_path):
-    from audit.runner import AuditRunner
-    from audit.scheduler import AuditWorker
+def test_the_metrics_drop_a_version_taken_out_of_the_repository(empty_store, tmp_path):
     from service.embedded import EmbeddedPredictor
-    from training.contract.config import AuditConfig
 
     repo = tmp_path / "repo"
     model = "demo-resnet50-attention"
-    for version in (1, 2):  # what the poll reads: the version folders and the newest card
+    for version in (1, 2):  # what the index reads: the version folders and the newest card
         card = repo / model / str(version) / "assets.extra" / "model_card.json"
         card.parent.mkdir(parents=True)
         card.write_text(json.dumps(CARD))
-    registry = CollectorRegistry()
-    metrics = AuditMetrics(registry)
-    for version in (1, 2):
         _stored(empty_store, make_result(model=model, version=version))
-    metrics.restore(empty_store)
     predictor = EmbeddedPredictor(repo, poll_seconds=0)
-    config = AuditConfig(model_repo=repo, dataset="synthetic:240", progress=False)
-    worker = AuditWorker(config, AuditRunner(config, predictor, empty_store, metrics), registry, serve_metrics=False)
+    registry = registered(empty_store, served=predictor.list_models)
     point = {**_labels(model), "attack": "linf_pgd", "epsilon": "0.01"}
+    try:
+        assert registry.get_sample_value("medrobust_audit_robust_accuracy", {**point, "version": "1"}) == 0.5
+        shutil.rmtree(repo / model / "1")
+        assert registry.get_sample_value("medrobust_audit_robust_accuracy", {**point, "version": "1"}) is None
+        assert registry.get_sample_value("medrobust_audit_robust_accuracy", {**point, "version": "2"}) == 0.5
+    finally:
+        predictor.close()
 
-    assert worker.check_new_versions() == []  # both versions audited already
-    assert registry.get_sample_value("medrobust_audit_robust_accuracy", {**point, "version": "1"}) == 0.5
-    shutil.rmtree(repo / model / "1")
-    assert worker.check_new_versions() == []
-    assert registry.get_sample_value("medrobust_audit_robust_accuracy", {**point, "version": "1"}) is None
-    assert registry.get_sample_value("medrobust_audit_robust_accuracy", {**point, "version": "2"}) == 0.5
-    predictor.close()
+
+def test_the_gunicorn_masters_collector_reads_the_store_and_the_mounted_repository(empty_store, tmp_path):
+    """`medrobust serve`'s /metrics is served by a master that loads no model: the served versions
+    come from the repository folders, the audit sets from the same variables as the workers'."""
+    from medrobust.compose import register_master_audit_collector
+    from training.contract.config import ServiceConfig
+
+    repo = tmp_path / "repo"
+    for model, task in (("demo-resnet50-attention", "demo"), ("chest-resnet50-baseline", "chest")):
+        card = repo / model / "1" / "assets.extra" / "model_card.json"
+        card.parent.mkdir(parents=True)
+        card.write_text(json.dumps({**CARD, "task": task}))
+    _stored(empty_store, make_result(version=1))
+    _stored(empty_store, make_result(version=2))  # a version no longer in the repository
+    sets = tmp_path / "sets.toml"
+    sets.write_text('[tasks]\ndemo = "synthetic:30"\n')
+    config = ServiceConfig(model_repo=repo, database_url=empty_store.engine.url.render_as_string(hide_password=False),
+                           audit_sets=sets)
+    registry = CollectorRegistry()
+    register_master_audit_collector(config, registry)
+    point = {**_labels("demo-resnet50-attention"), "attack": "linf_pgd", "epsilon": "0.01"}
+    assert registry.get_sample_value("medrobust_audit_robust_accuracy", point) == 0.5
+    assert registry.get_sample_value("medrobust_audit_robust_accuracy", {**point, "version": "2"}) is None
+    assert registry.get_sample_value("medrobust_audit_unauditable", {"model": "chest-resnet50-baseline", "task": "chest"}) == 1
+    assert registry.get_sample_value("medrobust_audit_unauditable", {"model": "demo-resnet50-attention", "task": "demo"}) is None

@@ -23,11 +23,11 @@ def test_compose_shares_the_artefacts_volume_between_worker_and_front_end():
     assert "audit-artefacts:/artefacts:ro" in frontend["volumes"]
 
 
-def test_every_audit_cronjob_writes_where_the_front_end_reads():
-    jobs = list(yaml.safe_load_all((DEPLOY / "k8s" / "audit-cronjobs.yaml").read_text()))
+def test_the_audit_workers_write_where_the_front_end_reads():
+    jobs = list(yaml.safe_load_all((DEPLOY / "k8s" / "audit-worker-deployment.yaml").read_text()))
     assert jobs
     for job in jobs:
-        pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        pod = job["spec"]["template"]["spec"]
         (container,) = pod["containers"]
         assert _env(container)["MEDROBUST_AUDIT_ARTEFACTS"] == "/artefacts"
         mounts = {m["mountPath"]: m for m in container["volumeMounts"]}

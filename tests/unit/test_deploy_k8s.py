@@ -16,7 +16,6 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 KUBERNETES_VERSION = "1.37.0"
 TASKS = ("derm", "dr", "pneumothorax")
-VARIANTS = [f"{b}-{a}" for b in ("resnet50", "inception_resnet_v2") for a in ("attention", "baseline")]
 
 
 @functools.cache
@@ -73,22 +72,39 @@ def test_the_base_has_the_pieces_the_issue_lists() -> None:
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
-def test_one_audit_cronjob_per_task_runs_audit_run_against_tf_serving() -> None:
-    cronjobs = _by_kind("CronJob")
-    assert set(cronjobs) == {f"audit-{task}" for task in TASKS}
+def test_the_audit_workers_are_identical_replicas_with_every_tasks_audit_set() -> None:
+    """No CronJob lists models by hand: workers audit every served model on its task's audit set."""
+    from audit.audit_sets import load_audit_sets
+
+    assert not _by_kind("CronJob")
+    worker = _by_kind("Deployment")["audit-worker"]
+    assert worker["spec"]["replicas"] == 2
+    (container,) = worker["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    assert args[:2] == ["audit", "worker"] and container["image"] == "medrobust"
+    assert "--models" not in args and "--dataset" not in " ".join(args)
     config = _by_kind("ConfigMap")["medrobust"]["data"]
-    for task in TASKS:
-        cronjob = cronjobs[f"audit-{task}"]
-        assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
-        (container,) = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
-        args = container["args"]
-        assert args[:2] == ["audit", "run"] and container["image"] == "medrobust"
-        assert "--tf-serving=$(MEDROBUST_TF_SERVING)" in args and config["MEDROBUST_TF_SERVING"] == "dns:///tf-serving:8500"
-        dataset_variable = f"AUDIT_DATASET_{task.upper()}"
-        assert f"--dataset=$({dataset_variable})" in args and dataset_variable in config
-        assert args[args.index("--models") + 1:] == [f"{task}-{variant}" for variant in VARIANTS]
-    # In parallel: one schedule for all tasks.
-    assert len({c["spec"]["schedule"] for c in cronjobs.values()}) == 1
+    assert "--tf-serving=$(MEDROBUST_TF_SERVING)" in args and config["MEDROBUST_TF_SERVING"] == "dns:///tf-serving:8500"
+    # The audit-sets file the variable names is the ConfigMap's, mounted where it says, and names each task.
+    path = Path(config["MEDROBUST_AUDIT_SETS"])
+    volumes = {v["name"]: v for v in worker["spec"]["template"]["spec"]["volumes"]}
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(path.parent)]
+    assert volumes[mount["name"]]["configMap"]["name"] == "audit-sets"
+    text = _by_kind("ConfigMap")["audit-sets"]["data"][path.name]
+    scratch = Path(__import__("tempfile").mkdtemp()) / path.name
+    scratch.write_text(text)
+    assert set(load_audit_sets(scratch).tasks) == set(TASKS)
+    # The model cards (their tasks) come from the repository TF Serving serves.
+    assert {m["mountPath"]: m.get("readOnly") for m in container["volumeMounts"]}["/models"] is True
+
+
+def test_the_audit_workers_scale_on_the_queue_depth() -> None:
+    hpa = _by_kind("HorizontalPodAutoscaler")["audit-worker"]
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "audit-worker"}
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "External" and metric["external"]["metric"]["name"] == "medrobust_audit_jobs_queued"
+    assert hpa["spec"]["minReplicas"] == _by_kind("Deployment")["audit-worker"]["spec"]["replicas"]
+    assert "metrics adapter" in (K8S / "audit-worker-hpa.yaml").read_text()
 
 
 def test_pods_have_resources_probes_and_run_as_non_root() -> None:
@@ -107,7 +123,10 @@ def test_pods_have_resources_probes_and_run_as_non_root() -> None:
 
 
 def test_services_are_scraped_through_annotations_on_their_metrics_ports() -> None:
-    expected = {"tf-serving": ("8501", "/monitoring/prometheus/metrics"), "frontend": ("9102", "/metrics")}
+    expected = {
+        "tf-serving": ("8501", "/monitoring/prometheus/metrics"), "frontend": ("9102", "/metrics"),
+        "audit-worker": ("9101", "/metrics"),
+    }
     for name, deployment in _by_kind("Deployment").items():
         annotations = deployment["spec"]["template"]["metadata"]["annotations"]
         assert annotations["prometheus.io/scrape"] == "true"

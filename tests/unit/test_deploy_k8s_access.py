@@ -37,7 +37,7 @@ def _policies_of(pod_labels: dict) -> list[dict]:
     return [d for d in _documents() if d["kind"] == "NetworkPolicy" and _selects(d["spec"]["podSelector"], pod_labels)]
 
 
-def test_only_the_front_end_and_the_audit_cronjobs_reach_tf_servings_ports():
+def test_only_the_front_end_and_the_audit_workers_reach_tf_servings_ports():
     templates = _pod_templates()
     tf_serving = templates["tf-serving"]
     policies = _policies_of(tf_serving["metadata"]["labels"])
@@ -59,9 +59,7 @@ def test_only_the_front_end_and_the_audit_cronjobs_reach_tf_servings_ports():
             for port in ports:
                 assert port.get("protocol", "TCP") == "TCP"
                 assert port["port"] in tf_ports | tf_numbers, port
-    cronjobs = {name for name, doc in templates.items() if name.startswith("audit-")}
-    assert cronjobs == {"audit-derm", "audit-dr", "audit-pneumothorax"}
-    assert admitted == {"frontend"} | cronjobs
+    assert admitted == {"frontend", "audit-worker"}
 
 
 def test_the_policy_covers_both_of_tf_servings_ports():

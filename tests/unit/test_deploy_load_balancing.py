@@ -52,7 +52,7 @@ def test_tf_serving_is_a_headless_service_named_by_the_clients_dns_target():
 
 def test_every_kubernetes_client_reads_the_dns_target_from_the_configmap():
     clients = _medrobust_containers()
-    assert {name for name, _ in clients} >= {"frontend", "audit-derm", "audit-dr", "audit-pneumothorax"}
+    assert {name for name, _ in clients} >= {"frontend", "audit-worker"}
     for name, container in clients:
         assert _flags(container["args"])["tf-serving"] == "$(MEDROBUST_TF_SERVING)", name
         assert {"configMapRef": {"name": "medrobust"}} in container["envFrom"], name

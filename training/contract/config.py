@@ -25,11 +25,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
+from training.contract.attacks import DEFAULT_ATTACK, attack_names, attack_spec, default_budget
+
 # The paper's grid on [0, 1] pixels; written as decimals so labels are exact ("0.00125", not 0.00125000001).
 PAPER_EPSILONS = ("0", "0.00125", "0.0025", "0.005", "0.01", "0.02", "0.04", "0.08", "0.16", "0.32")
-ATTACKS = ("linf_pgd", "apgd_ce", "apgd_dlr", "apgd_t", "square", "ensemble", "fgsm", "l2_pgd", "uniform_noise")
-# Iterations when --steps is not given: the paper's PGD protocol, APGD's 100 (Croce & Hein 2020).
-DEFAULT_STEPS = {"linf_pgd": 20, "l2_pgd": 20, "apgd_ce": 100, "apgd_dlr": 100, "apgd_t": 100, "ensemble": 100}
 DEFAULT_SCHEDULE = "0 3 * * *"  # nightly at 03:00
 DEFAULT_DATABASE_URL = "sqlite:///.medrobust/audits.sqlite"
 DEFAULT_ARTEFACTS = ".medrobust/audits"
@@ -255,9 +254,13 @@ class ServiceConfig:
     # How long to wait at start for a database server that is not up yet (it may start after us).
     database_wait_seconds: float = setting(DATABASE_WAIT_SECONDS, "DATABASE_WAIT_SECONDS")
     audit_artefacts: Path | None = setting(None, "AUDIT_ARTEFACTS", parse=Path)
+    # The workers' audit sets, read the same way, so the Audits page and /metrics can name the served
+    # models no worker can audit (their task has no audit set).
+    audit_sets: Path | None = setting(None, "AUDIT_SETS", parse=Path)
+    audit_dataset: str | None = setting(None, "AUDIT_DATASET")
 
     def __post_init__(self) -> None:
-        for name in ("model_repo", "audit_artefacts"):
+        for name in ("model_repo", "audit_artefacts", "audit_sets"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
@@ -327,9 +330,9 @@ def parse_attacks(values: Sequence[str] | str) -> tuple[str, ...]:
     if isinstance(values, str):
         values = [v for v in values.replace(",", " ").split() if v]
     names = tuple(dict.fromkeys(values))
-    unknown = [n for n in names if n not in ATTACKS]
+    unknown = [n for n in names if n not in attack_names()]
     if unknown or not names:
-        raise ValueError(f"expected attacks among {ATTACKS}, got {', '.join(map(repr, unknown)) or 'none'}")
+        raise ValueError(f"expected attacks among {attack_names()}, got {', '.join(map(repr, unknown)) or 'none'}")
     return names
 
 
@@ -345,20 +348,24 @@ class AttackConfig:
     """How each image is attacked; defaults are the paper's protocol."""
 
     # Set from AuditConfig.attacks (the `--attack` flag), never read on its own.
-    attack: str = setting("linf_pgd", dest="attack_name")
+    attack: str = setting(DEFAULT_ATTACK, dest="attack_name")
     epsilons: tuple[str, ...] = setting(PAPER_EPSILONS, "AUDIT_EPSILONS", parse=parse_epsilons)
-    steps: int | None = setting(None, "AUDIT_STEPS", parse=int)  # None: the attack's own (DEFAULT_STEPS)
-    step_ratio: float = 2.5  # PGD: steps x step size = step_ratio x epsilon
-    random_start: bool = True
+    steps: int | None = setting(None, "AUDIT_STEPS", parse=int)  # None: the attack's own (its spec's steps)
+    # PGD: steps x step size = step_ratio x epsilon
+    step_ratio: float = default_budget("step_ratio")
+    random_start: bool = bool(default_budget("random_start"))
     restarts: int = setting(1, "AUDIT_RESTARTS")
     batch_size: int = setting(64, "AUDIT_BATCH_SIZE")
     noise_check: bool = True  # the uniform-noise reference of the sanity checks
-    queries: int = setting(5000, "AUDIT_QUERIES")  # Square Attack's budget per image (alone and in the ensemble)
+    # Square Attack's budget per image (alone and in the ensemble)
+    queries: int = setting(default_budget("queries"), "AUDIT_QUERIES")
     seed: int = setting(0, "AUDIT_SEED")  # random starts and Square's draws; stored with the run
 
     def __post_init__(self) -> None:
-        if self.attack not in ATTACKS:
-            raise FieldError("attack", f"expected an attack in {ATTACKS}, got {self.attack!r}")
+        try:
+            attack_spec(self.attack)
+        except ValueError as exc:
+            raise FieldError("attack", str(exc)) from None
         for name in ("queries", "restarts", "batch_size") + (("steps",) if self.steps is not None else ()):
             _positive(name, getattr(self, name))
         if self.step_ratio <= 0:
@@ -375,7 +382,15 @@ class AttackConfig:
     @property
     def iterations(self) -> int:
         """Steps per image and epsilon: --steps, else the attack's default (1 for single-shot attacks)."""
-        return self.steps if self.steps is not None else DEFAULT_STEPS.get(self.attack, 1)
+        return self.steps if self.steps is not None else attack_spec(self.attack).steps
+
+    def budget(self, name: str | None = None) -> dict[str, Any]:
+        """The budget an attack (this config's unless named) runs with: its spec's fields, valued from here.
+
+        Steps are this config's attack's (`iterations`): the ensemble's reach its APGD stages.
+        """
+        spec = attack_spec(self.attack if name is None else name)
+        return {f: self.iterations if f == "steps" else getattr(self, f) for f in spec.defaults}
 
     def for_attack(self, name: str) -> AttackConfig:
         """The same protocol with another attack (whose default steps apply unless --steps was given)."""
@@ -386,12 +401,18 @@ class AttackConfig:
 class AuditConfig:
     """Everything one audit process needs: where the models and data are, the protocol, the store."""
 
+    # The audit set of every task the audit-sets file does not name (and whose models' training data
+    # cannot be read here); None: only those.
     dataset: str | None = setting(None, "AUDIT_DATASET")
+    # A TOML file naming each task's audit set (`[tasks]` derm = "ham10000:/data/ham10000"); see audit.audit_sets.
+    audit_sets: Path | None = setting(None, "AUDIT_SETS", parse=Path)
     # With TF Serving, a mounted repository (if any) still supplies the model cards; with neither
     # given, the embedded backend reads DEFAULT_MODEL_REPO.
     model_repo: Path | None = setting(None, "MODEL_REPO", parse=Path, excludes=("tf_serving",))
     tf_serving: str | None = setting(None, "TF_SERVING")
-    models: tuple[str, ...] = setting((), "AUDIT_MODELS", parse=_names)
+    models: tuple[str, ...] = setting((), "AUDIT_MODELS", parse=_names)  # the models to audit; (): every served one
+    # The models TF Serving serves, when no mounted repository's models.config says (as the front end's).
+    served_models: tuple[str, ...] = setting((), "MODELS", parse=_names)
     attack: AttackConfig = setting(factory=AttackConfig, nested=AttackConfig)  # its `attack` is the first of `attacks`
     attacks: tuple[str, ...] = setting((), "AUDIT_ATTACK", parse=parse_attacks, dest="attack")  # () means (attack.attack,)
     samples: int = setting(256, "AUDIT_SAMPLES")
@@ -410,16 +431,16 @@ class AuditConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("model_repo", "artefacts_dir"):
+        for name in ("model_repo", "artefacts_dir", "audit_sets"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
         _check_tf_serving(self.tf_serving)
         if self.model_repo is None and not self.tf_serving:
             object.__setattr__(self, "model_repo", DEFAULT_MODEL_REPO)
-        if isinstance(self.models, str):
-            object.__setattr__(self, "models", _names(self.models))
-        object.__setattr__(self, "models", tuple(self.models))
+        for name in ("models", "served_models"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, _names(value) if isinstance(value, str) else tuple(value))
         _positive("samples", self.samples)
         _positive("tf_serving_max_batch", self.tf_serving_max_batch)
         _positive("database_wait_seconds", self.database_wait_seconds, low=0)
