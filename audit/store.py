@@ -496,13 +496,21 @@ class AuditStore:
             cancel = conn.execute(sa.select(audit_jobs.c.cancel_requested).where(audit_jobs.c.id == job_id)).scalar_one()
             return "cancel" if cancel else "held"
 
-    def report_progress(self, run_id: int, done: int, total: int, eta_seconds: float | None) -> None:
-        """How far a running run is (the worker calls this at a bounded rate)."""
+    def report_progress(self, run_id: int, done: int, total: int, eta_seconds: float | None) -> str:
+        """How far a running run is (the worker calls this at a bounded rate); returns the job's state
+        as `renew` does, so the worker stops at this checkpoint when it is cancelled or not its own."""
         with self.engine.begin() as conn:
             conn.execute(
                 audit_runs.update().where(audit_runs.c.id == run_id, audit_runs.c.status == "running")
                 .values(progress_done=done, progress_total=total, progress_eta_seconds=eta_seconds, progress_at=time.time())
             )
+            job = conn.execute(
+                sa.select(audit_jobs.c.status, audit_jobs.c.lease_owner, audit_jobs.c.cancel_requested)
+                .where(audit_jobs.c.run_id == run_id)
+            ).first()
+        if job is None or job.status != "running" or job.lease_owner != self.owner:
+            return "lost"
+        return "cancel" if job.cancel_requested else "held"
 
     def _held(self, conn: sa.Connection, run_id: int) -> None:
         """Lock this run's job if this worker holds it; raises LeaseLost if another has it or it is over."""

@@ -1,17 +1,16 @@
 """The audit store: one transaction per run, interrupted runs queued again, history kept, schema migrated.
 
-Runs against SQLite always, and against PostgreSQL too when MEDROBUST_TEST_POSTGRES_URL is set.
+Runs against SQLite always, and against PostgreSQL too when MEDROBUST_TEST_POSTGRES_URL is set
+(`database_url`, from tests/audit_runs.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
 import time
-import uuid
 from contextlib import closing
 
 import pytest
@@ -20,35 +19,7 @@ import sqlalchemy as sa
 from audit import migrate
 from audit.results import AuditResult, wilson_interval
 from audit.store import AuditStore, RunNotFound, audit_points, audit_runs, audit_samples, audit_sanity, comparable
-from tests.audit_runs import CARD, EIGHT, OLD_SCHEMA_DUMP, make_result, one_class_result
-
-_PG = os.environ.get("MEDROBUST_TEST_POSTGRES_URL")
-# The PostgreSQL cases are always collected, so a run without a server reports them as skipped.
-_URLS = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("postgres", id="postgres", marks=[
-        pytest.mark.postgres,
-        pytest.mark.skipif(not _PG, reason="MEDROBUST_TEST_POSTGRES_URL not set (.ci/run starts Debian's PostgreSQL and sets it)"),
-    ]),
-]
-
-
-@pytest.fixture(params=_URLS)
-def database_url(request, tmp_path):
-    """A fresh database: a SQLite file, or a private schema in the PostgreSQL server."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'audits.sqlite'}"
-        return
-    schema = f"audit_test_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(_PG)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    url = sa.engine.make_url(_PG).update_query_dict({"options": f"-csearch_path={schema}"})
-    yield url.render_as_string(hide_password=False)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
-
+from tests.audit_runs import CARD, EIGHT, OLD_SCHEMA_DUMP, database_url, make_result, one_class_result  # noqa: F401  (a fixture)
 
 def _count(store, table, run_id):
     with store.engine.connect() as conn:
