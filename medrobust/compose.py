@@ -1,4 +1,4 @@
-"""The composition root: the only code that builds predictors, stores, runners, schedulers, metrics and
+"""The composition root: the only code that builds predictors, stores, runners, workers, metrics and
 the app from a configuration. `up`, the commands, gunicorn's entry and `reproduce` call it.
 
 Everything below the command package takes its collaborators as arguments; this module decides
@@ -47,29 +47,26 @@ def build_predictor(config: ServiceConfig | AuditConfig, *, start_polling: bool 
 
 @dataclass(frozen=True)
 class AuditStack:
-    """The audit's parts, wired: `worker` is None unless asked for (`medrobust audit run` needs none)."""
+    """The audit's parts, wired: `worker` is None unless asked for (`audit run` and `audit enqueue` need none)."""
 
     config: AuditConfig
     predictor: Any
     store: Any
     registry: Any
-    metrics: Any
     runner: Any
+    enqueuer: Any
     worker: Any = None
 
     def reader(self):
-        """The Audits pages' view of this stack (`service.audits_web.AuditReader`), able to start runs."""
+        """The Audits pages' view of this stack (`service.audits_web.AuditReader`), able to queue runs."""
         from audit.web_reader import StoreReader
 
-        return StoreReader(self.store, self.config.artefacts_dir, self.runner)
+        return StoreReader(self.store, self.config.artefacts_dir, self.enqueuer)
 
-    def close(self, *, reason: str = "interrupted: the process stopped before the run finished") -> None:
-        """Stop the worker and mark this process's unfinished runs failed, so none stays `running`."""
+    def close(self) -> None:
+        """Stop the worker: its running jobs go back to the queue (their leases would expire anyway)."""
         if self.worker is not None:
             self.worker.stop()
-        failed = self.store.fail_owned(reason)
-        if failed:
-            log.warning("runs %s marked failed: %s", ", ".join(map(str, failed)), reason)
         self.predictor.close()
         self.store.close()
 
@@ -82,41 +79,64 @@ def build_audit_stack(
     worker: bool = False,
     metrics: bool = True,
     load_dataset: Callable | None = None,
+    audit_set_for: Callable | None = None,
 ) -> AuditStack:
-    """Store, metrics (restored from the store), runner and, with `worker`, the scheduled worker.
+    """Store (migrated to this code's schema), runner, enqueuer and, with `worker`, the worker.
 
-    `predictor` defaults to the backend `config` names; `registry` to a fresh one (pass the front
-    end's to show the audit's figures on its /metrics too).
+    `predictor` defaults to the backend `config` names, behind the `max_rps` ceiling when one is
+    set; `registry` to a fresh one (pass the front end's to show the audit's figures on its
+    /metrics too), read from the store at scrape time; `audit_set_for(card)` names a model's audit
+    set (default: the configured --dataset for every model).
     """
     from prometheus_client import CollectorRegistry
 
-    from audit.metrics import AuditMetrics
+    from audit.jobs import Enqueuer
     from audit.runner import AuditRunner
     from audit.store import AuditStore
 
     predictor = predictor if predictor is not None else build_predictor(config, start_polling=False)
+    if config.max_rps:
+        from audit.ratelimit import RateLimitedPredictor, TokenBucket
+
+        predictor = RateLimitedPredictor(predictor, TokenBucket(config.max_rps))
     if metrics:
         _single_process_metrics()
     registry = registry if registry is not None else CollectorRegistry()
     store = AuditStore(config.database_url, wait_seconds=config.database_wait_seconds)
-    audit_metrics = None
     if metrics:
-        audit_metrics = AuditMetrics(registry)
-        audit_metrics.restore(store)
-    runner = AuditRunner(config, predictor, store, audit_metrics, load_dataset=load_dataset)
+        registry.register(_StoreFigures(store))
+    runner = AuditRunner(config, predictor, store, load_dataset=load_dataset)
+    enqueuer = Enqueuer(config, predictor, store, runner, audit_set_for)
     scheduled = None
     if worker:
         from audit.scheduler import AuditWorker
 
-        scheduled = AuditWorker(config, runner, registry)
-    return AuditStack(config, predictor, store, registry, audit_metrics, runner, scheduled)
+        scheduled = AuditWorker(config, runner, enqueuer, registry)
+    return AuditStack(config, predictor, store, registry, runner, enqueuer, scheduled)
+
+
+class _StoreFigures:
+    """The audit's metrics read from the store at every scrape (nothing kept between scrapes), so
+    every process with a metrics port shows the same figures and no counter is pushed twice.
+    Stands in for the audit package's scrape-time collector where that is not wired yet."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def collect(self):
+        from prometheus_client import CollectorRegistry
+
+        from audit.metrics import AuditMetrics
+
+        registry = CollectorRegistry()
+        AuditMetrics(registry).restore(self.store)
+        yield from registry.collect()
 
 
 def _single_process_metrics() -> None:
-    """The audit's counters are restored from the store at start, so they must live in this process
-    only. The image sets PROMETHEUS_MULTIPROC_DIR for gunicorn's workers; in the worker, files kept
-    there across a container restart (PID 1 again, the same file) would add the old counts a
-    second time. Values created from here on are plain in-memory ones."""
+    """The image sets PROMETHEUS_MULTIPROC_DIR for gunicorn's workers; in the audit worker (and
+    `up`'s one process), files kept there across a container restart (PID 1 again, the same file)
+    would add old counts a second time. Values created from here on are plain in-memory ones."""
     if os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None) is not None:
         import prometheus_client.values as values
 
@@ -126,7 +146,8 @@ def _single_process_metrics() -> None:
 def build_audit_reader(config: ServiceConfig):
     """A read-only view of the store a separate audit worker writes (None without a store).
 
-    No runner (POST answers 503) and no recovery of 'running' rows: those belong to the worker.
+    Never migrates: it waits for a writer to bring the schema to the one it reads, and refuses
+    clearly if none does. Without an enqueuer, POST answers 503.
     """
     if not config.database_url:
         return None
@@ -134,7 +155,7 @@ def build_audit_reader(config: ServiceConfig):
     from audit.web_reader import StoreReader
 
     artefacts = config.audit_artefacts or default_of(AuditConfig, "artefacts_dir")
-    return StoreReader(AuditStore(config.database_url, recover=False, wait_seconds=config.database_wait_seconds), artefacts)
+    return StoreReader(AuditStore(config.database_url, migrate=False, wait_seconds=config.database_wait_seconds), artefacts)
 
 
 def build_app(config: ServiceConfig, *, predictor=None, registry=None, audits=None, read_audits: bool = True):
