@@ -177,3 +177,30 @@ def test_a_model_without_an_audit_set_is_not_queued(database_url):
     assert queued["demo-resnet50-baseline"].created
     assert [r.config["dataset"] for r in enqueuer.store.list_runs()] == ["synthetic:240"]
     enqueuer.store.close()
+
+
+def test_the_workers_health_says_when_its_store_is_unreachable(tmp_path):
+    import json
+    import urllib.error
+    import urllib.request
+
+    from prometheus_client import CollectorRegistry
+
+    from audit.store import make_engine
+    from tests.integration.serving import free_port
+
+    enqueuer = _enqueuer(f"sqlite:///{tmp_path / 'audits.sqlite'}", metrics_port=0, metrics_host="127.0.0.1")
+    worker = AuditWorker(enqueuer.config, enqueuer.runner, enqueuer, CollectorRegistry())
+    worker.start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{worker.metrics_port}/healthz", timeout=30) as answer:
+            assert json.load(answer)["store"] == "ok"
+        # The database goes away (a server that refuses connections).
+        enqueuer.store.engine = make_engine(f"postgresql+psycopg2://medrobust:x@127.0.0.1:{free_port()}/audits?connect_timeout=2")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{worker.metrics_port}/healthz", timeout=30)
+        doc = json.load(refused.value)
+        refused.value.close()
+        assert refused.value.code == 503 and (doc["status"], doc["store"]) == ("unhealthy", "unreachable")
+    finally:
+        worker.stop()
