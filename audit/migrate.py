@@ -27,6 +27,8 @@ class SchemaOutdated(RuntimeError):
 
 
 def _config(connection: sa.Connection | None = None):
+    # Alembic logs every plugin it sets up and every step at INFO; this module logs the result.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     from alembic.config import Config
 
     config = Config()
@@ -45,6 +47,7 @@ def head() -> str:
 
 def current(engine: sa.Engine) -> str | None:
     """The database's revision; None for an empty database or one written before migrations."""
+    _config()  # quiets Alembic's logging before its first import
     from alembic.runtime.migration import MigrationContext
 
     with engine.connect() as conn:
@@ -75,6 +78,7 @@ def _one_migrator(engine: sa.Engine) -> Iterator[sa.Connection]:
 
 def upgrade(engine: sa.Engine, revision: str = "head") -> tuple[str | None, str]:
     """Bring the database to `revision` (the newest by default); returns (before, after)."""
+    _config()  # quiets Alembic's logging before its first import
     from alembic import command
 
     with _one_migrator(engine) as conn:

@@ -104,7 +104,7 @@ def build_audit_stack(
     registry = registry if registry is not None else CollectorRegistry()
     store = AuditStore(config.database_url, wait_seconds=config.database_wait_seconds)
     if metrics:
-        registry.register(_StoreFigures(store))
+        registry.register(_StoreFigures(store, predictor))
     runner = AuditRunner(config, predictor, store, load_dataset=load_dataset)
     enqueuer = Enqueuer(config, predictor, store, runner, audit_set_for)
     scheduled = None
@@ -117,11 +117,13 @@ def build_audit_stack(
 
 class _StoreFigures:
     """The audit's metrics read from the store at every scrape (nothing kept between scrapes), so
-    every process with a metrics port shows the same figures and no counter is pushed twice.
-    Stands in for the audit package's scrape-time collector where that is not wired yet."""
+    every process with a metrics port shows the same figures and no counter is pushed twice; the
+    series of versions `predictor` no longer serves are left out. Stands in for the audit package's
+    scrape-time collector where that is not wired yet."""
 
-    def __init__(self, store):
+    def __init__(self, store, predictor=None):
         self.store = store
+        self.predictor = predictor
 
     def collect(self):
         from prometheus_client import CollectorRegistry
@@ -129,7 +131,13 @@ class _StoreFigures:
         from audit.metrics import AuditMetrics
 
         registry = CollectorRegistry()
-        AuditMetrics(registry).restore(self.store)
+        metrics = AuditMetrics(registry)
+        metrics.restore(self.store)
+        if self.predictor is not None:
+            served = self.predictor.list_models()
+            for info in served:
+                metrics.declare(info.name)
+            metrics.retain({info.name: set(info.versions) for info in served})
         yield from registry.collect()
 
 

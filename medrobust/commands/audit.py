@@ -183,20 +183,36 @@ def _stop_on_signals():
     return stop
 
 
-def _wait_for(store, run_id: int):
+def _wait_for(store, run_id: int, stop):
     """A run another worker carries out, once it has ended (it may be given back and taken again)."""
-    import time
-
-    while (record := store.get_run(run_id)).status in ("queued", "running"):
-        time.sleep(2.0)
+    while (record := store.get_run(run_id)).status in ("queued", "running") and not stop.wait(2.0):
+        pass
     return record
+
+
+def _carry_out(stack, run_id: int, stop, show):
+    """Carry out one queued run here until it ends: a job given back after a transient error is
+    claimed again once its back-off has passed. Returns (status, audit or None)."""
+    store, lease = stack.store, stack.config.lease_seconds
+    job = store.claim(lease, run_ids=(run_id,))
+    if job is None:  # the same audit is under way in a worker: its outcome is this command's
+        print(f"run {run_id}: being audited by a worker; waiting for it", file=sys.stderr, flush=True)
+        return _wait_for(store, run_id, stop).status, None
+    while True:
+        outcome = stack.runner.carry_out(job, stop=stop, show=show)
+        if outcome.status != "queued" or stop.is_set():
+            return outcome.status, outcome.audit
+        print(f"run {run_id}: {outcome.error}; trying again", file=sys.stderr, flush=True)
+        while (job := store.claim(lease, run_ids=(run_id,))) is None:
+            if stop.wait(1.0) or store.get_run(run_id).status != "queued":
+                return store.get_run(run_id).status, None
 
 
 def _run(args: argparse.Namespace) -> int:
     from medrobust.commands import UsageError
 
     stack = _build(args)
-    config, predictor, store, runner = stack.config, stack.predictor, stack.store, stack.runner
+    config, predictor, store = stack.config, stack.predictor, stack.store
     served = tuple(m.name for m in predictor.list_models())
     models = config.models or served
     unknown = sorted(set(models) - set(served))
@@ -214,17 +230,9 @@ def _run(args: argparse.Namespace) -> int:
             failed += 1
             documents.append({"run_id": None, "model": model, "attack": attack, "status": "failed", "error": "no audit set"})
             continue
-        job = store.claim(config.lease_seconds, run_ids=(run_id,))
-        audit = None
-        if job is None:  # the same audit is under way in a worker: its outcome is this command's
-            if not args.json:
-                print(f"run {run_id}: {model} {attack} is being audited by a worker; waiting for it", file=sys.stderr, flush=True)
-            status = _wait_for(store, run_id).status
-        else:
-            terminal = _Terminal(config.with_(attack=config.attack_config(attack)), f"{model} v{job.version} {attack}")
-            outcome = runner.carry_out(job, stop=stop, show=None if args.no_progress else terminal)
-            terminal.close()
-            status, audit = outcome.status, outcome.audit
+        terminal = _Terminal(config.with_(attack=config.attack_config(attack)), f"{model} v{queued.version} {attack}")
+        status, audit = _carry_out(stack, run_id, stop, None if args.no_progress else terminal)
+        terminal.close()
         if audit is None:
             failed += 1
             record = store.get_run(run_id)

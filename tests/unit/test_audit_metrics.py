@@ -268,32 +268,26 @@ def test_a_worker_restored_from_a_first_schema_database_flags_its_one_class_mode
     assert value("medrobust_audit_robustness_score", {**_labels("demo-resnet50-attention"), "attack": "linf_pgd"}) == pytest.approx(0.375)
 
 
-def test_the_worker_poll_drops_the_metrics_of_a_version_taken_out_of_the_repository(empty_store, tmp_path):
-    from training.contract.config import AuditConfig
-    from audit.runner import AuditRunner
-    from audit.scheduler import AuditWorker
+def test_the_scrape_drops_the_metrics_of_a_version_taken_out_of_the_repository(empty_store, tmp_path):
+    from medrobust.compose import _StoreFigures
     from service.embedded import EmbeddedPredictor
 
     repo = tmp_path / "repo"
     model = "demo-resnet50-attention"
-    for version in (1, 2):  # what the poll reads: the version folders and the newest card
+    for version in (1, 2):  # what the predictor's poll reads: the version folders and the newest card
         card = repo / model / str(version) / "assets.extra" / "model_card.json"
         card.parent.mkdir(parents=True)
         card.write_text(json.dumps(CARD))
-    registry = CollectorRegistry()
-    metrics = AuditMetrics(registry)
     for version in (1, 2):
         _stored(empty_store, make_result(model=model, version=version))
-    metrics.restore(empty_store)
     predictor = EmbeddedPredictor(repo, poll_seconds=0)
-    config = AuditConfig(model_repo=repo, dataset="synthetic:240", progress=False)
-    worker = AuditWorker(config, AuditRunner(config, predictor, empty_store, metrics), registry, serve_metrics=False)
+    registry = CollectorRegistry()
+    registry.register(_StoreFigures(empty_store, predictor))
     point = {**_labels(model), "attack": "linf_pgd", "epsilon": "0.01"}
 
-    assert worker.check_new_versions() == []  # both versions audited already
     assert registry.get_sample_value("medrobust_audit_robust_accuracy", {**point, "version": "1"}) == 0.5
     shutil.rmtree(repo / model / "1")
-    assert worker.check_new_versions() == []
+    predictor.list_models()  # the predictor notices (its poll runs when asked, with poll_seconds=0)
     assert registry.get_sample_value("medrobust_audit_robust_accuracy", {**point, "version": "1"}) is None
     assert registry.get_sample_value("medrobust_audit_robust_accuracy", {**point, "version": "2"}) == 0.5
     predictor.close()
