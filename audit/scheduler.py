@@ -99,7 +99,7 @@ class AuditWorker:
     def _housekeeping(self) -> None:
         """Expired leases back to the queue; the schedule's lease renewed; new versions polled."""
         polled = time.monotonic()  # the first poll after `poll_seconds`, as from the interval job this replaces
-        while not self.stopping.wait(min(self.config.lease_seconds / 3, 5.0)):
+        while not self.stopping.wait(min(self.config.lease_seconds / 3, self.config.poll_seconds, 5.0)):
             try:
                 for run_id, status in self.store.expire_leases().items():
                     log.warning("run %s: its worker's lease expired; %s", run_id, "queued again" if status == "queued" else status)

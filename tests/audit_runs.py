@@ -3,17 +3,11 @@
 `make_result` is a trained model's run on AUDIT_SET (its clean answers are the labels; image s1 is
 fooled at 0.01); `one_class_result` is a model answering "a" to every image of EIGHT and never
 fooled. OLD_SCHEMA_DUMP is a SQLite database as the first schema of the store wrote it.
-`database_url` is a fresh database per test: a SQLite file, and a private schema in PostgreSQL too
-when MEDROBUST_TEST_POSTGRES_URL is set.
 """
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
-
-import pytest
 
 from audit.results import AuditResult, AuditSet, EpsilonPoint, SampleOutcome, SanityCheck
 
@@ -60,32 +54,3 @@ def one_class_result(model="demo-resnet50-attention", version=1, attention=True,
     )
     return AuditResult(**{**fields, **changes})
 
-
-_PG = os.environ.get("MEDROBUST_TEST_POSTGRES_URL")
-# The PostgreSQL cases are always collected, so a run without a server reports them as skipped.
-_URLS = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("postgres", id="postgres", marks=[
-        pytest.mark.postgres,
-        pytest.mark.skipif(not _PG, reason="MEDROBUST_TEST_POSTGRES_URL not set (.ci/run starts Debian's PostgreSQL and sets it)"),
-    ]),
-]
-
-
-@pytest.fixture(params=_URLS)
-def database_url(request, tmp_path):
-    """A fresh database: a SQLite file, or a private schema in the PostgreSQL server."""
-    import sqlalchemy as sa
-
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'audits.sqlite'}"
-        return
-    schema = f"audit_test_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(_PG)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    url = sa.engine.make_url(_PG).update_query_dict({"options": f"-csearch_path={schema}"})
-    yield url.render_as_string(hide_password=False)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()

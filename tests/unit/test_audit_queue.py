@@ -17,7 +17,7 @@ from audit.jobs import Enqueuer
 from audit.runner import AuditRunner
 from audit.scheduler import AuditWorker
 from audit.store import AuditStore, QueueStats
-from tests.audit_runs import CARD, database_url, make_result  # noqa: F401  (a fixture)
+from tests.audit_runs import CARD, make_result
 from training.contract.config import AttackConfig, AuditConfig
 
 MODELS = ("demo-resnet50-attention", "demo-resnet50-baseline")

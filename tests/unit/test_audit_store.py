@@ -18,8 +18,8 @@ import sqlalchemy as sa
 
 from audit import migrate
 from audit.results import AuditResult, wilson_interval
-from audit.store import AuditStore, RunNotFound, audit_points, audit_runs, audit_samples, audit_sanity, comparable
-from tests.audit_runs import CARD, EIGHT, OLD_SCHEMA_DUMP, database_url, make_result, one_class_result  # noqa: F401  (a fixture)
+from audit.store import AuditStore, RunNotFound, audit_points, audit_samples, audit_sanity, comparable
+from tests.audit_runs import CARD, EIGHT, OLD_SCHEMA_DUMP, make_result, one_class_result
 
 def _count(store, table, run_id):
     with store.engine.connect() as conn:
