@@ -47,10 +47,15 @@ def transient(exc: BaseException) -> bool:
     """An error worth another attempt: the model server or the database was unreachable or too slow.
 
     Anything else (a model that does not fit its dataset, an unreadable dataset) fails the same way
-    each time, so the job fails at once with it."""
-    if isinstance(exc, (ConnectionError, TimeoutError, sa.exc.OperationalError)):
-        return True
-    return isinstance(exc, HttpError) and exc.http_status in (502, 503, 504)
+    each time, so the job fails at once with it. The cause counts too: the audit words a server's
+    failure in its own terms (`raise AuditError(...) from exc`)."""
+    while exc is not None:
+        if isinstance(exc, (ConnectionError, TimeoutError, sa.exc.OperationalError)):
+            return True
+        if isinstance(exc, HttpError) and exc.http_status in (502, 503, 504):
+            return True
+        exc = exc.__cause__
+    return False
 
 
 @dataclass(frozen=True)
