@@ -642,12 +642,9 @@ class AuditStore:
                 changed[job.run_id] = values["status"]
         return changed
 
-    def cancel(self, run_id: int) -> str:
-        """Cancel a run: a queued one at once, a running one at its worker's next checkpoint.
-
-        Returns the run's status after the request (`cancelled`, or `running` until the worker
-        stops it); a finished run is left as it is and its status returned. Raises RunNotFound.
-        """
+    def cancel(self, run_id: int) -> str | None:
+        """Cancel a run: a queued one at once ("cancelled"), a running one at its worker's next
+        checkpoint ("cancelling"); None for a run that has already ended. Raises RunNotFound."""
         with self.engine.begin() as conn:
             run = conn.execute(sa.select(audit_runs.c.status).where(audit_runs.c.id == run_id).with_for_update()).first()
             if run is None:
@@ -660,7 +657,8 @@ class AuditStore:
                 return "cancelled"
             if run.status == "running":
                 conn.execute(audit_jobs.update().where(audit_jobs.c.run_id == run_id).values(cancel_requested=True))
-            return run.status
+                return "cancelling"
+            return None
 
     def hold_lease(self, name: str, seconds: float) -> bool:
         """Take or renew the named lease for this process; False while another holds it unexpired."""

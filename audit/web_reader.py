@@ -64,15 +64,16 @@ class StoreReader:
         return created[0].run_id
 
     def cancel(self, run_id: int) -> str | None:
-        """Cancel a queued or running run; its status after the request, None if there is no such run.
+        """Cancel a queued or running run: "cancelled" or "cancelling"; None if there is no such run.
 
         Raises AuditFinished (409) for a run that has already ended."""
         try:
             status = self.store.cancel(run_id)
         except RunNotFound:
             return None
-        if status not in ("cancelled", "running"):
-            raise AuditFinished(f"run {run_id} has already ended ({status}); only a queued or running run can be cancelled")
+        if status is None:
+            ended = self.store.get_run(run_id).status
+            raise AuditFinished(f"run {run_id} has already ended ({ended}); only a queued or running run can be cancelled")
         return status
 
     def active(self) -> dict[str, int]:

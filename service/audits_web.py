@@ -31,7 +31,7 @@ class AuditReader(Protocol):
 
     def submit(self, model: str) -> int: ...
 
-    def cancel(self, run_id: int) -> str | None: ...  # status after the request; None: no such run
+    def cancel(self, run_id: int) -> str | None: ...  # "cancelled" or "cancelling"; None: no such run
 
     def active(self) -> dict[str, int]: ...
 
@@ -133,8 +133,7 @@ def cancel_audit(run_id: int):
     status = _reader().cancel(run_id)  # an ended run answers 409 (an HttpError)
     if status is None:
         return api_error("audit_not_found", f"expected the id of a stored audit run, got {run_id}", 404)
-    response = {"run_id": run_id, "status": "cancelled" if status == "cancelled" else "cancelling",
-                "url": url_for("audits.get_audit", run_id=run_id)}
+    response = {"run_id": run_id, "status": status, "url": url_for("audits.get_audit", run_id=run_id)}
     return response, 202
 
 

@@ -89,11 +89,11 @@ def test_cancel_a_queued_run_at_once_and_a_running_one_at_its_next_checkpoint(da
     job_id = next(iter(store.engine.connect().execute(__import__("sqlalchemy").text(
         f"SELECT id FROM audit_jobs WHERE run_id = {running}")).scalars()))
     assert store.renew(job_id, 60) == "held"
-    assert store.cancel(running) == "running"  # the worker stops it
+    assert store.cancel(running) == "cancelling"  # the worker stops it
     assert store.renew(job_id, 60) == "cancel" and store.report_progress(running, 1, 4, None) == "cancel"
     store.fail_run(running, "cancelled while running", status="cancelled")
     assert store.get_run(running).status == "cancelled"
-    assert store.cancel(running) == "cancelled"  # ended: nothing more to do
+    assert store.cancel(running) is None  # ended: nothing more to do
     store.close()
 
 
