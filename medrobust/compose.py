@@ -133,8 +133,14 @@ class _StoreFigures:
         registry = CollectorRegistry()
         metrics = AuditMetrics(registry)
         metrics.restore(self.store)
+        served = ()
         if self.predictor is not None:
-            served = self.predictor.list_models()
+            try:
+                served = self.predictor.list_models()
+            except Exception as exc:  # a model server away now must not cost the scrape the store's figures
+                log.warning("served models not listed for the audit's metrics: %s: %s", type(exc).__name__, exc)
+                served = None
+        if served is not None and self.predictor is not None:
             for info in served:
                 metrics.declare(info.name)
             metrics.retain({info.name: set(info.versions) for info in served})
