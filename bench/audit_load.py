@@ -35,8 +35,9 @@ def _phase(name: str, client: _Client, requests: int) -> dict:
             "p99_ms": _percentile(latencies, 99) * 1000, "max_ms": max(latencies) * 1000}
 
 
-def _workers(count: int, address: str, url: str, scratch: Path, max_rps: float | None) -> list[subprocess.Popen]:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MEDROBUST_AUDIT_POLL_SECONDS": "3600"}
+def _workers(count: int, address: str, repo: Path, url: str, scratch: Path, max_rps: float | None) -> list[subprocess.Popen]:
+    # The mounted repository supplies the model cards and the served names, as in deploy/compose.yaml.
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MEDROBUST_AUDIT_POLL_SECONDS": "3600", "MEDROBUST_MODEL_REPO": str(repo)}
     ceiling = ["--max-rps", f"{max_rps:g}"] if max_rps else []
     return [
         subprocess.Popen(
@@ -106,10 +107,10 @@ def main(argv: list[str] | None = None) -> int:
                           attack="linf_pgd", config=AuditRunner(config, None, store).run_config(), trigger="cli")
 
     port = _free_port()
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "MEDROBUST_MODEL_REPO": str(repo)}
     env.pop("MEDROBUST_API_TOKEN", None)
     server = subprocess.Popen(
-        [sys.executable, "-m", "medrobust", "serve", "--tf-serving", address, "--models", model.name, "--port", str(port),
+        [sys.executable, "-m", "medrobust", "serve", "--tf-serving", address, "--port", str(port),
          "--workers", "1", "--threads", "4"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(_phase("idle", client, args.requests))
         for name, ceiling, seed in (("audit", None, 100), ("audit+cap", args.max_rps, 200)):
             queue(seed)
-            workers = _workers(args.workers, address, url, scratch, ceiling)
+            workers = _workers(args.workers, address, repo, url, scratch, ceiling)
             try:
                 _until_attacking(store, args.workers, workers)
                 rows.append(_phase(name, client, args.requests))
