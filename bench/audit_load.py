@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-rps", type=float, default=2.0, help="the ceiling per worker in the audit+cap phase")
     parser.add_argument("--samples", type=int, default=64, help="images per audit job (long enough to outlast a phase)")
     parser.add_argument("--steps", type=int, default=200, help="PGD steps per image and epsilon")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per call to TF Serving in the audit")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -102,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         """One long PGD job per worker (distinct seeds: distinct jobs)."""
         for i in range(args.workers):
             config = AuditConfig(dataset="synthetic:240", samples=args.samples, seed=seed + i, attack=AttackConfig(
-                epsilons=("0.01", "0.02", "0.04", "0.08"), steps=args.steps, batch_size=16, noise_check=False, seed=seed + i))
+                epsilons=("0.01", "0.02", "0.04", "0.08"), steps=args.steps, batch_size=args.batch_size, noise_check=False,
+                seed=seed + i))
             store.enqueue(model=model.name, version=model.versions[-1], card=model.card, backend="tfserving",
                           attack="linf_pgd", config=AuditRunner(config, None, store).run_config(), trigger="cli")
 
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"model {model.name} v{model.versions[-1]} at {size}x{size} on the TF Serving stand-in; {args.workers} workers, "
-          f"ceiling {args.max_rps:g} calls/s each; {args.requests} predictions per phase; load average {load} on "
+          f"ceiling {args.max_rps:g} calls/s each, {args.batch_size} images a call; {args.requests} predictions per phase; load average {load} on "
           f"{os.cpu_count()} CPUs", file=sys.stderr)
     rows = []
     try:
@@ -160,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     idle_p99 = (by["idle"]["p99_ms"] + by["idle-after"]["p99_ms"]) / 2
     ratios = {
         "model": model.name, "input_size": size, "workers": args.workers, "max_rps": args.max_rps,
+        "batch_size": args.batch_size,
         "audit_p50_over_idle": round(by["audit"]["p50_ms"] / idle_p50, 3),
         "audit_p99_over_idle": round(by["audit"]["p99_ms"] / idle_p99, 3),
         "capped_p50_over_idle": round(by["audit+cap"]["p50_ms"] / idle_p50, 3),
