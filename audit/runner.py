@@ -111,7 +111,9 @@ def audit_model(
             done[0] = min(total, done[0] + images_done)
             progress(done[0], total)
 
-    sweep = run_sweep(served, images, labels, config.attack, progress=False, tick=tick)
+    # A caller counting progress shows it its own way (the worker's rows, `audit run`'s bar); else
+    # the sweep's own bar per epsilon (`reproduce`).
+    sweep = run_sweep(served, images, labels, config.attack, progress=config.progress and progress is None, tick=tick)
     sanity = run_checks(
         served, Attacker(served, config.attack), sweep, images, labels, config.attack, clean_logits=served.logits(images)
     )
