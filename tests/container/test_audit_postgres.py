@@ -123,7 +123,7 @@ def _runs_counted(worker: Container, port: int) -> dict[tuple[str, str], float]:
 
 
 def test_the_workers_runs_survive_restarts_of_the_worker_and_of_the_database(start, postgres_image, tiny_repo):
-    audited, other = tiny_repo.attention, tiny_repo.baseline
+    audited = tiny_repo.attention
     database_port, port = free_ports(2)
     database = _start_database(start, postgres_image.tag, database_port)
     worker = _start_worker(start, tiny_repo, database, audited, port)
