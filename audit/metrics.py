@@ -65,7 +65,7 @@ class AuditCollector(Collector):
     keep alerting); `unauditable` names the served models whose task has no audit set.
     """
 
-    FAMILIES = ("points", "model_figures", "attention_gain", "sanity", "runs", "run_times", "unauditable")
+    FAMILIES = ("points", "model_figures", "attention_gain", "sanity", "runs", "run_times", "unauditable", "queue", "progress")
 
     def __init__(self, store, *, served: Served | None = None, unauditable: Unauditable | None = None):
         self.store = store
@@ -258,6 +258,36 @@ class AuditCollector(Collector):
         )
         for model, task in snapshot.unauditable if snapshot else ():
             family.add_metric([model, task], 1.0)
+        return [family]
+
+
+    def queue(self, snapshot: Snapshot | None) -> list[Metric]:
+        """The job queue: queued and running jobs, failed runs, and the oldest queued job's wait
+        (what an autoscaler of workers reads: `medrobust_audit_jobs_queued`)."""
+        queued = _gauge("medrobust_audit_jobs_queued", "Audit jobs waiting for a worker", ())
+        running = _gauge("medrobust_audit_jobs_running", "Audit jobs a worker holds the lease of", ())
+        failed = _gauge("medrobust_audit_jobs_failed", "Audit runs that ended failed (after their last attempt)", ())
+        oldest = _gauge(
+            "medrobust_audit_oldest_queued_job_age_seconds", "How long the oldest queued audit job has waited (0: none queued)", (),
+        )
+        if snapshot is None:
+            return [queued, running, failed, oldest]
+        stats = self.store.queue_stats()
+        queued.add_metric([], stats.queued)
+        running.add_metric([], stats.running)
+        failed.add_metric([], stats.failed)
+        oldest.add_metric([], stats.oldest_queued_age_seconds or 0.0)
+        return [queued, running, failed, oldest]
+
+    def progress(self, snapshot: Snapshot | None) -> list[Metric]:
+        """Per running run: the share of its images x epsilons done (0 until its worker has counted them)."""
+        family = _gauge(
+            "medrobust_audit_progress_ratio", "Share of a running audit's images x epsilons done", ("model", "version", "attack"),
+        )
+        if snapshot is None:
+            return [family]
+        for model, version, attack, done, total in self.store.running_progress():
+            family.add_metric([model, str(version), attack], done / total if total else 0.0)
         return [family]
 
 

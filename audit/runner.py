@@ -1,4 +1,11 @@
-"""One audit run from start to stored result, and the lock that keeps runs of one model apart."""
+"""One audit job from its claim to its stored outcome: the attack, its progress, its lease's heartbeat.
+
+`audit_model` attacks one served model version and stores nothing. `AuditRunner.carry_out` does
+one job a worker has claimed: it renews the job's lease while the audit runs, writes the run's
+progress at a bounded rate, stops at the next checkpoint when the job is cancelled or the worker
+stops, and writes the outcome (retrying for a while when the database is away: a lease that runs
+out meanwhile is how another worker gets the job instead).
+"""
 
 from __future__ import annotations
 
@@ -7,31 +14,48 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import sqlalchemy as sa
 
 from audit.auditset import draw_audit_set
-from training.contract.config import AuditConfig
+from training.contract.config import AttackConfig, AuditConfig
 from audit.foolbox_model import AuditError, ServedModel
 from audit.results import AuditResult, EpsilonPoint, SampleOutcome
 from audit.attacks import Attacker
 from audit.sanity import run_checks
-from audit.sweep import NEVER, Sweep, run_sweep
+from audit.store import ClaimedJob, LeaseLost
+from audit.sweep import NEVER, Sweep, run_sweep, sweep_work
 from service.predictor import Predictor
 from training.contract.errors import HttpError
 
 log = logging.getLogger(__name__)
 EXAMPLES = 4
+PROGRESS_EVERY_SECONDS = 2.0  # the most often a run's progress row is written
+OUTCOME_RETRY_SECONDS = 600.0  # how long a finished audit keeps trying to reach the database
+RETRY_DELAY_SECONDS = 5.0  # before a job that met a transient error is claimed again (doubling per attempt)
 
 
-class AuditInProgress(HttpError):
-    """A run of this model is already under way (the API answers 409)."""
+class AuditStopped(Exception):
+    """The audit was stopped at a checkpoint: cancelled, its lease lost, or its worker stopping."""
 
-    code = "audit_in_progress"
-    http_status = 409
+
+def transient(exc: BaseException) -> bool:
+    """An error worth another attempt: the model server or the database was unreachable or too slow.
+
+    Anything else (a model that does not fit its dataset, an unreadable dataset) fails the same way
+    each time, so the job fails at once with it. The cause counts too: the audit words a server's
+    failure in its own terms (`raise AuditError(...) from exc`)."""
+    while exc is not None:
+        if isinstance(exc, (ConnectionError, TimeoutError, sa.exc.OperationalError)):
+            return True
+        if isinstance(exc, HttpError) and exc.http_status in (502, 503, 504):
+            return True
+        exc = exc.__cause__
+    return False
 
 
 class NoAuditSet(HttpError):
@@ -61,10 +85,11 @@ def _accuracy(mask: np.ndarray, labels: np.ndarray, class_names) -> tuple[float,
 
 def audit_model(
     predictor: Predictor, model: str, dataset, config: AuditConfig, *, version: int | None = None,
-    attack: str | None = None,
+    attack: str | None = None, progress: Callable[[int, int], None] | None = None,
 ) -> Audit:
     """Attack one served model version with one attack (the first configured unless named) over the grid,
-    on its audit set; nothing is stored here."""
+    on its audit set; nothing is stored here. `progress(done, total)` counts images x epsilons and
+    is the audit's checkpoint: raising from it stops the audit."""
     started = time.perf_counter()
     config = config.with_(attack=config.attack_config(attack))
     info = predictor.model_info(model)
@@ -86,9 +111,23 @@ def audit_model(
     if trained_on and trained_on != dataset.fingerprint:
         log.warning("%s version %s was trained on dataset %s, auditing on %s", model, served.version, trained_on[:12], dataset.fingerprint[:12])
     audit_set, images = draw_audit_set(dataset, n=config.samples, seed=config.seed, image_size=int(card["input_size"][0]))
+    if len(audit_set) < config.samples:
+        log.warning("%s version %s: %d images asked, %d in the test split of %s: auditing on %d", model, served.version,
+                    config.samples, len(audit_set), dataset.source, len(audit_set))
     labels = np.asarray(audit_set.labels, np.int64)
     served.check_vjp(images)
-    sweep = run_sweep(served, images, labels, config.attack, progress=config.progress)
+    tick = None
+    if progress is not None:
+        total, done = sweep_work(len(labels), config.attack), [0]
+        progress(0, total)
+
+        def tick(images_done: int) -> None:
+            done[0] = min(total, done[0] + images_done)
+            progress(done[0], total)
+
+    # A caller counting progress shows it its own way (the worker's rows, `audit run`'s bar); else
+    # the sweep's own bar per epsilon (`reproduce`).
+    sweep = run_sweep(served, images, labels, config.attack, progress=config.progress and progress is None, tick=tick)
     sanity = run_checks(
         served, Attacker(served, config.attack), sweep, images, labels, config.attack, clean_logits=served.logits(images)
     )
@@ -150,34 +189,77 @@ def save_examples(audit: Audit, predictor: Predictor, directory: Path) -> Path:
     return path
 
 
-class AuditRunner:
-    """Runs audits into a store (the metrics read it at each scrape), never two of one model at once."""
+@dataclass(frozen=True)
+class RunProgress:
+    """How far a run is: images x epsilons `done` of `total`, and the time left at the pace so far."""
 
-    def __init__(
-        self, config: AuditConfig, predictor: Predictor, store, load_dataset: Callable | None = None,
-        audit_set_for: Callable[[Mapping[str, Any]], str | None] | None = None,
-    ):
+    run_id: int
+    done: int
+    total: int
+    eta_seconds: float | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of a claimed job: `succeeded`, `failed`, `cancelled`, `queued` (given back to be
+    tried again) or `lost` (another worker has it now; nothing was written)."""
+
+    run_id: int
+    status: str
+    audit: Audit | None = None
+    error: str | None = None
+
+
+def attack_config_of(run_config: Mapping[str, Any]) -> AttackConfig:
+    """The attack and budget a job was queued with (its run's stored config)."""
+    names = {f.name for f in fields(AttackConfig)}
+    values = {k: v for k, v in run_config.items() if k in names}
+    values["epsilons"] = tuple(values.get("epsilons", ()))
+    return AttackConfig(**values)
+
+
+class _Heartbeat:
+    """Renews a job's lease every third of it in a thread; `stop_reason` says why the audit must stop."""
+
+    def __init__(self, store, job: ClaimedJob, lease_seconds: float):
+        self.store, self.job, self.lease_seconds = store, job, lease_seconds
+        self.stop_reason: str | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"lease-{job.run_id}", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._done.wait(self.lease_seconds / 3):
+            try:
+                state = self.store.renew(self.job.job_id, self.lease_seconds)
+            except sa.exc.DBAPIError as exc:  # the database is away: keep working, the lease may still hold
+                log.warning("run %s: lease not renewed, the database did not answer: %s", self.job.run_id, exc.orig)
+                continue
+            if state != "held":
+                self.stop_reason = state
+                return
+
+
+class AuditRunner:
+    """Carries out claimed jobs against a predictor, into a store."""
+
+    def __init__(self, config: AuditConfig, predictor: Predictor, store, *, load_dataset: Callable | None = None,
+                 outcome_retry_seconds: float = OUTCOME_RETRY_SECONDS, retry_delay_seconds: float = RETRY_DELAY_SECONDS):
         self.config = config
         self.predictor = predictor
         self.store = store
-        # card -> the dataset spec of its task's audit set (None: unauditable); default: --dataset for every model.
-        self._audit_set_for = audit_set_for or (lambda card: config.dataset)
         self._load_dataset = load_dataset
+        self.outcome_retry_seconds = outcome_retry_seconds
+        self.retry_delay_seconds = retry_delay_seconds
         self._datasets: dict[str, object] = {}
-        self._lock = threading.Lock()  # guards the active runs only: held for microseconds
-        self._dataset_lock = threading.Lock()  # a dataset loads once, without blocking submits meanwhile
-        self._active: dict[str, int] = {}
-        self._threads: list[threading.Thread] = []
-
-    def audit_set_for(self, model: str, card: Mapping[str, Any]) -> str:
-        """The dataset spec `model` (with this card) is audited on; NoAuditSet when its task has none."""
-        spec = self._audit_set_for(card)
-        if not spec:
-            raise NoAuditSet(
-                f"model {model!r}: expected an audit set for its task {card.get('task')!r} (an entry in the audit-sets "
-                "file, --dataset, or training data readable here), got none"
-            )
-        return spec
+        self._dataset_lock = threading.Lock()  # a dataset loads once, however many jobs ask for it
 
     def dataset(self, spec: str | None = None):
         spec = spec or self.config.dataset
@@ -193,100 +275,142 @@ class AuditRunner:
                     self._datasets[spec] = self._load_dataset(spec)
             return self._datasets[spec]
 
-    def active(self) -> dict[str, int]:
-        """Models being audited now, with their run ids."""
-        with self._lock:
-            return dict(self._active)
-
-    def start(
-        self, model: str, *, trigger: str = "manual", version: int | None = None, attack: str | None = None
-    ) -> int:
-        """Reserve `model` and record one run (the first configured attack unless named) as running;
-        raises AuditInProgress if it is reserved."""
-        return self._start(model, trigger=trigger, version=version, attacks=(attack or self.config.attacks[0],))[0]
-
-    def _start(self, model: str, *, trigger: str, version: int | None, attacks: tuple[str, ...]) -> list[int]:
-        """Reserve `model` once and record a running row per attack, all pinned to the same version."""
-        with self._lock:
-            if model in self._active:
-                raise AuditInProgress(f"model {model!r} is already being audited (run {self._active[model]})")
-            self._active[model] = -1
-        try:
-            info = self.predictor.model_info(model)
-            pinned = info.latest if version is None else int(version)
-            card = self.predictor.model_card(model, pinned)
-            dataset = self.audit_set_for(model, card)
-            run_ids = [
-                self.store.start_run(
-                    model=model, version=pinned, card=card, backend=self.predictor.backend_name,
-                    attack=self.config.attack_config(name).attack, config=self.run_config(name, dataset), trigger=trigger,
-                )
-                for name in attacks
-            ]
-        except BaseException:
-            with self._lock:
-                self._active.pop(model, None)
-            raise
-        with self._lock:
-            self._active[model] = run_ids[0]
-        return run_ids
-
     def run_config(self, attack: str | None = None, dataset: str | None = None) -> dict:
+        """What a job of `attack` on `dataset` (the configured one unless named) is queued with: the
+        attack and its budget, the audit set's spec and size, the seed."""
         config = self.config.attack_config(attack)
         doc = asdict(config)
         doc["epsilons"] = list(config.epsilons)
         doc["steps"] = config.iterations
         return {"dataset": dataset or self.config.dataset, "samples": self.config.samples, **doc, "seed": self.config.seed}
 
-    def execute(self, run_id: int, *, release: bool = True) -> Audit | None:
-        """Carry out a started run; its outcome goes to the store. Returns the audit or None.
+    def carry_out(
+        self, job: ClaimedJob, *, stop: threading.Event | None = None, show: Callable[[RunProgress], None] | None = None,
+    ) -> Outcome:
+        """Audit a claimed job and write its outcome; never raises for the audit's own errors.
 
-        `release=False` keeps the model reserved for the next of several runs started together.
+        `stop` set (the worker is stopping) gives the job back to the queue at the next checkpoint;
+        `show` sees every progress step (the terminal of `audit run`).
         """
-        try:
-            record = self.store.get_run(run_id)
-        except BaseException:
-            # A store error before the run's own try must not leave its model reserved (answering
-            # 409 until the process restarts).
-            if release:
-                with self._lock:
-                    for model in [m for m, active in self._active.items() if active == run_id]:
-                        self._active.pop(model)
-            raise
-        started = time.perf_counter()
-        log.info("audit run %s: %s version %s, %s (%s)", run_id, record.model, record.version, record.attack, record.trigger)
-        with self._lock:
-            self._active[record.model] = run_id
-        try:
-            dataset = self.dataset(record.config.get("dataset") or self.config.dataset)
-            audit = audit_model(
-                self.predictor, record.model, dataset, self.config, version=record.version, attack=record.attack
-            )
-            artefacts = self.config.artefacts_dir / str(run_id)
+        lease = self.config.lease_seconds
+        log.info("audit run %s (attempt %s): %s version %s, %s (%s)", job.run_id, job.attempt, job.model, job.version,
+                 job.attack, job.trigger)
+        started = time.monotonic()
+        written = [0.0]
+
+        with _Heartbeat(self.store, job, lease) as heartbeat:
+            def checkpoint(done: int, total: int) -> None:
+                if heartbeat.stop_reason is not None:
+                    raise AuditStopped(heartbeat.stop_reason)
+                if stop is not None and stop.is_set():
+                    raise AuditStopped("stopping")
+                elapsed = time.monotonic() - started
+                eta = elapsed / done * (total - done) if done else None
+                if show is not None:
+                    show(RunProgress(job.run_id, done, total, eta))
+                now = time.monotonic()
+                if now - written[0] >= PROGRESS_EVERY_SECONDS or done == total:
+                    written[0] = now
+                    try:
+                        state = self.store.report_progress(job.run_id, done, total, eta)
+                    except sa.exc.DBAPIError as exc:
+                        log.warning("run %s: progress not written, the database did not answer: %s", job.run_id, exc.orig)
+                    else:
+                        if state != "held":  # cancelled, or the job is no longer this worker's
+                            raise AuditStopped(state)
+
+            try:
+                audit = self._audit(job, checkpoint)
+            except AuditStopped as stopped:
+                return self._stopped(job, str(stopped), time.monotonic() - started)
+            except Exception as exc:
+                return self._failed(job, exc, time.monotonic() - started)
+            artefacts = self.config.artefacts_dir / str(job.run_id)
             try:
                 save_examples(audit, self.predictor, artefacts)
             except OSError as exc:  # e.g. a read-only filesystem: the figures matter more than the pictures
-                log.warning("run %s: examples not saved to %s: %s", run_id, artefacts, exc)
+                log.warning("run %s: examples not saved to %s: %s", job.run_id, artefacts, exc)
                 artefacts = None
-            self.store.finish_run(run_id, audit.result, artefacts=None if artefacts is None else str(artefacts))
-        except Exception as exc:
-            seconds = time.perf_counter() - started
-            log.error("audit run %s of %s failed: %s", run_id, record.model, exc)
-            log.debug("%s", traceback.format_exc())
-            self.store.fail_run(run_id, f"{type(exc).__name__}: {exc}", duration_seconds=seconds)
-            return None
-        finally:
-            if release:
-                with self._lock:
-                    self._active.pop(record.model, None)
+            try:
+                self._write(job, lambda: self.store.finish_run(
+                    job.run_id, audit.result, artefacts=None if artefacts is None else str(artefacts)))
+            except LeaseLost as exc:
+                return self._lost(job, exc)
         result = audit.result
         log.info(
-            "audit run %s: %s version %s clean %.3f, robustness score %.3f, sanity %s, %.0f s", run_id, record.model,
-            record.version, result.clean_accuracy, result.robustness_score, "passed" if result.sanity_passed else "FAILED",
+            "audit run %s: %s version %s clean %.3f, robustness score %.3f, sanity %s, %.0f s", job.run_id, job.model,
+            job.version, result.clean_accuracy, result.robustness_score, "passed" if result.sanity_passed else "FAILED",
             result.seconds,
         )
-        self._draw_report(run_id)
-        return audit
+        self._draw_report(job.run_id)
+        return Outcome(job.run_id, "succeeded", audit)
+
+    def _audit(self, job: ClaimedJob, checkpoint: Callable[[int, int], None]) -> Audit:
+        """The job's audit with the settings it was queued with (not this worker's flags)."""
+        attack = attack_config_of(job.config)
+        config = self.config.with_(
+            attack=attack, attacks=(attack.attack,), samples=int(job.config.get("samples", self.config.samples)),
+            seed=int(job.config.get("seed", self.config.seed)),
+        )
+        return audit_model(
+            self.predictor, job.model, self.dataset(job.config.get("dataset")), config, version=job.version,
+            attack=attack.attack, progress=checkpoint,
+        )
+
+    def _stopped(self, job: ClaimedJob, reason: str, seconds: float) -> Outcome:
+        try:
+            if reason == "cancel":
+                self._write(job, lambda: self.store.fail_run(job.run_id, "cancelled while running", duration_seconds=seconds,
+                                                            status="cancelled"))
+                log.info("audit run %s cancelled", job.run_id)
+                return Outcome(job.run_id, "cancelled", error="cancelled while running")
+            if reason == "stopping":
+                error = "interrupted: the worker stopped (SIGTERM or SIGINT) before the run finished"
+                status = self._write(job, lambda: self.store.retry_run(job.run_id, error))
+                log.warning("audit run %s given back to the queue (%s): the worker is stopping", job.run_id, status)
+                return Outcome(job.run_id, status, error=error)
+        except LeaseLost as exc:
+            return self._lost(job, exc)
+        return self._lost(job, LeaseLost(f"the lease of run {job.run_id} is no longer this worker's"))
+
+    def _failed(self, job: ClaimedJob, exc: Exception, seconds: float) -> Outcome:
+        error = f"{type(exc).__name__}: {exc}"
+        log.error("audit run %s of %s failed: %s", job.run_id, job.model, error)
+        log.debug("%s", traceback.format_exc())
+        try:
+            if transient(exc):
+                delay = self.retry_delay_seconds * 2 ** (job.attempt - 1)
+                status = self._write(job, lambda: self.store.retry_run(job.run_id, error, delay_seconds=delay))
+            else:
+                status = "failed"
+                self._write(job, lambda: self.store.fail_run(job.run_id, error, duration_seconds=seconds))
+        except LeaseLost as lost:
+            return self._lost(job, lost)
+        return Outcome(job.run_id, status, error=error)
+
+    @staticmethod
+    def _lost(job: ClaimedJob, exc: Exception) -> Outcome:
+        log.warning("audit run %s: nothing written, %s", job.run_id, exc)
+        return Outcome(job.run_id, "lost", error=str(exc))
+
+    def _write(self, job: ClaimedJob, write: Callable[[], Any]) -> Any:
+        """`write()`, tried again while the database is unreachable, for up to `outcome_retry_seconds`.
+
+        Once the database is back the write goes through if this worker still holds the job (its
+        lease may have run out meanwhile, but nobody else can have taken it while the database was
+        away); if another worker has it by then, LeaseLost says so and nothing is written.
+        """
+        deadline, delay = time.monotonic() + self.outcome_retry_seconds, 0.5
+        while True:
+            try:
+                return write()
+            except sa.exc.OperationalError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("run %s: the database did not answer (%s); writing the outcome again in %.1f s",
+                            job.run_id, exc.orig, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     def _draw_report(self, run_id: int) -> None:
         """The run's report, drawn once, here, when it ends (never on a page request)."""
@@ -296,36 +420,3 @@ class AuditRunner:
             write_report(self.store, run_id, artefacts_root=self.config.artefacts_dir)
         except Exception as exc:  # the figures are stored; a picture that cannot be drawn is not a failed run
             log.warning("run %s: report not drawn: %s: %s", run_id, type(exc).__name__, exc)
-
-    def run(
-        self, model: str, *, trigger: str = "manual", version: int | None = None, attack: str | None = None
-    ) -> tuple[int, Audit | None]:
-        """Start and carry out one run in this thread."""
-        run_id = self.start(model, trigger=trigger, version=version, attack=attack)
-        return run_id, self.execute(run_id)
-
-    def submit(self, model: str, *, trigger: str = "manual") -> int:
-        """Start one run per configured attack and carry them out in turn in a background thread;
-        returns the first run's id at once."""
-        run_ids = self._start(model, trigger=trigger, version=None, attacks=self.config.attacks)
-
-        def carry_out() -> None:
-            try:
-                for number, run_id in enumerate(run_ids):
-                    self.execute(run_id, release=number == len(run_ids) - 1)
-            finally:
-                with self._lock:
-                    self._active.pop(model, None)
-
-        thread = threading.Thread(target=carry_out, name=f"audit-{model}-{run_ids[0]}", daemon=True)
-        with self._lock:
-            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
-        thread.start()
-        return run_ids[0]
-
-    def join(self, timeout: float | None = None) -> None:
-        """Wait for background runs (tests, shutdown)."""
-        with self._lock:
-            threads = list(self._threads)
-        for t in threads:
-            t.join(timeout)

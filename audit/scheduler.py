@@ -1,125 +1,176 @@
-"""The audit worker: runs on a cron schedule and on every new model version, and serves /metrics.
+"""The audit worker: claims queued jobs with leases and carries them out, `concurrency` at a time.
 
-APScheduler's BackgroundScheduler fires the cron job (misfires coalesced, one instance at a time);
-a poll job notices versions never audited. The metrics it serves are read from the store at each
-scrape (audit.metrics.AuditCollector). Each model's runs are kept apart by the runner's lock,
-so a scheduled run, a new-version run and an API request never overlap on one model.
+Any number of workers share one database. Each runs the same loops; only the holder of the
+"scheduler" lease row enqueues (APScheduler's cron for re-audits, the poll for new versions), so
+a schedule fires once however many replicas there are. Every worker puts back the jobs whose
+leases expired (a worker killed, a host lost). /healthz says when the store is unreachable.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
-from training.contract.config import AuditConfig
-from audit.runner import AuditInProgress, AuditRunner, NoAuditSet
+import sqlalchemy as sa
+
 from service.metrics_server import start_metrics_server
 
 log = logging.getLogger(__name__)
+SCHEDULER_LEASE = "scheduler"
+IDLE_POLL_SECONDS = 1.0  # how often an idle slot looks for a queued job
 
 
 class AuditWorker:
-    """Scheduler, new-version poller and metrics server around one AuditRunner."""
+    """Job slots, the schedule (when this worker holds its lease) and the metrics server."""
 
-    def __init__(self, config: AuditConfig, runner: AuditRunner, registry, *, serve_metrics: bool = True):
+    def __init__(self, config, runner, enqueuer, registry, *, serve_metrics: bool = True):
         self.config = config
         self.runner = runner
+        self.store = runner.store
+        self.enqueuer = enqueuer
         self.registry = registry
         self.serve_metrics = serve_metrics
         self.scheduler = None
         self.server = None
-        self._seen: set[tuple[str, int]] = set()
-        self._seen_lock = threading.Lock()
+        self.stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._leader = False
+        self._store_ok = True
+        self._skip: set[tuple[str, int]] = set()
+        self._running: dict[int, str] = {}  # run id -> model, of this worker's slots
+        self._lock = threading.Lock()
 
-    # -- what to audit ------------------------------------------------------------------------
-    def models(self) -> tuple[str, ...]:
-        served = tuple(m.name for m in self.runner.predictor.list_models())
-        if self.config.models:
-            return tuple(m for m in self.config.models if m in served)
-        return served
+    # -- enqueuing (the lease holder only) ----------------------------------------------------
+    @property
+    def leader(self) -> bool:
+        return self._leader
 
-    def audit_all(self, trigger: str = "schedule") -> list[int]:
-        """Start a run of every model not already being audited; returns the run ids."""
-        ids = []
-        for model in self.models():
-            try:
-                ids.append(self.runner.submit(model, trigger=trigger))
-            except AuditInProgress as exc:
-                log.info("skipping %s: %s", model, exc)
-            except NoAuditSet as exc:  # reported on the Audits page and as medrobust_audit_unauditable too
-                log.warning("not auditing %s: %s", model, exc)
-        return ids
+    def scheduled(self, trigger: str = "schedule") -> list:
+        """The cron's firing: a job of every model and attack, from the one worker holding the lease."""
+        if not self._hold_schedule():
+            return []
+        return [q for q in self.enqueuer.enqueue_all(trigger) if q.created]
 
-    def check_new_versions(self) -> list[int]:
-        """Audit every (model, version) that has no run yet."""
-        audited = self.runner.store.audited_versions()
-        ids = []
-        wanted = set(self.config.models)
-        served = self.runner.predictor.list_models()
-        for info in served:
-            key = (info.name, int(info.latest))
-            if (wanted and info.name not in wanted) or key in audited:
-                continue
-            with self._seen_lock:
-                if key in self._seen:
-                    continue
-            try:
-                ids.append(self.runner.submit(info.name, trigger="new_version"))
-            except AuditInProgress:
-                continue  # the running audit's version may be older; the next poll looks again
-            except NoAuditSet as exc:
-                log.warning("not auditing %s: %s", info.name, exc)
-                with self._seen_lock:
-                    self._seen.add(key)  # said once per version; the schedule and the metric keep saying it
-                continue
-            with self._seen_lock:
-                self._seen.add(key)
-            log.info("new version %s of %s: audit run %s", info.latest, info.name, ids[-1])
-        return ids
+    def check_new_versions(self) -> list:
+        """Jobs of the served versions never audited (lease holder only); versions skipped at start wait."""
+        if not self._hold_schedule():
+            return []
+        models = tuple(m for m in self.enqueuer.models() if (m, self.enqueuer.predictor.model_info(m).latest) not in self._skip)
+        return [q for q in self.enqueuer.enqueue_all("new_version", models=models) if q.created]
 
     def skip_served_versions(self) -> None:
         """Leave the versions served now to the schedule: only versions that appear later are
         audited on arrival (`medrobust up --no-audit`)."""
-        served = {(info.name, int(info.latest)) for info in self.runner.predictor.list_models()}
-        with self._seen_lock:
-            self._seen |= served
+        self._skip |= {(info.name, int(info.latest)) for info in self.enqueuer.predictor.list_models()}
+
+    def _hold_schedule(self) -> bool:
+        try:
+            self._leader = self.store.hold_lease(SCHEDULER_LEASE, self.config.lease_seconds)
+        except sa.exc.DBAPIError as exc:
+            log.warning("scheduler lease not renewed, the database did not answer: %s", exc.orig)
+            self._leader = False
+        return self._leader
+
+    # -- carrying out ---------------------------------------------------------------------------
+    def work_once(self) -> bool:
+        """Claim one queued job and carry it out in this thread; False when there was none."""
+        job = self.store.claim(self.config.lease_seconds)
+        if job is None:
+            return False
+        with self._lock:
+            self._running[job.run_id] = job.model
+        try:
+            self.runner.carry_out(job, stop=self.stopping)
+        finally:
+            with self._lock:
+                self._running.pop(job.run_id, None)
+        return True
+
+    def _slot(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                if self.work_once():
+                    continue
+            except sa.exc.DBAPIError as exc:
+                log.warning("no job claimed, the database did not answer: %s", exc.orig)
+            self.stopping.wait(IDLE_POLL_SECONDS)
+
+    def _housekeeping(self) -> None:
+        """Expired leases back to the queue; the schedule's lease renewed; new versions polled."""
+        polled = time.monotonic()  # the first poll after `poll_seconds`, as from the interval job this replaces
+        while not self.stopping.wait(min(self.config.lease_seconds / 3, self.config.poll_seconds, 5.0)):
+            try:
+                for run_id, status in self.store.expire_leases().items():
+                    log.warning("run %s: its worker's lease expired; %s", run_id, "queued again" if status == "queued" else status)
+                self._store_ok = True
+            except sa.exc.DBAPIError as exc:
+                self._store_ok = False
+                log.warning("the audit database did not answer: %s", exc.orig)
+                continue
+            if time.monotonic() - polled >= self.config.poll_seconds:
+                polled = time.monotonic()
+                try:
+                    self.check_new_versions()
+                except Exception as exc:  # a model server that is away now is asked again next poll
+                    log.warning("new versions not checked: %s: %s", type(exc).__name__, exc)
+            else:
+                self._hold_schedule()
 
     # -- lifecycle ----------------------------------------------------------------------------
+    def running(self) -> dict[int, str]:
+        with self._lock:
+            return dict(self._running)
+
     def healthy(self) -> tuple[bool, dict]:
-        running = bool(self.scheduler and self.scheduler.running)
-        return running, {"scheduler": "running" if running else "stopped", "active": self.runner.active()}
+        scheduling = bool(self.scheduler and self.scheduler.running)
+        store = self.store.ping()
+        return scheduling and store, {
+            "scheduler": "running" if scheduling else "stopped", "store": "ok" if store else "unreachable",
+            "schedule_holder": self._leader, "running": {str(k): v for k, v in self.running().items()},
+        }
 
     def start(self, *, audit_now: bool = False) -> None:
-        """Start the scheduler (and the metrics server); `audit_now` runs every model at once."""
+        """Start the slots, the housekeeping, the cron (and the metrics server); `audit_now` queues
+        every model at once (skipping versions with a finished audit under the same settings)."""
         from apscheduler.schedulers.background import BackgroundScheduler
         from apscheduler.triggers.cron import CronTrigger
 
         # AuditConfig checked the expression when it was read (naming the flag or variable).
         trigger = CronTrigger.from_crontab(self.config.schedule)
-        # APScheduler logs every poll at INFO; the runs log their own start and outcome.
-        logging.getLogger("apscheduler").setLevel(logging.WARNING)
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every firing at INFO
         self.scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600})
-        self.scheduler.add_job(self.audit_all, trigger, id="scheduled-audit", name="audit every model")
-        self.scheduler.add_job(
-            self.check_new_versions, "interval", seconds=self.config.poll_seconds, id="new-versions",
-            name="audit new model versions",
-        )
-        if audit_now:
-            self.scheduler.add_job(self.audit_all, kwargs={"trigger": "startup"}, id="startup-audit", name="first audit")
+        self.scheduler.add_job(self.scheduled, trigger, id="scheduled-audit", name="audit every model")
         self.scheduler.start()
+        if audit_now and self._hold_schedule():
+            self.enqueuer.enqueue_all("startup")
         if self.serve_metrics:
             self.server = start_metrics_server(
                 self.config.metrics_host, self.config.metrics_port, self.registry, self.healthy, name="audit-metrics"
             )
+        self.stopping.clear()
+        self._threads = [threading.Thread(target=self._housekeeping, name="audit-housekeeping", daemon=True)]
+        self._threads += [
+            threading.Thread(target=self._slot, name=f"audit-slot-{i}", daemon=True) for i in range(self.config.concurrency)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def metrics_port(self) -> int:
         return self.server.port if self.server is not None else self.config.metrics_port
 
-    def stop(self, *, wait: bool = False) -> None:
+    def stop(self, timeout: float | None = 60.0) -> None:
+        """Stop claiming; running jobs go back to the queue at their next checkpoint; the schedule's lease is given up."""
+        self.stopping.set()
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        for thread in self._threads:
+            thread.join(timeout)
+        try:
+            if self._leader:
+                self.store.drop_lease(SCHEDULER_LEASE)
+        except sa.exc.DBAPIError:
+            pass  # it expires on its own
         if self.server is not None:
             self.server.stop()
-        if wait:
-            self.runner.join()

@@ -1,18 +1,22 @@
-"""The audit store: runs, per-epsilon points, per-sample outcomes and sanity checks, in SQL.
+"""The audit store: jobs, runs, per-epsilon points, per-sample outcomes and sanity checks, in SQL.
 
-SQLite by default, any SQLAlchemy URL through `MEDROBUST_DATABASE_URL`. A run is written in two
-steps: a 'running' row in its own transaction when it starts, then every figure together with the
-final status in one transaction. A process killed in between leaves only that row, which the next
-store to open marks failed, so readers never see a half-written run.
+SQLite by default, any SQLAlchemy URL through `MEDROBUST_DATABASE_URL`. Every run is a job's: the
+run is queued with its job (`enqueue`; a partial unique index keeps one active job per key), claimed
+with a lease by one worker (`claim`, `FOR UPDATE SKIP LOCKED` on PostgreSQL), which renews the lease
+while it works, and finished with every figure and its final status in one transaction, but only
+while that worker still holds the job. A worker that stops or loses the database lets its lease
+expire; the next `expire_leases` queues the job again (the run's `attempt` counts the tries) or,
+after the last try, fails it with the reason. Readers never see a half-written run.
 
-A database written by an earlier schema opens: columns added since are added on open (all
-nullable), and filled for the runs written before them from what those runs stored (their points
-and per-image outcomes); a run an older process finishes later is filled on read.
+The schema moves by Alembic migrations (`audit.migrate`), run by the processes that write; a reader
+waits for the schema it reads and never changes it.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
 import os
 import socket
@@ -25,7 +29,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from audit.results import DEGENERATE_SHARE, AuditResult, AuditSet, max_share, wilson_interval, worst_class
+from audit.results import AuditResult, AuditSet
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +58,7 @@ audit_runs = sa.Table(
     sa.Column("attention", sa.Boolean, nullable=False),
     sa.Column("backend", sa.String(50), nullable=False),
     sa.Column("attack", sa.String(50), nullable=False),
-    sa.Column("status", sa.String(20), nullable=False, index=True),  # running | succeeded | failed
+    sa.Column("status", sa.String(20), nullable=False, index=True),  # queued | running | succeeded | failed | cancelled
     sa.Column("trigger", sa.String(50), nullable=False, default="manual"),
     sa.Column("owner", sa.String(300), nullable=False),
     sa.Column("started_at", sa.Float, nullable=False),
@@ -74,6 +78,12 @@ audit_runs = sa.Table(
     sa.Column("audit_set_size", sa.Integer),
     sa.Column("predicted_class_max_share", sa.Float),
     sa.Column("degenerate", sa.Boolean),
+    # Added with jobs (revision 0002): the try this is (NULL in runs from before jobs), and how far it got.
+    sa.Column("attempt", sa.Integer),
+    sa.Column("progress_done", sa.Integer),
+    sa.Column("progress_total", sa.Integer),
+    sa.Column("progress_eta_seconds", sa.Float),
+    sa.Column("progress_at", sa.Float),
 )
 
 audit_points = sa.Table(
@@ -111,12 +121,45 @@ audit_sanity = sa.Table(
     sa.Column("detail", sa.Text, nullable=False),
 )
 
-ACTIVE = ("running",)
-STALE_FOREIGN_SECONDS = 6 * 3600  # a run owned by another host is presumed dead after this long
+audit_jobs = sa.Table(
+    "audit_jobs", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("audit_runs.id", ondelete="CASCADE"), nullable=False, unique=True),
+    sa.Column("key", sa.String(64), nullable=False, index=True),
+    sa.Column("status", sa.String(20), nullable=False),  # queued | running | done
+    sa.Column("priority", sa.Integer, nullable=False),  # lower is claimed first
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("max_attempts", sa.Integer, nullable=False),
+    sa.Column("available_at", sa.Float, nullable=False),  # not claimed before (a retry's back-off)
+    sa.Column("lease_owner", sa.String(300)),
+    sa.Column("lease_expires_at", sa.Float),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+JOB_ACTIVE = ("queued", "running")
+_active_job = audit_jobs.c.status.in_(JOB_ACTIVE)
+sa.Index("uq_audit_jobs_active_key", audit_jobs.c.key, unique=True, postgresql_where=_active_job, sqlite_where=_active_job)
+sa.Index("ix_audit_jobs_claim", audit_jobs.c.status, audit_jobs.c.priority, audit_jobs.c.id)
+
+audit_leases = sa.Table(
+    "audit_leases", metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("owner", sa.String(300), nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+)
+
+# Claimed first: what someone asked for now, then a version nobody has audited, then the schedule's re-audits.
+PRIORITY = {"api": 0, "cli": 0, "new_version": 1, "startup": 1, "schedule": 2}
+RESTARTED = "restarted after interruption"
+
 
 
 class RunNotFound(LookupError):
     """No run with that id."""
+
+
+class LeaseLost(RuntimeError):
+    """The worker no longer holds the job (its lease expired and the job went back, or it was cancelled)."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +192,11 @@ class RunRecord:
     audit_set_size: int | None = None
     predicted_class_max_share: float | None = None
     degenerate: bool | None = None
+    attempt: int | None = None
+    progress_done: int | None = None
+    progress_total: int | None = None
+    progress_eta_seconds: float | None = None
+    progress_at: float | None = None
     points: tuple[Mapping[str, Any], ...] = ()
     sanity: tuple[Mapping[str, Any], ...] = ()
 
@@ -160,13 +208,67 @@ class RunRecord:
     def epsilons(self) -> tuple[str, ...]:
         return tuple(p["epsilon"] for p in self.points)
 
+    @property
+    def progress(self) -> dict[str, Any] | None:
+        """{"done", "total", "fraction", "eta_seconds"} once the worker has counted the work, else None."""
+        if not self.progress_total:
+            return None
+        done = self.progress_done or 0
+        return {
+            "done": done, "total": self.progress_total, "fraction": round(done / self.progress_total, 4),
+            "eta_seconds": None if self.progress_eta_seconds is None else round(self.progress_eta_seconds, 1),
+        }
+
+    @property
+    def note(self) -> str | None:
+        """Why this run was tried more than once, for the page and the API."""
+        return f"{RESTARTED} (attempt {self.attempt})" if self.attempt and self.attempt > 1 else None
+
     def to_json(self) -> dict[str, Any]:
-        doc = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        hidden = {"progress_done", "progress_total", "progress_eta_seconds", "progress_at"}
+        doc = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in hidden}
         doc["config"] = dict(self.config)
         doc["fooled_by"] = dict(self.fooled_by)
         doc["points"] = [dict(p) for p in self.points]
         doc["sanity"] = [dict(s) for s in self.sanity]
+        doc["progress"] = self.progress
+        doc["note"] = self.note
         return doc
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """What `enqueue` did: `created` a job and its queued run, or found `run_id` already `queued`,
+    `running`, or `succeeded` under the same settings (when asked to skip those)."""
+
+    run_id: int
+    created: bool
+    status: str
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job this worker holds the lease of, and what its run is to do."""
+
+    job_id: int
+    run_id: int
+    attempt: int
+    max_attempts: int
+    model: str
+    version: int
+    attack: str
+    trigger: str
+    config: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """The queue at a glance, for the metrics collector."""
+
+    queued: int
+    running: int
+    failed: int
+    oldest_queued_age_seconds: float | None
 
 
 def comparable(a: RunRecord, b: RunRecord) -> bool:
@@ -177,42 +279,23 @@ def comparable(a: RunRecord, b: RunRecord) -> bool:
     )
 
 
+def job_key(model: str, version: int, config: Mapping[str, Any]) -> str:
+    """What makes two jobs the same: model, version and the run's settings (attack and its budget,
+    audit set spec and size, seed), as sha256 of their canonical JSON."""
+    doc = {"model": model, "version": int(version), "config": dict(config)}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
 @functools.cache
 def _process_start() -> str:
     """A token drawn once per process start. A restarted container is PID 1 again, so a PID alone
-    cannot tell this process from the one whose runs it finds `running` in the store."""
-    return "s" + uuid.uuid4().hex[:12]  # never all digits: an older owner is `host:pid`
+    cannot tell this process from the one whose lease it finds in the store."""
+    return "s" + uuid.uuid4().hex[:12]
 
 
 def owner_id() -> str:
-    """`host:pid:start-token`: who is running a run, unique per process start."""
+    """`host:pid:start-token`: who holds a lease, unique per process start."""
     return f"{socket.gethostname()}:{os.getpid()}:{_process_start()}"
-
-
-def _owner_dead(owner: str, started_at: float, now: float) -> bool:
-    host, pid, token = _parse_owner(owner)
-    if host != socket.gethostname() or pid is None:
-        return now - started_at > STALE_FOREIGN_SECONDS
-    if pid == os.getpid():
-        # Our PID: ours only if it carries this process start's token (an older owner without a
-        # token, or with another token, is an earlier process that had the same PID).
-        return token != _process_start()
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-def _parse_owner(owner: str) -> tuple[str, int | None, str | None]:
-    """(host, pid, token) of `host:pid:token`, or of the older `host:pid` (token None)."""
-    head, _, last = owner.rpartition(":")
-    if last.isdigit():  # host:pid
-        return head, int(last), None
-    host, _, pid = head.rpartition(":")
-    return (host, int(pid), last) if pid.isdigit() else (owner, None, None)
 
 
 class StoreUnavailable(RuntimeError):
@@ -272,141 +355,164 @@ def make_engine(url: str) -> sa.Engine:
     return sa.create_engine(url, pool_pre_ping=True)
 
 
-def _create_tables(engine: sa.Engine) -> None:
-    """Create the tables that are missing. The front end and the audit worker start together on a
-    fresh database: when the other process creates a table between our check and our CREATE, ours
-    fails; the second pass finds every table there."""
-    try:
-        metadata.create_all(engine)
-    except sa.exc.DBAPIError:
-        metadata.create_all(engine)
-
-
-def _add_missing_columns(engine: sa.Engine) -> tuple[str, ...]:
-    """Add the columns a database created by an earlier schema lacks; returns "table.column" of each.
-
-    Every column added since the first schema is nullable without a default, so a plain
-    ADD COLUMN is enough. Two processes opening an old database together may both try: the loser's
-    error is ignored once the column is found there.
-    """
-    added = []
-    quote = engine.dialect.identifier_preparer.quote
-    present = {t: {c["name"] for c in sa.inspect(engine).get_columns(t)} for t in metadata.tables}
-    for table in metadata.sorted_tables:
-        for column in table.columns:
-            if column.name in present[table.name]:
-                continue
-            ddl = f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} {column.type.compile(dialect=engine.dialect)}"
-            try:
-                with engine.begin() as conn:
-                    conn.execute(sa.text(ddl))
-            except sa.exc.DBAPIError:
-                if column.name not in {c["name"] for c in sa.inspect(engine).get_columns(table.name)}:
-                    raise
-                continue
-            added.append(f"{table.name}.{column.name}")
-    return tuple(added)
-
-
-def _derived(conn: sa.Connection, run: Mapping[str, Any], points: list[Mapping[str, Any]]) -> tuple[dict, list[dict]]:
-    """The figures a run written by an earlier schema lacks, derived from its points and samples.
-
-    Returns the run's and each point's missing values (empty when nothing is missing). Such a run's
-    robustness score was the mean over the whole grid: it is recomputed without epsilon 0.
-    """
-    values: dict[str, Any] = {}
-    if run["status"] == "succeeded" and run["audit_set_size"] is None:
-        counts = conn.execute(
-            sa.select(sa.func.count()).select_from(audit_samples).where(audit_samples.c.run_id == run["id"])
-            .group_by(audit_samples.c.clean_class)
-        ).scalars().all()
-        share = max_share(counts)
-        attacked = [p["robust_accuracy"] for p in points if p["epsilon_value"] > 0]
-        values = {
-            "audit_set_size": sum(counts), "predicted_class_max_share": share, "degenerate": share >= DEGENERATE_SHARE,
-            "robustness_score": sum(attacked) / len(attacked) if attacked else 0.0,
-        }
-    n = values.get("audit_set_size", run["audit_set_size"])
-    point_values = []
-    for p in points:
-        missing: dict[str, Any] = {}
-        samples = p["samples"] if p["samples"] is not None else n
-        if p["samples"] is None and n is not None:
-            missing["samples"] = n
-        if p["worst_class_robust_accuracy"] is None and p["per_class"]:
-            missing["worst_class_robust_accuracy"] = worst_class(p["per_class"])
-        if p["robust_accuracy_lower"] is None and samples is not None:
-            lower, upper = wilson_interval(round(p["robust_accuracy"] * samples), samples)
-            missing |= {"robust_accuracy_lower": lower, "robust_accuracy_upper": upper}
-        point_values.append(missing)
-    return values, point_values
-
-
-def _backfill(engine: sa.Engine) -> int:
-    """Store the derived figures of succeeded runs written before their columns; returns how many.
-
-    Idempotent (the values are derived from rows that never change), so two processes opening the
-    same old database may both run it.
-    """
-    with engine.connect() as conn:
-        ids = conn.execute(
-            sa.select(audit_runs.c.id).where(audit_runs.c.status == "succeeded", audit_runs.c.audit_set_size.is_(None))
-        ).scalars().all()
-    for run_id in ids:
-        with engine.begin() as conn:
-            run = conn.execute(sa.select(audit_runs).where(audit_runs.c.id == run_id)).one()._mapping
-            points = [p._mapping for p in conn.execute(sa.select(audit_points).where(audit_points.c.run_id == run_id)).all()]
-            values, point_values = _derived(conn, run, points)
-            for p, missing in zip(points, point_values):
-                if missing:
-                    conn.execute(
-                        audit_points.update()
-                        .where(audit_points.c.run_id == run_id, audit_points.c.epsilon == p["epsilon"])
-                        .values(**missing)
-                    )
-            if values:
-                conn.execute(audit_runs.update().where(audit_runs.c.id == run_id).values(**values))
-    return len(ids)
-
-
 class AuditStore:
-    """Audit runs in a SQL database (tables created, missing columns added and filled, on first use)."""
+    """Audit jobs and runs in a SQL database.
 
-    def __init__(self, url: str, *, recover: bool = True, wait_seconds: float = 0.0):
+    `migrate=True` (the processes that write) brings the schema to this code's head first;
+    `migrate=False` (the read-only front end) waits up to `wait_seconds` for a writer to do so and
+    never changes it. `owner` names this process in the leases it takes.
+    """
+
+    def __init__(self, url: str, *, migrate: bool = True, wait_seconds: float = 0.0, owner: str | None = None):
+        from audit import migrate as migrations
+
         self.url = url
         self.engine = make_engine(url)
         wait_for_database(self.engine, wait_seconds)
-        _create_tables(self.engine)
-        _add_missing_columns(self.engine)
-        _backfill(self.engine)
-        self.owner = owner_id()
-        if recover:
-            self.fail_interrupted()
+        if migrate:
+            migrations.upgrade(self.engine)
+        else:
+            migrations.wait_for_schema(self.engine, wait_seconds)
+        self.owner = owner or owner_id()
 
     def close(self) -> None:
         self.engine.dispose()
 
-    # -- writing --------------------------------------------------------------------------
-    def start_run(
-        self, *, model: str, version: int, card: Mapping[str, Any], backend: str, attack: str,
-        config: Mapping[str, Any], trigger: str = "manual",
-    ) -> int:
-        """Record a run as 'running' in its own transaction; returns its id."""
-        with self.engine.begin() as conn:
-            result = conn.execute(
-                audit_runs.insert().values(
-                    model=model, version=int(version), task=str(card.get("task", "")),
-                    backbone=str(card.get("backbone", "")), attention=bool(card.get("attention", False)),
-                    backend=backend, attack=attack, status="running", trigger=trigger, owner=self.owner,
-                    started_at=time.time(), config=dict(config),
-                )
-            )
-            return int(result.inserted_primary_key[0])
+    def ping(self) -> bool:
+        """Whether the database answers now (the worker's /healthz)."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            return True
+        except sa.exc.DBAPIError:
+            return False
 
-    def finish_run(self, run_id: int, result: AuditResult, *, artefacts: str | None = None) -> None:
-        """Every figure of a run and its 'succeeded' status, in one transaction."""
+    # -- the queue ------------------------------------------------------------------------
+    def enqueue(
+        self, *, model: str, version: int, card: Mapping[str, Any], backend: str, attack: str,
+        config: Mapping[str, Any], trigger: str = "manual", max_attempts: int = 3, skip_if: tuple[str, ...] = (),
+    ) -> Enqueued:
+        """Queue a job and its run, unless the same job is already queued or running, or an earlier
+        run of it ended with a status in `skip_if` (e.g. "succeeded": a restart does not audit a
+        version again). The database's unique index decides, whichever process asks."""
+        key = job_key(model, version, config)
         now = time.time()
         with self.engine.begin() as conn:
+            if skip_if:
+                done = conn.execute(
+                    sa.select(audit_runs.c.id, audit_runs.c.status).join(audit_jobs, audit_jobs.c.run_id == audit_runs.c.id)
+                    .where(audit_jobs.c.key == key, audit_runs.c.status.in_(skip_if)).order_by(audit_runs.c.id.desc())
+                ).first()
+                if done is not None:
+                    return Enqueued(done.id, False, done.status)
+            try:
+                with conn.begin_nested():  # the duplicate's error must not end the outer transaction
+                    run_id = conn.execute(
+                        audit_runs.insert().values(
+                            model=model, version=int(version), task=str(card.get("task", "")),
+                            backbone=str(card.get("backbone", "")), attention=bool(card.get("attention", False)),
+                            backend=backend, attack=attack, status="queued", trigger=trigger, owner="",
+                            started_at=now, config=dict(config), attempt=0,
+                        )
+                    ).inserted_primary_key[0]
+                    conn.execute(audit_jobs.insert().values(
+                        run_id=run_id, key=key, status="queued", priority=PRIORITY.get(trigger, 0), attempts=0,
+                        max_attempts=max_attempts, available_at=now, cancel_requested=False, created_at=now,
+                    ))
+                return Enqueued(int(run_id), True, "queued")
+            except sa.exc.IntegrityError:
+                pass
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(audit_jobs.c.run_id, audit_jobs.c.status).where(audit_jobs.c.key == key, _active_job)
+            ).first()
+        if row is None:  # the other job finished between our insert and this read: ask again
+            return self.enqueue(model=model, version=version, card=card, backend=backend, attack=attack, config=config,
+                                trigger=trigger, max_attempts=max_attempts, skip_if=skip_if)
+        return Enqueued(int(row.run_id), False, row.status)
+
+    def claim(self, lease_seconds: float, *, run_ids: tuple[int, ...] | None = None) -> ClaimedJob | None:
+        """Take the first queued job (by priority, then age; among `run_ids` when given) with a lease;
+        None when there is none. Concurrent workers skip each other's locked rows on PostgreSQL; the
+        conditional update settles it on SQLite."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            query = (
+                sa.select(audit_jobs.c.id, audit_jobs.c.run_id, audit_jobs.c.attempts, audit_jobs.c.max_attempts)
+                .where(audit_jobs.c.status == "queued", audit_jobs.c.available_at <= now)
+                .order_by(audit_jobs.c.priority, audit_jobs.c.id).limit(1).with_for_update(skip_locked=True)
+            )
+            if run_ids is not None:
+                query = query.where(audit_jobs.c.run_id.in_(run_ids))
+            job = conn.execute(query).first()
+            if job is None:
+                return None
+            attempt = job.attempts + 1
+            taken = conn.execute(
+                audit_jobs.update().where(audit_jobs.c.id == job.id, audit_jobs.c.status == "queued").values(
+                    status="running", attempts=attempt, lease_owner=self.owner, lease_expires_at=now + lease_seconds,
+                )
+            )
+            if taken.rowcount != 1:
+                return None
+            conn.execute(audit_runs.update().where(audit_runs.c.id == job.run_id).values(
+                status="running", attempt=attempt, owner=self.owner, started_at=now, error=None,
+                progress_done=None, progress_total=None, progress_eta_seconds=None, progress_at=None,
+            ))
+            run = conn.execute(sa.select(audit_runs).where(audit_runs.c.id == job.run_id)).one()
+        return ClaimedJob(job.id, job.run_id, attempt, job.max_attempts, run.model, int(run.version), run.attack,
+                          run.trigger, dict(run.config))
+
+    def renew(self, job_id: int, lease_seconds: float) -> str:
+        """Extend this worker's lease on a job: "held", "cancel" (held, but its cancellation was
+        asked for) or "lost" (no longer this worker's); the worker stops at its next checkpoint
+        unless it is "held"."""
+        with self.engine.begin() as conn:
+            renewed = conn.execute(
+                audit_jobs.update()
+                .where(audit_jobs.c.id == job_id, audit_jobs.c.status == "running", audit_jobs.c.lease_owner == self.owner)
+                .values(lease_expires_at=time.time() + lease_seconds)
+            )
+            if renewed.rowcount != 1:
+                return "lost"
+            cancel = conn.execute(sa.select(audit_jobs.c.cancel_requested).where(audit_jobs.c.id == job_id)).scalar_one()
+            return "cancel" if cancel else "held"
+
+    def report_progress(self, run_id: int, done: int, total: int, eta_seconds: float | None) -> str:
+        """How far a running run is (the worker calls this at a bounded rate); returns the job's state
+        as `renew` does, so the worker stops at this checkpoint when it is cancelled or not its own."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                audit_runs.update().where(audit_runs.c.id == run_id, audit_runs.c.status == "running")
+                .values(progress_done=done, progress_total=total, progress_eta_seconds=eta_seconds, progress_at=time.time())
+            )
+            job = conn.execute(
+                sa.select(audit_jobs.c.status, audit_jobs.c.lease_owner, audit_jobs.c.cancel_requested)
+                .where(audit_jobs.c.run_id == run_id)
+            ).first()
+        if job is None or job.status != "running" or job.lease_owner != self.owner:
+            return "lost"
+        return "cancel" if job.cancel_requested else "held"
+
+    def _held(self, conn: sa.Connection, run_id: int) -> None:
+        """Lock this run's job if this worker holds it; raises LeaseLost if another has it or it is over."""
+        job = conn.execute(
+            sa.select(audit_jobs.c.status, audit_jobs.c.lease_owner).where(audit_jobs.c.run_id == run_id).with_for_update()
+        ).first()
+        if job is None or job.status != "running" or job.lease_owner != self.owner:
+            raise LeaseLost(f"expected run {run_id}'s job to be running under this worker's lease, found it "
+                            + ("missing" if job is None else f"{job.status} under {job.lease_owner or 'no lease'}"))
+
+    def _end_job(self, conn: sa.Connection, run_id: int) -> None:
+        conn.execute(audit_jobs.update().where(audit_jobs.c.run_id == run_id).values(
+            status="done", lease_owner=None, lease_expires_at=None,
+        ))
+
+    def finish_run(self, run_id: int, result: AuditResult, *, artefacts: str | None = None) -> None:
+        """Every figure of a run and its 'succeeded' status, in one transaction, while this worker holds its job."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            self._held(conn, run_id)
             self._ensure_audit_set(conn, result.audit_set)
             conn.execute(
                 audit_points.insert(),
@@ -446,10 +552,13 @@ class AuditStore:
                     robustness_score=result.robustness_score, sanity_passed=result.sanity_passed, artefacts=artefacts,
                     seed=result.seed, fooled_by=dict(result.fooled_by), audit_set_size=len(result.audit_set),
                     predicted_class_max_share=result.predicted_class_max_share, degenerate=result.degenerate,
+                    progress_done=sa.func.coalesce(audit_runs.c.progress_total, audit_runs.c.progress_done),
+                    progress_eta_seconds=0.0, progress_at=now,
                 )
             )
             if updated.rowcount != 1:
                 raise RunNotFound(f"expected run {run_id} to be running, found it missing or already finished")
+            self._end_job(conn, run_id)
 
     def _ensure_audit_set(self, conn: sa.Connection, s: AuditSet) -> None:
         # Insert unconditionally: two processes finishing the first runs on a new audit set would
@@ -467,45 +576,149 @@ class AuditStore:
         except sa.exc.IntegrityError:
             pass  # the same fingerprint is the same set
 
-    def fail_run(self, run_id: int, error: str, *, duration_seconds: float | None = None) -> None:
-        """Mark a run failed with the reason (its figures, if any were being written, were rolled back)."""
+    def fail_run(self, run_id: int, error: str, *, duration_seconds: float | None = None, status: str = "failed") -> None:
+        """End this worker's run `failed` (or `cancelled`) with the reason; its figures, if any were
+        being written, were rolled back."""
         with self.engine.begin() as conn:
+            self._held(conn, run_id)
             conn.execute(
-                audit_runs.update()
-                .where(audit_runs.c.id == run_id, audit_runs.c.status == "running")
-                .values(status="failed", finished_at=time.time(), duration_seconds=duration_seconds, error=error[:4000])
+                audit_runs.update().where(audit_runs.c.id == run_id, audit_runs.c.status == "running")
+                .values(status=status, finished_at=time.time(), duration_seconds=duration_seconds, error=error[:4000])
             )
+            self._end_job(conn, run_id)
 
-    def fail_owned(self, error: str) -> tuple[int, ...]:
-        """Mark failed every run this process still has running (it is stopping); returns their ids."""
-        now = time.time()
-        with self.engine.begin() as conn:
-            ids = tuple(conn.execute(
-                sa.select(audit_runs.c.id).where(audit_runs.c.owner == self.owner, audit_runs.c.status.in_(ACTIVE))
-            ).scalars())
-            if ids:
-                conn.execute(
-                    audit_runs.update()
-                    .where(audit_runs.c.id.in_(ids), audit_runs.c.status.in_(ACTIVE))
-                    .values(status="failed", finished_at=now, error=error[:4000])
-                )
-        return ids
+    def retry_run(self, run_id: int, error: str, *, delay_seconds: float = 0.0, count_attempt: bool = True) -> str:
+        """Give this worker's job back to the queue (after `delay_seconds`); returns the run's status.
 
-    def fail_interrupted(self) -> tuple[int, ...]:
-        """Mark failed every 'running' run whose process is gone; returns their ids."""
-        now = time.time()
+        A job whose last attempt this was is failed with `error` instead. `count_attempt=False`
+        (the worker is stopping, SIGTERM) does not use up one of the job's tries.
+        """
         with self.engine.begin() as conn:
-            rows = conn.execute(
-                sa.select(audit_runs.c.id, audit_runs.c.owner, audit_runs.c.started_at).where(audit_runs.c.status.in_(ACTIVE))
+            self._held(conn, run_id)
+            job = conn.execute(sa.select(audit_jobs).where(audit_jobs.c.run_id == run_id)).one()
+            if count_attempt and job.attempts >= job.max_attempts:
+                conn.execute(audit_runs.update().where(audit_runs.c.id == run_id).values(
+                    status="failed", finished_at=time.time(),
+                    error=f"gave up after {job.attempts} attempts; the last: {error}"[:4000],
+                ))
+                self._end_job(conn, run_id)
+                return "failed"
+            conn.execute(audit_jobs.update().where(audit_jobs.c.id == job.id).values(
+                status="queued", lease_owner=None, lease_expires_at=None, available_at=time.time() + delay_seconds,
+                attempts=job.attempts if count_attempt else job.attempts - 1,
+            ))
+            conn.execute(audit_runs.update().where(audit_runs.c.id == run_id).values(
+                status="queued", error=f"queued again: {error}"[:4000],
+                attempt=job.attempts if count_attempt else job.attempts - 1,
+            ))
+            return "queued"
+
+    def expire_leases(self) -> dict[int, str]:
+        """Queue again every running job whose lease has expired (its worker stopped or lost the
+        database), or fail it after its last attempt; returns {run id: new status}."""
+        now = time.time()
+        changed: dict[int, str] = {}
+        with self.engine.begin() as conn:
+            expired = conn.execute(
+                sa.select(audit_jobs).where(audit_jobs.c.status == "running", audit_jobs.c.lease_expires_at < now)
+                .with_for_update(skip_locked=True)
             ).all()
-            dead = tuple(r.id for r in rows if _owner_dead(r.owner, r.started_at, now))
-            if dead:
-                conn.execute(
-                    audit_runs.update()
-                    .where(audit_runs.c.id.in_(dead), audit_runs.c.status.in_(ACTIVE))
-                    .values(status="failed", finished_at=now, error="interrupted: the process running it stopped")
+            for job in expired:
+                reason = f"interrupted: the lease of {job.lease_owner} expired (worker stopped or unreachable)"
+                over = job.attempts >= job.max_attempts
+                moved = conn.execute(
+                    audit_jobs.update()
+                    .where(audit_jobs.c.id == job.id, audit_jobs.c.status == "running", audit_jobs.c.lease_expires_at < now)
+                    .values(status="done" if over else "queued", lease_owner=None, lease_expires_at=None, available_at=now)
                 )
-        return dead
+                if moved.rowcount != 1:
+                    continue
+                if over:
+                    values = {"status": "failed", "finished_at": now,
+                              "error": f"gave up after {job.attempts} attempts; the last: {reason}"}
+                else:
+                    values = {"status": "queued", "error": f"{reason}; queued again"}
+                conn.execute(audit_runs.update().where(audit_runs.c.id == job.run_id).values(**values))
+                changed[job.run_id] = values["status"]
+        return changed
+
+    def cancel(self, run_id: int) -> str | None:
+        """Cancel a run: a queued one at once ("cancelled"), a running one at its worker's next
+        checkpoint ("cancelling"); None for a run that has already ended. Raises RunNotFound."""
+        with self.engine.begin() as conn:
+            run = conn.execute(sa.select(audit_runs.c.status).where(audit_runs.c.id == run_id).with_for_update()).first()
+            if run is None:
+                raise RunNotFound(f"no audit run with id {run_id}")
+            if run.status == "queued":
+                conn.execute(audit_runs.update().where(audit_runs.c.id == run_id).values(
+                    status="cancelled", finished_at=time.time(), error="cancelled before it started",
+                ))
+                self._end_job(conn, run_id)
+                return "cancelled"
+            if run.status == "running":
+                conn.execute(audit_jobs.update().where(audit_jobs.c.run_id == run_id).values(cancel_requested=True))
+                return "cancelling"
+            return None
+
+    def hold_lease(self, name: str, seconds: float) -> bool:
+        """Take or renew the named lease for this process; False while another holds it unexpired."""
+        now = time.time()
+        try:
+            with self.engine.begin() as conn:
+                taken = conn.execute(
+                    audit_leases.update()
+                    .where(audit_leases.c.name == name, sa.or_(audit_leases.c.owner == self.owner, audit_leases.c.expires_at < now))
+                    .values(owner=self.owner, expires_at=now + seconds)
+                )
+                if taken.rowcount == 1:
+                    return True
+                if conn.execute(sa.select(audit_leases.c.name).where(audit_leases.c.name == name)).first() is not None:
+                    return False
+                conn.execute(audit_leases.insert().values(name=name, owner=self.owner, expires_at=now + seconds))
+                return True
+        except sa.exc.IntegrityError:  # another process inserted the row first: it holds the lease
+            return False
+
+    def drop_lease(self, name: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(audit_leases.delete().where(audit_leases.c.name == name, audit_leases.c.owner == self.owner))
+
+    def queue_stats(self) -> QueueStats:
+        """Queued and running jobs, failed runs, and how long the oldest queued job has waited."""
+        with self.engine.connect() as conn:
+            jobs = dict(conn.execute(
+                sa.select(audit_jobs.c.status, sa.func.count()).where(_active_job).group_by(audit_jobs.c.status)
+            ).all())
+            failed = conn.execute(sa.select(sa.func.count()).select_from(audit_runs).where(audit_runs.c.status == "failed")).scalar_one()
+            oldest = conn.execute(sa.select(sa.func.min(audit_jobs.c.created_at)).where(audit_jobs.c.status == "queued")).scalar()
+        return QueueStats(int(jobs.get("queued", 0)), int(jobs.get("running", 0)), int(failed),
+                          None if oldest is None else max(0.0, time.time() - oldest))
+
+    def running_progress(self) -> tuple[tuple[str, int, str, int, int], ...]:
+        """(model, version, attack, done, total) of every running run (done and total 0 until counted)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(audit_runs.c.model, audit_runs.c.version, audit_runs.c.attack, audit_runs.c.progress_done,
+                          audit_runs.c.progress_total).where(audit_runs.c.status == "running").order_by(audit_runs.c.id)
+            ).all()
+        return tuple((r[0], int(r[1]), r[2], int(r[3] or 0), int(r[4] or 0)) for r in rows)
+
+    def start_run(
+        self, *, model: str, version: int, card: Mapping[str, Any], backend: str, attack: str,
+        config: Mapping[str, Any], trigger: str = "manual", lease_seconds: float = 3600.0,
+    ) -> int:
+        """Queue one run and claim it for this process at once; returns its id (scripts and tests).
+
+        Raises RuntimeError if the same job is already queued or running elsewhere.
+        """
+        queued = self.enqueue(model=model, version=version, card=card, backend=backend, attack=attack, config=config,
+                              trigger=trigger)
+        if not queued.created:
+            raise RuntimeError(f"expected to queue a new run of {model} version {version}, found run {queued.run_id} {queued.status}")
+        claimed = self.claim(lease_seconds, run_ids=(queued.run_id,))
+        if claimed is None:
+            raise RuntimeError(f"expected to claim run {queued.run_id}, another worker took it first")
+        return claimed.run_id
 
     # -- reading --------------------------------------------------------------------------
     def _record(self, row: Mapping[str, Any], points=(), sanity=()) -> RunRecord:
@@ -529,12 +742,9 @@ class AuditStore:
             sanity = conn.execute(
                 sa.select(audit_sanity).where(audit_sanity.c.run_id == run_id).order_by(audit_sanity.c.check)
             ).all()
-            data = dict(row._mapping)
-            point_rows = [{k: v for k, v in p._mapping.items() if k != "run_id"} for p in points]
-            run_values, point_values = _derived(conn, data, point_rows)  # a run an older process wrote since open
         return self._record(
-            data | run_values,
-            [p | values for p, values in zip(point_rows, point_values)],
+            row._mapping,
+            [{k: v for k, v in p._mapping.items() if k != "run_id"} for p in points],
             [{"check": s.check, "passed": bool(s.passed), "detail": s.detail} for s in sanity],
         )
 
@@ -581,16 +791,10 @@ class AuditStore:
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(audit_runs.c.model, audit_runs.c.status, sa.func.count())
-                .where(audit_runs.c.status != "running")
+                .where(audit_runs.c.status.not_in(JOB_ACTIVE))
                 .group_by(audit_runs.c.model, audit_runs.c.status)
             ).all()
         return {(r[0], r[1]): int(r[2]) for r in rows}
-
-    def audited_versions(self) -> set[tuple[str, int]]:
-        """(model, version) pairs with any run, so a new version is noticed exactly once."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(audit_runs.c.model, audit_runs.c.version).distinct()).all()
-        return {(r[0], int(r[1])) for r in rows}
 
     def partner_run(self, run: RunRecord, *, candidates: int = 20) -> RunRecord | None:
         """The newest succeeded run of the same task and backbone with the other attention setting that is

@@ -9,6 +9,7 @@ inside [0, 1], and misclassified. The counts come from those served predictions 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,9 +90,12 @@ class Level:
 def attack_level(
     name: str, attacker: Attacker, served: ServedModel, images: np.ndarray, labels: np.ndarray,
     clean_logits: np.ndarray, epsilon: float, idx: np.ndarray, config: AttackConfig, *, epsilon_index: int,
-    seed_key: tuple[int, ...] = (),
+    seed_key: tuple[int, ...] = (), tick: Callable[[int], None] | None = None,
 ) -> Level:
-    """Attack images `idx` at one epsilon with restarts, each candidate verified through `serving_default`."""
+    """Attack images `idx` at one epsilon with restarts, each candidate verified through `serving_default`.
+
+    `tick(images)` is called after every batch (the images of the first restart count; later ones
+    count 0): the caller's progress and its checkpoint, which may raise to stop the attack."""
     fooled_idx, examples, classes, progress = [], [], [], []
     rejected = 0
     remaining = idx
@@ -115,6 +119,8 @@ def attack_level(
             examples.append(candidate[hit])
             classes.append(predicted[hit])
             still.append(batch[~hit])
+            if tick is not None:
+                tick(len(batch) if restart == 0 else 0)
         remaining = np.concatenate(still) if still else remaining[:0]
         if len(remaining) == 0:
             break
@@ -135,8 +141,10 @@ def nested_sweep(
     *,
     progress: bool = False,
     description: str = "",
+    tick: Callable[[int], None] | None = None,
 ) -> Sweep:
-    """One attack (or the ensemble's attacks in turn) over the grid, nested."""
+    """One attack (or the ensemble's attacks in turn) over the grid, nested; `tick` counts the
+    images done at each epsilon (those not attacked at once, the attacked as their batches end)."""
     from tqdm import tqdm
 
     correct = clean_class == labels
@@ -157,6 +165,8 @@ def nested_sweep(
         idx = np.flatnonzero(correct & (fooled_at == NEVER))
         bar.set_postfix(eps=config.epsilons[index], standing=f"{len(idx)}/{n}")
         attacked.append(len(idx))
+        if tick is not None:
+            tick(n - len(idx))
         newly = 0
         for stage_number, stage in enumerate(stages(name)):
             if len(idx) == 0:
@@ -164,6 +174,7 @@ def nested_sweep(
             level = attack_level(
                 stage, attacker, served, images, labels, clean_logits, epsilon, idx, config,
                 epsilon_index=index, seed_key=(stage_number,),
+                tick=None if tick is None else tick if stage_number == 0 else lambda _images: tick(0),
             )
             rejected += level.rejected
             margins.extend(level.progress)
@@ -183,11 +194,18 @@ def nested_sweep(
     )
 
 
+def sweep_work(images: int, config: AttackConfig) -> int:
+    """Images x epsilons a sweep goes through: the attack's grid, and the noise reference's when on."""
+    passes = 2 if config.noise_check and config.attack != "uniform_noise" else 1
+    return images * len(config.epsilons) * passes
+
+
 def run_sweep(
     served: ServedModel, images: np.ndarray, labels: np.ndarray, config: AttackConfig, *, progress: bool = False,
-    attacker: Attacker | None = None,
+    attacker: Attacker | None = None, tick: Callable[[int], None] | None = None,
 ) -> Sweep:
-    """The configured attack over the grid, plus the uniform-noise reference unless disabled."""
+    """The configured attack over the grid, plus the uniform-noise reference unless disabled;
+    `tick` counts `sweep_work(len(images), config)` images x epsilons in all."""
     import tensorflow as tf
 
     tf.random.set_seed(config.seed)  # Foolbox's random starts and the noise reference draw from TensorFlow
@@ -198,12 +216,12 @@ def run_sweep(
     attacker = Attacker(served, config) if attacker is None else attacker
     sweep = nested_sweep(
         config.attack, attacker, served, images, labels, clean_logits, clean_class, config, progress=progress,
-        description=f"{served.model} v{served.version} {config.attack}",
+        description=f"{served.model} v{served.version} {config.attack}", tick=tick,
     )
     if config.noise_check and config.attack != NOISE_REFERENCE:
         noise = nested_sweep(
             NOISE_REFERENCE, attacker, served, images, labels, clean_logits, clean_class, config, progress=progress,
-            description=f"{served.model} v{served.version} noise reference",
+            description=f"{served.model} v{served.version} noise reference", tick=tick,
         )
         sweep = Sweep(**{**sweep.__dict__, "noise_fooled_at": noise.fooled_at})
     return sweep

@@ -9,6 +9,21 @@ from pathlib import Path
 from typing import Any
 
 from audit.store import AuditStore, RunNotFound, RunRecord
+from training.contract.errors import HttpError
+
+
+class AuditInProgress(HttpError):
+    """The same audit is already queued or running (the API answers 409 with its run)."""
+
+    code = "audit_in_progress"
+    http_status = 409
+
+
+class AuditFinished(HttpError):
+    """A finished run cannot be cancelled (409)."""
+
+    code = "audit_finished"
+    http_status = 409
 
 
 @dataclass(frozen=True)
@@ -24,23 +39,45 @@ class AuditPage:
 
 @dataclass(frozen=True)
 class StoreReader:
-    """Runs from `store`; `runner` (None beside a separate audit worker) starts new ones; `coverage`
-    (None: not known here) lists every served model's audit set (audit.audit_sets.Coverage)."""
+    """Runs from `store`; `enqueuer` (an `audit.jobs.Enqueuer`; None beside a separate audit worker,
+    whose front end has no audit configuration) queues new ones."""
 
     store: AuditStore
     artefacts_dir: Path
-    runner: Any = None
-    coverage: Callable[[], Any] | None = None
+    enqueuer: Any = None
+    coverage: Callable[[], Any] | None = None  # every served model's audit set (audit.audit_sets.Coverage); None: not known here
 
     @property
     def can_submit(self) -> bool:
-        return self.runner is not None
+        return self.enqueuer is not None
 
     def submit(self, model: str) -> int:
-        """Start an audit of `model`; raises AuditInProgress (409) while one runs."""
-        if self.runner is None:
-            raise RuntimeError("expected a runner to start audits, got none; check can_submit first")
-        return self.runner.submit(model, trigger="api")
+        """Queue an audit of `model` (a job per configured attack); returns the first run's id.
+
+        Raises AuditInProgress (409) when that audit is already queued or running."""
+        if self.enqueuer is None:
+            raise RuntimeError("expected an enqueuer to queue audits, got none; check can_submit first")
+        queued = self.enqueuer.enqueue_all("api", models=(model,))
+        created = [q for q in queued if q.created]
+        if not created:
+            there = next((q for q in queued if q.run_id is not None), None)
+            if there is None:
+                raise AuditInProgress(f"no audit set for model {model!r}: nothing queued", code="no_audit_set", http_status=422)
+            raise AuditInProgress(f"model {model!r} version {there.version} is already {there.status} (run {there.run_id})")
+        return created[0].run_id
+
+    def cancel(self, run_id: int) -> str | None:
+        """Cancel a queued or running run: "cancelled" or "cancelling"; None if there is no such run.
+
+        Raises AuditFinished (409) for a run that has already ended."""
+        try:
+            status = self.store.cancel(run_id)
+        except RunNotFound:
+            return None
+        if status is None:
+            ended = self.store.get_run(run_id).status
+            raise AuditFinished(f"run {run_id} has already ended ({ended}); only a queued or running run can be cancelled")
+        return status
 
     def unauditable(self) -> list[dict[str, str]]:
         """The served models no audit set covers ({"model", "task"}): never audited until one is named."""
@@ -49,7 +86,8 @@ class StoreReader:
         return [{"model": c.model, "task": c.task} for c in self.coverage() if c.dataset is None]
 
     def active(self) -> dict[str, int]:
-        return self.runner.active() if self.runner is not None else {}
+        """Models being audited now, with their running run's id."""
+        return {r.model: r.id for r in reversed(self.store.list_runs(status="running"))}
 
     def list_runs(self, *, model: str | None = None, status: str | None = None, limit: int = 100) -> tuple[RunRecord, ...]:
         return self.store.list_runs(model=model, status=status, limit=limit)

@@ -20,7 +20,7 @@ from training.contract.card import package_version
 
 # Order here is the order `medrobust --help` lists the commands in.
 _COMMAND_MODULES = tuple(
-    f"medrobust.commands.{name}" for name in ("train", "serve", "audit", "up", "reproduce")
+    f"medrobust.commands.{name}" for name in ("train", "serve", "audit", "db", "up", "reproduce")
 )
 
 

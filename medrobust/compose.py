@@ -1,4 +1,4 @@
-"""The composition root: the only code that builds predictors, stores, runners, schedulers, metrics and
+"""The composition root: the only code that builds predictors, stores, runners, workers, metrics and
 the app from a configuration. `up`, the commands, gunicorn's entry and `reproduce` call it.
 
 Everything below the command package takes its collaborators as arguments; this module decides
@@ -70,7 +70,7 @@ def build_audit_predictor(config: AuditConfig):
 
 @dataclass(frozen=True)
 class AuditStack:
-    """The audit's parts, wired: `worker` is None unless asked for (`medrobust audit run` needs none)."""
+    """The audit's parts, wired: `worker` is None unless asked for (`audit run` and `audit enqueue` need none)."""
 
     config: AuditConfig
     predictor: Any
@@ -78,26 +78,24 @@ class AuditStack:
     registry: Any
     metrics: Any  # the AuditCollector registered in `registry`, or None
     runner: Any
+    enqueuer: Any
     audit_sets: Any
     worker: Any = None
 
     def reader(self):
-        """The Audits pages' view of this stack (`service.audits_web.AuditReader`), able to start runs."""
+        """The Audits pages' view of this stack (`service.audits_web.AuditReader`), able to queue runs."""
         from audit.web_reader import StoreReader
 
-        return StoreReader(self.store, self.config.artefacts_dir, self.runner, coverage=self.coverage)
+        return StoreReader(self.store, self.config.artefacts_dir, self.enqueuer, coverage=self.coverage)
 
     def coverage(self):
         """Every served model's audit set (audit.audit_sets.Coverage), as `medrobust audit sets` lists them."""
         return self.audit_sets.coverage((info.name, info.card) for info in self.predictor.list_models())
 
-    def close(self, *, reason: str = "interrupted: the process stopped before the run finished") -> None:
-        """Stop the worker and mark this process's unfinished runs failed, so none stays `running`."""
+    def close(self) -> None:
+        """Stop the worker: its running jobs go back to the queue (their leases would expire anyway)."""
         if self.worker is not None:
             self.worker.stop()
-        failed = self.store.fail_owned(reason)
-        if failed:
-            log.warning("runs %s marked failed: %s", ", ".join(map(str, failed)), reason)
         self.predictor.close()
         self.store.close()
 
@@ -110,31 +108,41 @@ def build_audit_stack(
     worker: bool = False,
     metrics: bool = True,
     load_dataset: Callable | None = None,
+    audit_set_for: Callable | None = None,
 ) -> AuditStack:
-    """Store, audit sets, runner, the metrics collector and, with `worker`, the scheduled worker.
+    """Store (migrated to this code's schema), audit sets, runner, enqueuer, the metrics collector
+    and, with `worker`, the scheduled worker.
 
-    `predictor` defaults to the backend `config` names; `registry` to a fresh one (pass the front
-    end's to show the audit's figures on its /metrics too). Raises ValueError for an unusable
-    audit-sets file.
+    `predictor` defaults to the backend `config` names, behind the `max_rps` ceiling when one is
+    set; `registry` to a fresh one (pass the front end's to show the audit's figures on its
+    /metrics too), read from the store at scrape time. `audit_set_for(card)` names a model's audit
+    set (default: the audit-sets file, then --dataset, then the card's own training data). Raises
+    ValueError for an unusable audit-sets file.
     """
     from prometheus_client import CollectorRegistry
 
     from audit.audit_sets import load_audit_sets
+    from audit.jobs import Enqueuer
     from audit.runner import AuditRunner
     from audit.store import AuditStore
 
     audit_sets = load_audit_sets(config.audit_sets, config.dataset)
     predictor = predictor if predictor is not None else build_audit_predictor(config)
+    if config.max_rps:
+        from audit.ratelimit import RateLimitedPredictor, TokenBucket
+
+        predictor = RateLimitedPredictor(predictor, TokenBucket(config.max_rps))
     registry = registry if registry is not None else CollectorRegistry()
     store = AuditStore(config.database_url, wait_seconds=config.database_wait_seconds)
     collector = register_audit_collector(registry, store, audit_sets, served=predictor.list_models) if metrics else None
-    runner = AuditRunner(config, predictor, store, load_dataset=load_dataset, audit_set_for=audit_sets.audit_set_for)
+    runner = AuditRunner(config, predictor, store, load_dataset=load_dataset)
+    enqueuer = Enqueuer(config, predictor, store, runner, audit_set_for or audit_sets.audit_set_for)
     scheduled = None
     if worker:
         from audit.scheduler import AuditWorker
 
-        scheduled = AuditWorker(config, runner, registry)
-    return AuditStack(config, predictor, store, registry, collector, runner, audit_sets, scheduled)
+        scheduled = AuditWorker(config, runner, enqueuer, registry)
+    return AuditStack(config, predictor, store, registry, collector, runner, enqueuer, audit_sets, scheduled)
 
 
 def register_audit_collector(registry, store, audit_sets, *, served: Callable[[], Any] | None):
@@ -171,8 +179,9 @@ def service_audit_sets(config: ServiceConfig):
 def build_audit_reader(config: ServiceConfig, *, served: Callable[[], Any] | None = None):
     """A read-only view of the store a separate audit worker writes (None without a store).
 
-    No runner (POST answers 503) and no recovery of 'running' rows: those belong to the worker.
-    With `served` (the served models), it also names those whose task has no audit set.
+    Never migrates: it waits for a writer to bring the schema to the one it reads, and refuses
+    clearly if none does. Without an enqueuer, POST answers 503. With `served` (the served models),
+    it also names those whose task has no audit set.
     """
     if not config.database_url:
         return None
@@ -180,7 +189,7 @@ def build_audit_reader(config: ServiceConfig, *, served: Callable[[], Any] | Non
     from audit.web_reader import StoreReader
 
     artefacts = config.audit_artefacts or default_of(AuditConfig, "artefacts_dir")
-    store = AuditStore(config.database_url, recover=False, wait_seconds=config.database_wait_seconds)
+    store = AuditStore(config.database_url, migrate=False, wait_seconds=config.database_wait_seconds)
     coverage = None
     audit_sets = service_audit_sets(config)
     if served is not None and audit_sets is not None:
@@ -220,6 +229,6 @@ def register_master_audit_collector(config: ServiceConfig, registry) -> None:
         return
     from audit.store import AuditStore
 
-    store = AuditStore(config.database_url, recover=False, wait_seconds=config.database_wait_seconds)
+    store = AuditStore(config.database_url, migrate=False, wait_seconds=config.database_wait_seconds)
     served = repository_models(config.model_repo) if config.model_repo is not None else None
     register_audit_collector(registry, store, service_audit_sets(config), served=served)

@@ -3,8 +3,8 @@
 `audits_extension(reader)` returns the `ext(app)` callable that `create_app` takes. The front end
 reads runs through the small `AuditReader` interface below, which the composition root builds over
 the audit store (`audit.web_reader.StoreReader`): the front end never imports the audit. A reader
-that cannot submit (a front end beside a separate audit worker) lists and shows runs but answers
-POST with 503.
+that cannot submit (a front end beside a separate audit worker) lists, shows and cancels runs but
+answers POST with 503.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ class AuditReader(Protocol):
     can_submit: bool
 
     def submit(self, model: str) -> int: ...
+
+    def cancel(self, run_id: int) -> str | None: ...  # "cancelled" or "cancelling"; None: no such run
 
     def active(self) -> dict[str, int]: ...
 
@@ -94,9 +96,21 @@ OPENAPI_PATHS = {
     },
     "/api/v1/audits/{run_id}": {
         "get": {
-            "summary": "One run with its per-epsilon points and sanity checks", "operationId": "getAudit",
+            "summary": "One run with its per-epsilon points, sanity checks and progress", "operationId": "getAudit",
             "parameters": [{"name": "run_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}],
             "responses": {"200": _RUN, "401": _ERROR, "404": _ERROR},
+        },
+        "delete": {
+            "summary": "Cancel a queued or running run (admin token)", "operationId": "deleteAudit",
+            "parameters": [{"name": "run_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+            "responses": {"202": _RUN, "401": _ERROR, "403": _ERROR, "404": _ERROR, "409": _ERROR},
+        },
+    },
+    "/api/v1/audits/{run_id}/cancel": {
+        "post": {
+            "summary": "Cancel a queued or running run (admin token)", "operationId": "cancelAudit",
+            "parameters": [{"name": "run_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+            "responses": {"202": _RUN, "401": _ERROR, "403": _ERROR, "404": _ERROR, "409": _ERROR},
         },
     },
 }
@@ -104,16 +118,29 @@ OPENAPI_PATHS = {
 @bp.post("/api/v1/audits")
 @require_admin
 def start_audit():
-    """Run an audit of one model now: 202 with the run id, 409 while that model is being audited."""
+    """Queue an audit of one model now: 202 with the run id, 409 while the same audit is queued or running."""
     reader = _reader()
     if not reader.can_submit:
         return api_error("audits_unavailable", "this front end has no audit runner; run `medrobust audit worker` or `medrobust up`", 503)
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or not isinstance(body.get("model"), str) or not body["model"]:
         return api_error("invalid_request", f"expected a JSON body {{\"model\": NAME}}, got {request.get_data(as_text=True)[:200]!r}", 400)
-    run_id = reader.submit(body["model"])  # a run already under way answers 409 (an HttpError)
-    response = {"run_id": run_id, "status": "running", "url": url_for("audits.get_audit", run_id=run_id)}
+    run_id = reader.submit(body["model"])  # the same audit queued or running answers 409 (an HttpError)
+    response = {"run_id": run_id, "status": "queued", "url": url_for("audits.get_audit", run_id=run_id)}
     return response, 202, {"Location": response["url"]}
+
+
+@bp.post("/api/v1/audits/<int:run_id>/cancel")
+@bp.delete("/api/v1/audits/<int:run_id>")
+@require_admin
+def cancel_audit(run_id: int):
+    """Cancel a run: a queued one at once (`cancelled`), a running one at its worker's next checkpoint
+    (`cancelling`); 409 for a run that has ended."""
+    status = _reader().cancel(run_id)  # an ended run answers 409 (an HttpError)
+    if status is None:
+        return api_error("audit_not_found", f"expected the id of a stored audit run, got {run_id}", 404)
+    response = {"run_id": run_id, "status": status, "url": url_for("audits.get_audit", run_id=run_id)}
+    return response, 202
 
 
 @bp.get("/api/v1/audits")

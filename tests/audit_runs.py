@@ -53,3 +53,4 @@ def one_class_result(model="demo-resnet50-attention", version=1, attention=True,
         seconds=2.0, seed=7, fooled_by={"apgd-ce": 0, "square": 0},
     )
     return AuditResult(**{**fields, **changes})
+

@@ -64,6 +64,11 @@ METRIC_LABELS: Mapping[str, frozenset[str]] = {
     "medrobust_audit_last_success_timestamp_seconds": frozenset({"model"}),
     "medrobust_audit_sanity_check_failed": frozenset({"model", "version", "attack", "check"}),
     "medrobust_audit_unauditable": frozenset({"model", "task"}),
+    "medrobust_audit_jobs_queued": frozenset(),
+    "medrobust_audit_jobs_running": frozenset(),
+    "medrobust_audit_jobs_failed": frozenset(),
+    "medrobust_audit_oldest_queued_job_age_seconds": frozenset(),
+    "medrobust_audit_progress_ratio": frozenset({"model", "version", "attack"}),
 }
 AUDIT_METRICS = frozenset(name for name in METRIC_LABELS if name.startswith("medrobust_audit_"))
 _VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\[\[(\w+)\]\]|\$(\w+)")

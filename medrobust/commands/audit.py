@@ -1,4 +1,4 @@
-"""`medrobust audit run|worker|report` (no heavy imports at import time)."""
+"""`medrobust audit run|worker|enqueue|report` (no heavy imports at import time)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from medrobust.commands import positive_int
 from training.contract.attacks import attack_names
@@ -50,23 +51,33 @@ def _common(parser: argparse.ArgumentParser, *, models: bool = True) -> None:
     parser.add_argument("--batch-size", type=positive_int, help=f"images per request to the model server (default {_attack('batch_size')})")
     parser.add_argument("--seed", type=int, help="seed of the audit set, the dataset split and the attacks' random draws (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--max-rps", type=float, metavar="N",
+                        help="at most N calls a second to the model server from this process (MEDROBUST_AUDIT_MAX_RPS; default: no ceiling)")
 
 
 def register(subparsers) -> None:
     audit = subparsers.add_parser("audit", help="attack the served models with PGD and record their robust accuracy")
     sub = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
 
-    run = sub.add_parser("run", help="one audit run of each model now (for cron or a Kubernetes CronJob)")
+    run = sub.add_parser("run", help="queue an audit of each model and carry it out in this process now (for cron or a Kubernetes CronJob)")
     _common(run)
     run.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     run.set_defaults(handler=_run, check=config_from_args)
 
-    worker = sub.add_parser("worker", help="audit on a schedule and on every new version; serve /metrics")
+    worker = sub.add_parser("worker", help="carry out queued audits; queue them on a schedule and for every new version; serve /metrics")
     _common(worker)
     worker.add_argument("--schedule", help=f"5-field cron expression (default: MEDROBUST_AUDIT_SCHEDULE or {_audit('schedule')!r})")
     worker.add_argument("--metrics-port", type=int,
                         help=f"port of /metrics and /healthz (default: MEDROBUST_AUDIT_METRICS_PORT or {_audit('metrics_port')})")
-    worker.add_argument("--now", action="store_true", help="also audit every model at start")
+    worker.add_argument("--now", action="store_true",
+                        help="also queue every model at start (versions with a finished audit under the same settings are skipped)")
+    worker.add_argument("--concurrency", type=positive_int,
+                        help=f"jobs carried out at once (MEDROBUST_AUDIT_CONCURRENCY, default {_audit('concurrency')})")
+    worker.add_argument("--lease-seconds", type=float,
+                        help="a claimed job returns to the queue this long after its worker's last heartbeat "
+                             f"(MEDROBUST_AUDIT_LEASE_SECONDS, default {_audit('lease_seconds'):g})")
+    worker.add_argument("--max-attempts", type=positive_int,
+                        help=f"tries of a job before it is failed (MEDROBUST_AUDIT_MAX_ATTEMPTS, default {_audit('max_attempts')})")
     worker.set_defaults(handler=_worker, check=config_from_args)
 
     sets = sub.add_parser("sets", help="each task's audit set, where it comes from, and the served models it covers")
@@ -78,6 +89,11 @@ def register(subparsers) -> None:
     sets.add_argument("--audit-sets", type=Path, metavar="FILE", help="TOML file of each task's audit set (default: MEDROBUST_AUDIT_SETS)")
     sets.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     sets.set_defaults(handler=_sets)
+
+    enqueue = sub.add_parser("enqueue", help="queue audits for the workers (the same audit is never queued twice)")
+    _common(enqueue)
+    enqueue.add_argument("--json", action="store_true", help="print one JSON document")
+    enqueue.set_defaults(handler=_enqueue)
 
     report = sub.add_parser("report", help="write the figures and HTML page of a stored run")
     report.add_argument("run_id", type=int, metavar="RUN_ID", help="the run's id, as `audit run` and the Audits page show it")
@@ -145,12 +161,81 @@ def _table(result, run_id: int) -> str:
     return "\n".join(lines)
 
 
+class _Terminal:
+    """How far each run is, on the terminal: a tqdm bar on a TTY, else one line per stage (an
+    epsilon of the attack, or of the noise reference)."""
+
+    def __init__(self, config: AuditConfig, label: str):
+        self.label = label
+        attack = config.attack
+        self.stages = len(attack.epsilons) * (2 if attack.noise_check and attack.attack != "uniform_noise" else 1)
+        self.bar: Any = None  # a tqdm bar, made on the first step
+        self.stage = -1
+
+    def __call__(self, step) -> None:
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            if self.bar is None:
+                self.bar = tqdm(total=step.total, desc=self.label, unit="img*eps", leave=False)
+            self.bar.update(step.done - self.bar.n)
+            return
+        stage = step.done * self.stages // step.total if step.total else 0
+        if stage > self.stage:
+            self.stage = stage
+            eta = "" if step.eta_seconds is None else f", about {step.eta_seconds:.0f} s left"
+            print(f"run {step.run_id}: {self.label}: {step.done}/{step.total} images x epsilons ({step.done / step.total:.0%}){eta}",
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _stop_on_signals():
+    """An event set by SIGINT or SIGTERM: the audit gives its job back at its next checkpoint."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    # Both signals get a handler, before anything starts: a process started in the background
+    # (`cmd &`) inherits SIGINT ignored, so Ctrl-C or `kill -INT` must not rely on Python's
+    # default KeyboardInterrupt.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def _wait_for(store, run_id: int, stop):
+    """A run another worker carries out, once it has ended (it may be given back and taken again)."""
+    while (record := store.get_run(run_id)).status in ("queued", "running") and not stop.wait(2.0):
+        pass
+    return record
+
+
+def _carry_out(stack, run_id: int, stop, show):
+    """Carry out one queued run here until it ends: a job given back after a transient error is
+    claimed again once its back-off has passed. Returns (status, audit or None)."""
+    store, lease = stack.store, stack.config.lease_seconds
+    job = store.claim(lease, run_ids=(run_id,))
+    if job is None:  # the same audit is under way in a worker: its outcome is this command's
+        print(f"run {run_id}: being audited by a worker; waiting for it", file=sys.stderr, flush=True)
+        return _wait_for(store, run_id, stop).status, None
+    while True:
+        outcome = stack.runner.carry_out(job, stop=stop, show=show)
+        if outcome.status != "queued" or stop.is_set():
+            return outcome.status, outcome.audit
+        print(f"run {run_id}: {outcome.error}; trying again", file=sys.stderr, flush=True)
+        while (job := store.claim(lease, run_ids=(run_id,))) is None:
+            if stop.wait(1.0) or store.get_run(run_id).status != "queued":
+                return store.get_run(run_id).status, None
+
+
 def _run(args: argparse.Namespace) -> int:
-    from audit.runner import NoAuditSet
     from medrobust.commands import UsageError
 
     stack = _build(args)
-    config, predictor, store, runner = stack.config, stack.predictor, stack.store, stack.runner
+    config, predictor, store = stack.config, stack.predictor, stack.store
     served = tuple(m.name for m in predictor.list_models())
     models = config.models or served
     unknown = sorted(set(models) - set(served))
@@ -158,54 +243,75 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"expected models among the served ones ({', '.join(served) or 'none'}), got {', '.join(unknown)}")
     if not models:
         raise UsageError("no models are served: nothing to audit")
+    stop = _stop_on_signals()
     documents, failed = [], 0
-    for model in models:
-        for attack in config.attacks:
-            try:
-                run_id, audit = runner.run(model, trigger="cli", attack=attack)
-            except NoAuditSet as exc:  # not audited on another task's data; said, and counted as a failure
-                failed += 1
-                documents.append({"model": model, "attack": attack, "status": "unauditable", "error": str(exc)})
-                if not args.json:
-                    print(f"{model} {attack} NOT AUDITED: {exc}", file=sys.stderr)
-                continue
-            if audit is None:
-                failed += 1
-                record = store.get_run(run_id)
-                documents.append(
-                    {"run_id": run_id, "model": model, "attack": attack, "status": "failed", "error": record.error}
-                )
-                if not args.json:
-                    print(f"run {run_id}: {model} {attack} FAILED: {record.error}", file=sys.stderr)
-                continue
-            documents.append({"status": "succeeded", **audit.result.to_json(run_id)})
+    for queued in stack.enqueuer.enqueue_all("cli", models=tuple(models)):
+        model, attack, run_id = queued.model, queued.attack, queued.run_id
+        if stop.is_set():
+            break
+        if run_id is None:
+            failed += 1
+            # Not audited on another task's data: said, and counted as a failure.
+            error = f"no audit set for the task of {model!r} (name one in the audit-sets file, or --dataset)"
+            documents.append({"run_id": None, "model": model, "attack": attack, "status": "unauditable", "error": error})
             if not args.json:
-                print(_table(audit.result, run_id))
+                print(f"{model} {attack} NOT AUDITED: {error}", file=sys.stderr)
+            continue
+        terminal = _Terminal(config.with_(attack=config.attack_config(attack)), f"{model} v{queued.version} {attack}")
+        status, audit = _carry_out(stack, run_id, stop, None if args.no_progress else terminal)
+        terminal.close()
+        if audit is None:
+            failed += 1
+            record = store.get_run(run_id)
+            documents.append({"run_id": run_id, "model": model, "attack": attack, "status": record.status, "error": record.error})
+            if not args.json:
+                print(f"run {run_id}: {model} {attack} {record.status.upper()}: {record.error}", file=sys.stderr)
+            continue
+        documents.append({"status": status, **audit.result.to_json(run_id)})
+        if not args.json:
+            print(_table(audit.result, run_id))
     if args.json:
         print(json.dumps({"runs": documents}, default=list))
     stack.close()
+    if stop.is_set():
+        print("audit run: stopped; unfinished runs are back in the queue", file=sys.stderr)
+        return 130
     return 1 if failed else 0
 
 
 def _worker(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-
     stack = _build(args, worker=True)
-    stop = threading.Event()
-    # Both signals get a handler, before anything starts: a worker started in the background
-    # (`cmd &`) inherits SIGINT ignored, so Ctrl-C or `kill -INT` must not rely on Python's
-    # default KeyboardInterrupt.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = _stop_on_signals()
     worker = stack.worker
     worker.start(audit_now=args.now)
-    metrics = f"http://{stack.config.metrics_host}:{worker.metrics_port}/metrics"
-    print(f"audit worker: schedule {stack.config.schedule!r}, metrics on {metrics}", flush=True)
+    config = stack.config
+    print(f"audit worker: schedule {config.schedule!r}, {config.concurrency} job(s) at a time"
+          f"{f', at most {config.max_rps:g} calls/s' if config.max_rps else ''}, lease {config.lease_seconds:g} s, "
+          f"metrics on http://{config.metrics_host}:{worker.metrics_port}/metrics", flush=True)
     while not stop.wait(1.0):
         pass
-    print("audit worker: stopping", flush=True)
-    stack.close(reason="interrupted: the audit worker was stopped (SIGTERM or SIGINT) before the run finished")
+    print("audit worker: stopping (running jobs go back to the queue)", flush=True)
+    stack.close()
+    return 0
+
+
+def _enqueue(args: argparse.Namespace) -> int:
+    from medrobust.commands import UsageError
+
+    stack = _build(args)
+    try:
+        served = tuple(m.name for m in stack.predictor.list_models())
+        unknown = sorted(set(stack.config.models) - set(served))
+        if unknown:
+            raise UsageError(f"expected models among the served ones ({', '.join(served) or 'none'}), got {', '.join(unknown)}")
+        queued = stack.enqueuer.enqueue_all("cli", models=stack.config.models or served)
+    finally:
+        stack.close()
+    if args.json:
+        print(json.dumps({"jobs": [q.__dict__ for q in queued]}))
+    for q in queued if not args.json else ():
+        what = "queued" if q.created else f"already {q.status}" if q.run_id is not None else "not queued: no audit set"
+        print(f"run {q.run_id}: {q.model} v{q.version} {q.attack}: {what}")
     return 0
 
 
@@ -251,7 +357,7 @@ def _report(args: argparse.Namespace) -> int:
     from medrobust.commands import UsageError
 
     config = config_from_args(args)
-    store = AuditStore(config.database_url, recover=False)
+    store = AuditStore(config.database_url, migrate=False)
     try:
         page = write_report(store, args.run_id, artefacts_root=config.artefacts_dir, out_dir=args.out)
     except (RunNotFound, ValueError) as exc:

@@ -75,15 +75,18 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _wait_for_the_audit_database(config) -> None:
-    """Wait for the Audits pages' database here, before gunicorn starts: a server that never comes
-    up is then one line and exit 1, not a traceback in every worker's boot."""
+    """Wait for the Audits pages' database, and for a writer to bring its schema to the one this
+    front end reads, here, before gunicorn starts: a server that never comes up, or a schema nobody
+    upgrades, is then one line and exit 1, not a traceback in every worker's boot."""
+    from audit.migrate import SchemaOutdated, wait_for_schema
     from audit.store import StoreUnavailable, make_engine, wait_for_database
     from medrobust.commands import StartupError
 
     engine = make_engine(config.database_url)
     try:
         wait_for_database(engine, config.database_wait_seconds)
-    except StoreUnavailable as exc:
+        wait_for_schema(engine, config.database_wait_seconds)
+    except (StoreUnavailable, SchemaOutdated) as exc:
         raise StartupError(str(exc)) from None
     finally:
         engine.dispose()

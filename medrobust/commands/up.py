@@ -242,7 +242,8 @@ def _print_urls(service: ServiceConfig, audit: AuditConfig, metrics_port: int, a
         f"  metrics        http://{host}:{metrics_port}/metrics  (front end and audit)\n"
         f"  health         {base}/healthz  and  http://{host}:{metrics_port}/healthz\n"
         f"  audit schedule {audit.schedule!r} (MEDROBUST_AUDIT_SCHEDULE), first audit "
-        f"{'running now' if audit_now else 'skipped'}; store {audit.database_url}\n"
+        f"{'queued now (versions audited before under the same settings are skipped)' if audit_now else 'skipped'}; "
+        f"store {audit.database_url}\n"
         + (f"  admin token    {admin.token}   (kept in {admin.path}; set {env_name(ServiceConfig, 'admin_token')} "
            "to choose one)\n" if admin.path is not None else "")
         + "Ctrl-C stops everything.",

@@ -13,6 +13,7 @@ the stored run would audit the version again, and the runs would change.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pytest
@@ -105,7 +106,7 @@ def _finished_runs(database: Database, worker: Container) -> list[tuple[str, ...
     """The stored runs once none is running (empty until then); fails at once if the worker exits."""
     assert worker.state().get("Running"), f"expected the worker to keep running:\n{worker.logs()}"
     runs, _ = database.stored()
-    return runs if runs and all(run[3] != "running" for run in runs) else []
+    return runs if runs and all(run[3] not in ("queued", "running") for run in runs) else []
 
 
 def _robust_accuracy(worker: Container, port: int, model: str) -> dict[str, float]:
@@ -122,7 +123,7 @@ def _runs_counted(worker: Container, port: int) -> dict[tuple[str, str], float]:
 
 
 def test_the_workers_runs_survive_restarts_of_the_worker_and_of_the_database(start, postgres_image, tiny_repo):
-    audited, other = tiny_repo.attention, tiny_repo.baseline
+    audited = tiny_repo.attention
     database_port, port = free_ports(2)
     database = _start_database(start, postgres_image.tag, database_port)
     worker = _start_worker(start, tiny_repo, database, audited, port)
@@ -141,11 +142,11 @@ def test_the_workers_runs_survive_restarts_of_the_worker_and_of_the_database(sta
     assert _robust_accuracy(worker, port, audited) == figures, worker.logs()
     counted = _runs_counted(worker, port)
     assert counted.get((audited, "succeeded")) == 1.0, f"expected one succeeded run of {audited} counted, got {counted}"
-    # Only a poll declares a model that has no run: the served models are polled in name order
-    # (the repository's), `audited` first, so once `other` is declared the restarted worker has
-    # decided whether to audit `audited` again, and would have stored that run's row already.
-    wait_until(lambda: (other, "succeeded") in _runs_counted(worker, port), seconds=60,
-               expected=f"a new-version poll of the restarted worker (it declares {other})", context=worker.logs)
+    # The restarted worker holds the schedule's lease once its first new-version poll has run, and
+    # that poll has then decided whether to queue `audited` again (it must not: its version has a
+    # finished audit under the same settings), and would have stored that run's row already.
+    wait_until(lambda: json.loads(worker.wait_for(port, "/healthz"))["schedule_holder"], seconds=60,
+               expected="a new-version poll of the restarted worker", context=worker.logs)
     assert database.stored() == stored, f"expected the stored runs unchanged by the worker's restart:\n{worker.logs()}"
 
     database.container.restart()

@@ -118,3 +118,22 @@ def test_audit_run_against_tf_serving_refuses_a_model_it_does_not_serve(tiny_rep
     assert code == 2
     err = capsys.readouterr().err
     assert "expected models among the served ones" in err and tiny_repo.baseline in err
+
+
+def test_audit_enqueue_queues_each_job_once_and_run_says_when_the_split_caps_the_samples(tiny_repo, tmp_path, capsys, caplog):
+    url = f"sqlite:///{tmp_path / 'a.sqlite'}"
+    common = ["--model-repo", str(tiny_repo.path), "--dataset", tiny_repo.dataset_spec, "--database-url", url,
+              "--samples", "500", "--epsilons", "0", "--steps", "1", "--models", tiny_repo.baseline]
+    assert main(["audit", "enqueue", *common, "--json"]) == 0
+    (job,) = json.loads(capsys.readouterr().out)["jobs"]
+    assert (job["model"], job["created"], job["status"]) == (tiny_repo.baseline, True, "queued")
+    assert main(["audit", "enqueue", *common]) == 0
+    assert capsys.readouterr().out.strip() == f"run {job['run_id']}: {tiny_repo.baseline} v1 linf_pgd: already queued"
+    # `audit run` with the same settings carries out the queued job rather than queueing another.
+    with caplog.at_level("WARNING", logger="audit.runner"):
+        assert main(["audit", "run", *common, "--json", "--no-progress", "--artefacts-dir", str(tmp_path / "art")]) == 0
+    (run,) = json.loads(capsys.readouterr().out)["runs"]
+    assert (run["run_id"], run["status"]) == (job["run_id"], "succeeded")
+    split = len(run["audit_set"]["sample_ids"])
+    assert split < 500
+    assert f"500 images asked, {split} in the test split of {tiny_repo.dataset_spec}" in caplog.text

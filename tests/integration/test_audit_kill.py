@@ -1,4 +1,5 @@
-"""The store stays whole when the process running an audit is killed with SIGKILL."""
+"""The store stays whole when the process running an audit is killed with SIGKILL, and the job goes
+back to the queue when its lease expires."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from audit.store import AuditStore, audit_points, audit_samples, audit_sanity
 pytestmark = pytest.mark.system  # a worker process killed with SIGKILL
 
 
-def test_sigkill_mid_audit_leaves_no_partial_rows_and_the_run_is_failed_at_next_start(tiny_repo, tmp_path):
+def test_sigkill_mid_audit_leaves_no_partial_rows_and_the_job_is_queued_again_when_its_lease_expires(tiny_repo, tmp_path):
     url = f"sqlite:///{tmp_path / 'audits.sqlite'}"
     base = [
         sys.executable, "-m", "medrobust", "audit", "run", "--model-repo", str(tiny_repo.path), "--dataset",
@@ -32,7 +33,8 @@ def test_sigkill_mid_audit_leaves_no_partial_rows_and_the_run_is_failed_at_next_
     (complete,) = store.list_runs()
     before = {t.name: _count(store, t) for t in (audit_points, audit_samples, audit_sanity)}
     # A long run (many steps, the full grid), killed once it is under way.
-    victim = subprocess.Popen(base + ["--steps", "400", "--restarts", "3"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = subprocess.Popen(base + ["--steps", "400", "--restarts", "3"], env={**env, "MEDROBUST_AUDIT_LEASE_SECONDS": "2"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and not store.list_runs(status="running"):
@@ -44,10 +46,13 @@ def test_sigkill_mid_audit_leaves_no_partial_rows_and_the_run_is_failed_at_next_
         victim.send_signal(signal.SIGKILL)
         victim.wait(30)
     assert victim.returncode == -signal.SIGKILL
-    assert store.get_run(running.id).status == "running"  # nobody has looked yet (this store's owner is alive)
     reopened = AuditStore(url)  # the next start
-    assert reopened.get_run(running.id).status == "failed"
-    assert reopened.get_run(running.id).error.startswith("interrupted")
+    deadline = time.monotonic() + 30
+    while not (expired := reopened.expire_leases()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert expired == {running.id: "queued"}
+    assert reopened.get_run(running.id).status == "queued"
+    assert reopened.get_run(running.id).error.startswith("interrupted: the lease of")
     assert {t.name: _count(reopened, t) for t in (audit_points, audit_samples, audit_sanity)} == before
     assert all(_count(reopened, t, running.id) == 0 for t in (audit_points, audit_samples, audit_sanity))
     assert reopened.get_run(complete.id).status == "succeeded" and len(reopened.get_run(complete.id).points) == 2

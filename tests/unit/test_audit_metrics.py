@@ -18,7 +18,11 @@ from tests.audit_runs import CARD, EIGHT, OLD_SCHEMA_DUMP, make_result, one_clas
 
 POINT = {"task", "model", "backbone", "attention", "version", "attack", "epsilon"}
 MODEL = {"task", "model", "backbone", "attention", "version"}
+QUEUE = ("medrobust_audit_jobs_queued", "medrobust_audit_jobs_running", "medrobust_audit_jobs_failed",
+         "medrobust_audit_oldest_queued_job_age_seconds")
 NAMES = {
+    **{name: set() for name in QUEUE},
+    "medrobust_audit_progress_ratio": {"model", "version", "attack"},
     "medrobust_audit_robust_accuracy": POINT,
     "medrobust_audit_balanced_robust_accuracy": POINT,
     "medrobust_audit_worst_class_robust_accuracy": POINT,
@@ -86,7 +90,9 @@ def test_names_and_labels_are_exactly_the_issues(store):
         unauditable=no_chest,
     )
     found = _series(registry)
-    assert {name: {label for labels in series for label in labels} for name, series in found.items()} == NAMES
+    # A running job's progress has a series only while one runs (tested with the queue below).
+    expected = {name: labels for name, labels in NAMES.items() if name != "medrobust_audit_progress_ratio"}
+    assert {name: {label for labels in series for label in labels} for name, series in found.items()} == expected
     for name, series in found.items():  # every series of a family carries every label
         assert all(set(labels) == NAMES[name] for labels in series), name
     assert set(metric_families()) == set(NAMES)  # what the deploy checks read off the collector
@@ -127,7 +133,8 @@ def test_the_latest_run_wall_time_counts_a_failed_run_too(store):
 def test_nothing_is_kept_between_scrapes(empty_store):
     """A run stored after registration is at the next scrape; a collector registered with no runs holds none."""
     registry = registered(empty_store)
-    assert _series(registry) == {}
+    assert set(_series(registry)) == set(QUEUE)  # only the (empty) queue's figures
+    assert all(registry.get_sample_value(name) == 0 for name in QUEUE)
     _stored(empty_store, make_result())
     point = {**_labels("demo-resnet50-attention"), "attack": "linf_pgd", "epsilon": "0.01"}
     assert registry.get_sample_value("medrobust_audit_robust_accuracy", point) == 0.5
@@ -224,7 +231,8 @@ def test_only_served_versions_are_exported(empty_store):
                     found.setdefault(name, set()).add((labels["model"], labels["version"]))
         return found
 
-    versioned = {name for name in NAMES if "version" in NAMES[name]}
+    # (a running job's progress has series only while one runs)
+    versioned = {name for name in NAMES if "version" in NAMES[name] and name != "medrobust_audit_progress_ratio"}
     assert set(versions()) == versioned
     assert all(pairs == {(attentive, "1"), (attentive, "2"), (baseline, "1")} for pairs in versions().values())
     gain = {"task": "demo", "backbone": "resnet50", "attack": "linf_pgd", "epsilon": "0.01"}
@@ -365,3 +373,24 @@ def test_the_gunicorn_masters_collector_reads_the_store_and_the_mounted_reposito
     assert registry.get_sample_value("medrobust_audit_robust_accuracy", {**point, "version": "2"}) is None
     assert registry.get_sample_value("medrobust_audit_unauditable", {"model": "chest-resnet50-baseline", "task": "chest"}) == 1
     assert registry.get_sample_value("medrobust_audit_unauditable", {"model": "demo-resnet50-attention", "task": "demo"}) is None
+
+
+def test_the_queue_and_the_running_jobs_progress_are_read_at_each_scrape(empty_store):
+    registry = registered(empty_store)
+    assert registry.get_sample_value("medrobust_audit_jobs_queued") == 0
+    assert registry.get_sample_value("medrobust_audit_oldest_queued_job_age_seconds") == 0
+    card = {"task": "demo", "backbone": "resnet50", "attention": True}
+    for version in (1, 2, 3):
+        empty_store.enqueue(model="demo-resnet50-attention", version=version, card=card, backend="embedded",
+                            attack="linf_pgd", config={"steps": version})
+    job = empty_store.claim(60.0)
+    empty_store.report_progress(job.run_id, 30, 120, 12.0)
+    assert registry.get_sample_value("medrobust_audit_jobs_queued") == 2
+    assert registry.get_sample_value("medrobust_audit_jobs_running") == 1
+    assert registry.get_sample_value("medrobust_audit_oldest_queued_job_age_seconds") >= 0
+    progress = {"model": job.model, "version": str(job.version), "attack": "linf_pgd"}
+    assert registry.get_sample_value("medrobust_audit_progress_ratio", progress) == 0.25
+    empty_store.fail_run(job.run_id, "test: given up")
+    assert registry.get_sample_value("medrobust_audit_jobs_running") == 0
+    assert registry.get_sample_value("medrobust_audit_jobs_failed") == 1
+    assert registry.get_sample_value("medrobust_audit_progress_ratio", progress) is None

@@ -18,6 +18,7 @@ FLOOD = 4 * BoundedWSGIServer.max_threads
 @pytest.fixture
 def worker(tmp_path):
     """A real worker over an empty repository, its metrics server on a free loopback port."""
+    from audit.jobs import Enqueuer
     from audit.runner import AuditRunner
     from audit.scheduler import AuditWorker
     from audit.store import AuditStore
@@ -32,7 +33,8 @@ def worker(tmp_path):
     )
     predictor = EmbeddedPredictor(repo)
     store = AuditStore(config.database_url)
-    worker = AuditWorker(config, AuditRunner(config, predictor, store), CollectorRegistry())
+    runner = AuditRunner(config, predictor, store)
+    worker = AuditWorker(config, runner, Enqueuer(config, predictor, store, runner), CollectorRegistry())
     worker.start()
     yield worker
     worker.stop()

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from audit.audit_sets import CARD, DEFAULT, FILE, AuditSets, AuditSetsError, load_audit_sets, readable_here
-from audit.runner import AuditRunner, NoAuditSet
+from audit.runner import AuditRunner
 from audit.store import AuditStore
 from training.contract.config import AuditConfig, ConfigError, read_config
 
@@ -107,22 +107,26 @@ class _Predictor:
         return self.card
 
 
-def test_a_model_without_an_audit_set_is_refused_before_a_run_is_recorded(tmp_path, sets_file):
+def _enqueuer(store, predictor, config=None, audit_set_for=None):
+    from audit.jobs import Enqueuer
+
+    config = config or AuditConfig()
+    return Enqueuer(config, predictor, store, AuditRunner(config, predictor, store), audit_set_for)
+
+
+def test_a_model_without_an_audit_set_is_not_queued_and_no_run_is_recorded(tmp_path, sets_file, caplog):
     store = AuditStore(f"sqlite:///{tmp_path / 'audits.sqlite'}")
     sets = load_audit_sets(sets_file)
-    runner = AuditRunner(AuditConfig(), _Predictor(_card("dr")), store, audit_set_for=sets.audit_set_for)
-    with pytest.raises(NoAuditSet, match="expected an audit set for its task 'dr'") as raised:
-        runner.start("dr-resnet50-baseline")
-    assert raised.value.http_status == 409 and raised.value.code == "no_audit_set"
-    assert store.list_runs() == () and runner.active() == {}
-    # A covered model's run records the audit set it is drawn from.
-    runner = AuditRunner(AuditConfig(), _Predictor(_card("derm")), store, audit_set_for=sets.audit_set_for)
-    run_id = runner.start("derm-resnet50-baseline")
-    assert store.get_run(run_id).config["dataset"] == "ham10000:/data/ham10000"
+    queued = _enqueuer(store, _Predictor(_card("dr")), audit_set_for=sets.audit_set_for).enqueue("dr-resnet50-baseline", trigger="api")
+    assert (queued.run_id, queued.created, queued.status) == (None, False, "no_audit_set")
+    assert store.list_runs() == () and "no audit set for its task 'dr'" in caplog.text
+    # A covered model's job records the audit set it is drawn from.
+    queued = _enqueuer(store, _Predictor(_card("derm")), audit_set_for=sets.audit_set_for).enqueue("derm-resnet50-baseline", trigger="api")
+    assert store.get_run(queued.run_id).config["dataset"] == "ham10000:/data/ham10000"
     store.close()
 
 
-def test_the_scheduler_says_so_and_audits_the_others(tmp_path, sets_file, caplog):
+def test_the_scheduler_says_so_and_queues_the_others(tmp_path, sets_file, caplog):
     from audit.scheduler import AuditWorker
 
     store = AuditStore(f"sqlite:///{tmp_path / 'audits.sqlite'}")
@@ -132,18 +136,18 @@ def test_the_scheduler_says_so_and_audits_the_others(tmp_path, sets_file, caplog
             return (self.model_info("dr-resnet50-baseline"),)
 
     config = AuditConfig()
-    runner = AuditRunner(config, Served(_card("dr")), store, audit_set_for=load_audit_sets(sets_file).audit_set_for)
-    worker = AuditWorker(config, runner, None, serve_metrics=False)
-    assert worker.audit_all() == [] and worker.check_new_versions() == []
-    assert "not auditing dr-resnet50-baseline" in caplog.text and store.list_runs() == ()
+    enqueuer = _enqueuer(store, Served(_card("dr")), config, load_audit_sets(sets_file).audit_set_for)
+    worker = AuditWorker(config, enqueuer.runner, enqueuer, None, serve_metrics=False)
+    assert worker.scheduled() == [] and worker.check_new_versions() == []
+    assert "no audit set for its task 'dr'" in caplog.text and store.list_runs() == ()
     store.close()
 
 
-def test_without_a_runner_side_table_the_default_is_every_models(tmp_path):
+def test_without_a_table_the_default_is_every_models(tmp_path):
     store = AuditStore(f"sqlite:///{tmp_path / 'audits.sqlite'}")
-    runner = AuditRunner(AuditConfig(dataset="synthetic:30"), _Predictor(_card("anything")), store)
-    run_id = runner.start("anything-resnet50-baseline")
-    assert json.loads(json.dumps(store.get_run(run_id).config))["dataset"] == "synthetic:30"
+    queued = _enqueuer(store, _Predictor(_card("anything")), AuditConfig(dataset="synthetic:30")).enqueue(
+        "anything-resnet50-baseline", trigger="api")
+    assert json.loads(json.dumps(store.get_run(queued.run_id).config))["dataset"] == "synthetic:30"
     store.close()
 
 

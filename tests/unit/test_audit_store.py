@@ -1,60 +1,25 @@
-"""The audit store: one transaction per run, interrupted runs marked failed, history kept.
+"""The audit store: one transaction per run, interrupted runs queued again, history kept, schema migrated.
 
-Runs against SQLite always, and against PostgreSQL too when MEDROBUST_TEST_POSTGRES_URL is set.
+Runs against SQLite always, and against PostgreSQL too when MEDROBUST_TEST_POSTGRES_URL is set
+(`database_url`, from tests/audit_runs.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
-import uuid
+import time
 from contextlib import closing
 
 import pytest
 import sqlalchemy as sa
 
+from audit import migrate
 from audit.results import AuditResult, wilson_interval
-from audit.store import (
-    AuditStore,
-    RunNotFound,
-    _add_missing_columns,
-    audit_points,
-    audit_runs,
-    audit_samples,
-    audit_sanity,
-    comparable,
-)
+from audit.store import AuditStore, RunNotFound, audit_points, audit_samples, audit_sanity, comparable
 from tests.audit_runs import CARD, EIGHT, OLD_SCHEMA_DUMP, make_result, one_class_result
-
-_PG = os.environ.get("MEDROBUST_TEST_POSTGRES_URL")
-# The PostgreSQL cases are always collected, so a run without a server reports them as skipped.
-_URLS = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("postgres", id="postgres", marks=[
-        pytest.mark.postgres,
-        pytest.mark.skipif(not _PG, reason="MEDROBUST_TEST_POSTGRES_URL not set (.ci/run starts Debian's PostgreSQL and sets it)"),
-    ]),
-]
-
-
-@pytest.fixture(params=_URLS)
-def database_url(request, tmp_path):
-    """A fresh database: a SQLite file, or a private schema in the PostgreSQL server."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'audits.sqlite'}"
-        return
-    schema = f"audit_test_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(_PG)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    url = sa.engine.make_url(_PG).update_query_dict({"options": f"-csearch_path={schema}"})
-    yield url.render_as_string(hide_password=False)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
 
 
 def _count(store, table, run_id):
@@ -93,17 +58,24 @@ def test_a_failure_while_writing_leaves_no_partial_rows(database_url):
     store.close()
 
 
-def test_runs_of_a_dead_process_are_marked_failed_at_next_start(database_url):
+def test_a_run_whose_process_died_is_queued_again_when_its_lease_expires_and_says_so(database_url):
     store = AuditStore(database_url)
-    mine = store.start_run(model="m", version=1, card=CARD, backend="embedded", attack="linf_pgd", config={})
     code = (
         "import sys; from audit.store import AuditStore; s = AuditStore(sys.argv[1]); "
-        "print(s.start_run(model='m', version=2, card={}, backend='embedded', attack='linf_pgd', config={}))"
+        "print(s.start_run(model='m', version=2, card={}, backend='embedded', attack='linf_pgd', config={}, lease_seconds=1))"
     )
     dead = int(subprocess.run([sys.executable, "-c", code, database_url], check=True, capture_output=True, text=True).stdout)
-    assert AuditStore(database_url).get_run(dead).status == "failed"  # its process has exited
-    assert store.get_run(dead).error.startswith("interrupted")
-    assert store.get_run(mine).status == "running"  # this process is alive: its run is left alone
+    assert store.get_run(dead).status == "running"  # nobody can tell yet: its lease still runs
+    deadline = time.monotonic() + 30
+    while not (expired := store.expire_leases()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert expired == {dead: "queued"}
+    run = store.get_run(dead)
+    assert run.status == "queued" and run.error.startswith("interrupted: the lease of") and run.note is None
+    job = store.claim(60)
+    assert (job.run_id, job.attempt) == (dead, 2)
+    assert store.get_run(dead).note == "restarted after interruption (attempt 2)"
+    assert store.get_run(dead).to_json()["attempt"] == 2
     store.close()
 
 
@@ -121,7 +93,6 @@ def test_history_is_kept_across_versions_and_latest_runs_are_found(database_url)
         ("demo-resnet50-attention", 1), ("demo-resnet50-attention", 2), ("demo-resnet50-baseline", 1),
     ]
     assert store.run_counts() == {("demo-resnet50-attention", "succeeded"): 2, ("demo-resnet50-baseline", "succeeded"): 1, ("demo-resnet50-baseline", "failed"): 1}
-    assert store.audited_versions() == {("demo-resnet50-attention", 1), ("demo-resnet50-attention", 2), ("demo-resnet50-baseline", 1)}
     assert store.partner_run(store.get_run(ids[2])).id == ids[1]
     store.close()
 
@@ -142,26 +113,28 @@ def test_an_audit_set_stored_by_another_process_first_does_not_fail_the_run(data
         second.close()
 
 
-def test_a_store_opened_while_another_process_creates_the_tables_still_opens(database_url, monkeypatch):
-    import audit.store as store_module
+def test_writers_opening_a_fresh_database_together_migrate_it_once(database_url):
+    # The front end's writer, the worker and `db upgrade` may all start at once on an empty database.
+    import threading
 
-    real = store_module.metadata.create_all
-    calls = []
+    stores, errors = [], []
 
-    def racing(engine, checkfirst=True, **kwargs):
-        calls.append(checkfirst)
-        if len(calls) == 1:
-            other = sa.create_engine(database_url)
-            real(other)  # the other process (front end or worker) creates the tables first ...
-            other.dispose()
-            real(engine, checkfirst=False)  # ... so our CREATE fails, with the database's own error
-        return real(engine, checkfirst=checkfirst, **kwargs)
+    def open_store() -> None:
+        try:
+            stores.append(AuditStore(database_url))
+        except Exception as exc:  # noqa: BLE001  (collected: the assertion below names it)
+            errors.append(exc)
 
-    monkeypatch.setattr(store_module.metadata, "create_all", racing)
-    store = AuditStore(database_url)
-    assert len(calls) == 2
-    assert store.list_runs() == ()
-    store.close()
+    threads = [threading.Thread(target=open_store) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and len(stores) == 4
+    assert migrate.current(stores[0].engine) == migrate.head()
+    assert all(s.list_runs() == () for s in stores)
+    for s in stores:
+        s.close()
 
 
 def test_a_run_keeps_its_worst_class_interval_and_degenerate_flag(database_url):
@@ -212,24 +185,26 @@ def test_a_database_written_by_the_first_schema_opens_with_every_new_figure(tmp_
     run_id = store.start_run(model="demo-resnet50-attention", version=3, card=CARD, backend="embedded", attack="linf_pgd", config={})
     store.finish_run(run_id, make_result(version=3))
     assert store.get_run(run_id).status == "succeeded"
+    assert migrate.current(store.engine) == migrate.head()
     store.close()
-    again = AuditStore(f"sqlite:///{path}")
-    assert _add_missing_columns(again.engine) == ()  # the first open added them all
-    again.close()
 
 
-def test_an_old_process_finishing_a_run_after_the_upgrade_is_read_whole(database_url):
-    # A worker still on the first schema writes no new columns; the run is read with them derived.
-    store = AuditStore(database_url)
-    run_id = store.start_run(model="demo-resnet50-attention", version=1, card=CARD, backend="embedded", attack="linf_pgd", config={})
-    store.finish_run(run_id, one_class_result())
-    with store.engine.begin() as conn:
-        conn.execute(audit_runs.update().values(audit_set_size=None, predicted_class_max_share=None, degenerate=None))
-        conn.execute(audit_points.update().values(samples=None, worst_class_robust_accuracy=None, robust_accuracy_lower=None, robust_accuracy_upper=None))
-    run = store.get_run(run_id)
-    assert (run.degenerate, run.audit_set_size) == (True, 8)
-    assert run.points[0]["worst_class_robust_accuracy"] == 0.0 and run.points[0]["robust_accuracy_upper"] == pytest.approx(wilson_interval(4, 8)[1])
-    store.close()
+def test_a_reader_never_migrates_and_says_what_to_do(database_url):
+    # The front end opens the store read-only: on an old or empty database it waits, then refuses.
+    with pytest.raises(migrate.SchemaOutdated, match="medrobust db upgrade") as raised:
+        AuditStore(database_url, migrate=False, wait_seconds=0)
+    assert "no revision" in str(raised.value)
+    engine = sa.create_engine(database_url)
+    assert sa.inspect(engine).get_table_names() == []  # nothing was created
+    migrate.upgrade(engine, "0001")  # a writer of the previous version
+    with pytest.raises(migrate.SchemaOutdated, match=f"revision {migrate.head()}, found 0001"):
+        AuditStore(database_url, migrate=False, wait_seconds=0)
+    assert "audit_jobs" not in sa.inspect(engine).get_table_names()
+    engine.dispose()
+    AuditStore(database_url).close()  # a writer upgrades it
+    reader = AuditStore(database_url, migrate=False)
+    assert reader.list_runs() == ()
+    reader.close()
 
 
 def test_the_report_partner_is_a_comparable_run_only(database_url):
@@ -253,22 +228,28 @@ def test_the_report_partner_is_a_comparable_run_only(database_url):
 
 
 def test_columns_an_older_database_lacks_are_added_and_filled(database_url):
-    # The same upgrade on every database: the new columns dropped again, as an older schema had them.
+    # The same upgrade on every database: the store as the code before migrations left it (no
+    # revision, no jobs) and with the columns added since the first schema dropped again.
     store = AuditStore(database_url)
     run_id = store.start_run(model="demo-resnet50-attention", version=1, card=CARD, backend="embedded", attack="linf_pgd", config={})
     store.finish_run(run_id, one_class_result())
     new = {
-        "audit_runs": ("seed", "fooled_by", "audit_set_size", "predicted_class_max_share", "degenerate"),
+        "audit_runs": ("seed", "fooled_by", "audit_set_size", "predicted_class_max_share", "degenerate",
+                       "attempt", "progress_done", "progress_total", "progress_eta_seconds", "progress_at"),
         "audit_points": ("samples", "worst_class_robust_accuracy", "robust_accuracy_lower", "robust_accuracy_upper"),
     }
     with store.engine.begin() as conn:
+        for table in ("alembic_version", "audit_leases", "audit_jobs"):
+            conn.execute(sa.text(f"DROP TABLE {table}"))
         for table, columns in new.items():
             for column in columns:
                 conn.execute(sa.text(f"ALTER TABLE {table} DROP COLUMN {column}"))
     store.close()
     upgraded = AuditStore(database_url)
     run = upgraded.get_run(run_id)
-    assert (run.degenerate, run.audit_set_size, run.seed, run.fooled_by) == (True, 8, None, {})
+    assert (run.degenerate, run.audit_set_size, run.seed, run.fooled_by, run.attempt) == (True, 8, None, {}, None)
     assert run.points[1]["worst_class_robust_accuracy"] == 0.0 and run.points[1]["robust_accuracy_lower"] > 0
-    assert _add_missing_columns(upgraded.engine) == ()
+    assert migrate.current(upgraded.engine) == migrate.head()
+    # The old run has no job; a new one of the same model is queued beside it.
+    assert upgraded.enqueue(model=run.model, version=1, card=CARD, backend="embedded", attack="linf_pgd", config={}).created
     upgraded.close()

@@ -82,6 +82,18 @@ def test_serve_says_what_it_waited_for_before_starting_gunicorn(monkeypatch, cap
     assert "medrobust serve: error: expected the audit database at" in err and "Traceback" not in err
 
 
+def test_serve_refuses_a_database_no_writer_has_upgraded_and_does_not_migrate_it(monkeypatch, capsys, tmp_path):
+    from audit import migrate
+
+    monkeypatch.setenv("MEDROBUST_DATABASE_WAIT_SECONDS", "0")
+    url = f"sqlite:///{tmp_path / 'audits.sqlite'}"
+    code = main(["serve", "--model-repo", str(tmp_path), "--port", str(free_port()), "--database-url", url])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "medrobust serve: error: expected the audit database at" in err and "run `medrobust db upgrade`" in err
+    assert migrate.current(make_engine(url)) is None  # the front end only reads
+
+
 def test_a_negative_wait_is_refused_naming_its_variable(monkeypatch, capsys):
     monkeypatch.setenv("MEDROBUST_DATABASE_WAIT_SECONDS", "-1")
     assert main(["audit", "worker", "--dataset", "synthetic:40"]) == 2

@@ -428,6 +428,12 @@ class AuditConfig:
     metrics_port: int = setting(9101, "AUDIT_METRICS_PORT")
     grpc_deadline_seconds: float = setting(GRPC_DEADLINE_SECONDS, "GRPC_DEADLINE_SECONDS")
     tf_serving_max_batch: int = setting(TF_SERVING_MAX_BATCH, "TF_SERVING_MAX_BATCH")  # larger batches are split
+    # The job queue: jobs one worker carries out at once, its ceiling on calls to the model server
+    # (0: none), how long a claimed job stays its own without a heartbeat, and tries before `failed`.
+    concurrency: int = setting(1, "AUDIT_CONCURRENCY")
+    max_rps: float = setting(0.0, "AUDIT_MAX_RPS")
+    lease_seconds: float = setting(60.0, "AUDIT_LEASE_SECONDS")
+    max_attempts: int = setting(3, "AUDIT_MAX_ATTEMPTS")
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -444,6 +450,11 @@ class AuditConfig:
         _positive("samples", self.samples)
         _positive("tf_serving_max_batch", self.tf_serving_max_batch)
         _positive("database_wait_seconds", self.database_wait_seconds, low=0)
+        _positive("concurrency", self.concurrency)
+        _positive("max_attempts", self.max_attempts)
+        _positive("max_rps", self.max_rps, low=0)
+        if self.lease_seconds < 1:
+            raise FieldError("lease_seconds", f"expected a lease of at least 1 second, got {self.lease_seconds}")
         if not 0 <= self.metrics_port < 65536:
             raise FieldError("metrics_port", f"expected a port in 0..65535, got {self.metrics_port}")
         for name in ("poll_seconds", "grpc_deadline_seconds"):
