@@ -164,3 +164,17 @@ def test_the_front_end_and_nginx_read_one_upload_limit(services, environ, expect
     assert _frontend_config(services, environ).max_upload_bytes == expected
     nginx = substitute(services["nginx"]["environment"], environ)
     assert nginx["MEDROBUST_MAX_UPLOAD_BYTES"] == str(expected)
+
+
+def test_the_audit_workers_metrics_are_on_loopback_unless_a_deployment_opens_them():
+    import yaml
+
+    from tests.project import PROJECT
+    from training.contract.config import AuditConfig, read_config
+
+    assert read_config(AuditConfig, {}, {}).metrics_host == "127.0.0.1"
+    compose = yaml.safe_load((PROJECT / "deploy" / "compose.yaml").read_text())
+    assert compose["services"]["audit-worker"]["environment"]["MEDROBUST_AUDIT_METRICS_HOST"] == "0.0.0.0"
+    deployment = yaml.safe_load((PROJECT / "deploy" / "k8s" / "audit-worker-deployment.yaml").read_text())
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert {"name": "MEDROBUST_AUDIT_METRICS_HOST", "value": "0.0.0.0"} in container["env"]

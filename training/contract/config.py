@@ -422,7 +422,9 @@ class AuditConfig:
     artefacts_dir: Path = setting(Path(DEFAULT_ARTEFACTS), "AUDIT_ARTEFACTS")
     schedule: str = setting(DEFAULT_SCHEDULE, "AUDIT_SCHEDULE")
     poll_seconds: float = setting(30.0, "AUDIT_POLL_SECONDS")
-    metrics_host: str = setting("0.0.0.0", "AUDIT_METRICS_HOST")
+    # Loopback unless a deployment opens it (compose and Kubernetes do, for Prometheus on their networks):
+    # /metrics names every model and its robustness, and /healthz is for the orchestrator, not the world.
+    metrics_host: str = setting("127.0.0.1", "AUDIT_METRICS_HOST")
     # A worker's own /metrics port, apart from the front end's (ServiceConfig.metrics_port, which
     # `serve` and `up` share): a worker beside `serve` on one machine must not collide with it.
     metrics_port: int = setting(9101, "AUDIT_METRICS_PORT")
