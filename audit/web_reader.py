@@ -3,13 +3,43 @@ root hands the Audits pages, so the front end shows runs without importing the a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
 
 from audit.store import AuditStore, RunNotFound, RunRecord
 from training.contract.errors import HttpError
+
+F = TypeVar("F", bound=Callable[..., Any])
+RETRY_AFTER_SECONDS = 30
+
+
+class StoreUnavailable(HttpError):
+    """The audit database does not answer (503, with Retry-After): the pages come back with it."""
+
+    code = "store_unavailable"
+    http_status = 503
+
+
+def _store_answers(method: F) -> F:
+    """`method`, with a database that does not answer turned into a 503 the client can retry, not a 500."""
+
+    @functools.wraps(method)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except sa.exc.OperationalError as exc:
+            raise StoreUnavailable(
+                f"expected the audit database to answer, got {type(exc.orig).__name__ if exc.orig else 'no answer'}; "
+                f"try again in {RETRY_AFTER_SECONDS} s",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            ) from None
+
+    return wrapped  # type: ignore[return-value]
 
 
 class AuditInProgress(HttpError):
@@ -51,6 +81,7 @@ class StoreReader:
     def can_submit(self) -> bool:
         return self.enqueuer is not None
 
+    @_store_answers
     def submit(self, model: str) -> int:
         """Queue an audit of `model` (a job per configured attack); returns the first run's id.
 
@@ -66,6 +97,7 @@ class StoreReader:
             raise AuditInProgress(f"model {model!r} version {there.version} is already {there.status} (run {there.run_id})")
         return created[0].run_id
 
+    @_store_answers
     def cancel(self, run_id: int) -> str | None:
         """Cancel a queued or running run: "cancelled" or "cancelling"; None if there is no such run.
 
@@ -85,19 +117,23 @@ class StoreReader:
             return []
         return [{"model": c.model, "task": c.task} for c in self.coverage() if c.dataset is None]
 
+    @_store_answers
     def active(self) -> dict[str, int]:
         """Models being audited now, with their running run's id."""
         return {r.model: r.id for r in reversed(self.store.list_runs(status="running"))}
 
+    @_store_answers
     def list_runs(self, *, model: str | None = None, status: str | None = None, limit: int = 100) -> tuple[RunRecord, ...]:
         return self.store.list_runs(model=model, status=status, limit=limit)
 
+    @_store_answers
     def get_run(self, run_id: int) -> RunRecord | None:
         try:
             return self.store.get_run(run_id)
         except RunNotFound:
             return None
 
+    @_store_answers
     def page(self, run: RunRecord) -> AuditPage:
         from audit.report import degenerate_warning, dominant_class, points_table
 
