@@ -12,7 +12,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -210,13 +211,22 @@ def export_model(
     metrics: Mapping[str, Any] | None = None,
     training: Mapping[str, Any] | None = None,
     serving_root: str | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> ExportResult:
-    """Write `model` as the next version of `<task>-<backbone>-<variant>` and refresh models.config."""
+    """Write `model` as the next version of `<task>-<backbone>-<variant>` and refresh models.config;
+    `log` hears one line per step, with its time (saving traces every signature: the long one)."""
     repo = Path(repo)
     card = build_card(model, task=task, class_names=class_names, dataset=dataset, metrics=metrics, training=training)
     contract = _Contract(model, card["gradcam_layer"], card["attention"])
     staged = repository.staging_dir(repo)
+    started = time.perf_counter()
+
+    def step(what: str) -> None:
+        if log is not None:
+            log(f"exporting {card['name']} [{time.perf_counter() - started:.1f} s]: {what}")
+
     try:
+        step("tracing and saving serving_default, gradcam and vjp")
         tf.saved_model.save(
             contract,
             str(staged),
@@ -226,6 +236,7 @@ def export_model(
                 "vjp": contract.vjp,
             },
         )
+        step("writing the model card and TF Serving warmup records")
         extra = staged / "assets.extra"
         extra.mkdir(exist_ok=True)
         with tf.io.TFRecordWriter(str(staged / repository.WARMUP_PATH)) as writer:
@@ -241,4 +252,5 @@ def export_model(
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
+    step(f"published version {version}")
     return ExportResult(card["name"], version, path, card)
