@@ -209,8 +209,8 @@ def test_the_raw_grid_is_answered_beside_the_overlay() -> None:
 
 
 BAD_GRIDS = [
-    (None, "this version's gradcam signature has no heatmap_grid output (exported before it was added); "
-           "re-export it with medrobust export to get the grid"),
+    (None, ("this version's gradcam signature has no heatmap_grid output (exported before it was added); "
+            "re-export it with medrobust export to get the grid")),
     (np.full((1, 4, 4), np.nan, np.float32), "the model's heatmap_grid has 16 of 16 values NaN or infinite"),
     (np.full((1, 4, 4), 1.5, np.float32), "the model's heatmap_grid has values in [1.5, 1.5], expected [0, 1]"),
     (np.zeros((1, 8, 8), np.float32), "the model's heatmap_grid has shape [8, 8], expected [4, 4]"),

@@ -11,9 +11,9 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from training.dataset_types import Split, make_dataset  # noqa: E402
-from training.progress import TrainingProgress  # noqa: E402
-from training.recipe import Recipe, train  # noqa: E402
+from training.dataset_types import Split, make_dataset
+from training.progress import TrainingProgress
+from training.recipe import Recipe, train
 
 
 class Terminal(io.StringIO):
@@ -72,8 +72,8 @@ def test_a_terminal_gets_a_bar_in_images_per_second():
     assert "model 2 of 2 tiny epoch 1/2: 20 images in" in shown  # the epoch's line, written above the bar
 
 
-@pytest.mark.parametrize("kwargs", [dict(epochs=0), dict(images_per_epoch=0), dict(batch_size=0)])
+@pytest.mark.parametrize("kwargs", [{"epochs": 0}, {"images_per_epoch": 0}, {"batch_size": 0}])
 def test_bad_progress_arguments(kwargs):
-    base = dict(label="m", epochs=1, images_per_epoch=1, batch_size=1)
+    base = {"label": "m", "epochs": 1, "images_per_epoch": 1, "batch_size": 1}
     with pytest.raises(ValueError, match="expected epochs, images_per_epoch and batch_size >= 1, got"):
         TrainingProgress(**{**base, **kwargs})
