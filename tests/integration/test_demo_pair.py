@@ -86,8 +86,8 @@ def test_the_demo_pair_learns_and_points_at_the_lesion(tmp_path):
         assert balanced >= ACCURACY_FLOOR, report
         assert pointing >= 2 * chance, f"{report}; a random peak hits {chance:.3f}"
     if any(b < ACCURACY_TARGET or p < POINTING_TARGET for b, p in figures.values()):
-        # Two runs measured balanced accuracy 0.944 and 0.856 (baseline), 0.933 twice (attention), and
-        # pointing 0.589 and 0.511 (baseline), 0.622 twice (attention): above chance, short of the
+        # Three runs measured balanced accuracy 0.944, 0.856, 0.900 (baseline) and 0.933 (attention),
+        # pointing 0.589, 0.511, 0.567 (baseline) and 0.622 (attention): above chance, short of the
         # issue's targets, streaks worst (README). A known shortfall, recorded here, not hidden.
         pytest.xfail(f"below the targets (balanced accuracy {ACCURACY_TARGET}, pointing game {POINTING_TARGET}): "
                      f"{report}; a random peak hits {chance:.3f}")
