@@ -368,6 +368,7 @@ def run_grid(
                 trained = train_and_export(
                     dataset, Variant(cell.backbone, cell.attention), task=config.task, image_size=size, model_repo=repo,
                     recipe=recipe, limit=config.limit, weights=config.weights, workdir=workdir, resume=True, verbose=verbose, log=log,
+                    position=(number, len(cells)),
                 )
                 state.record(cell, "train", {
                     "model": trained.model, "version": trained.version, "seconds": round(trained.seconds, 1),

@@ -111,6 +111,14 @@ def predict(model: str):
             body["attention_png"] = _b64(result.attention_png)
         if result.omitted:
             body["overlay_omitted"] = result.omitted
+        if explain == "gradcam":
+            body["heatmap_grid"] = (
+                {"layer": result.grid.layer, "shape": list(result.grid.values.shape), "values": result.grid.values.tolist()}
+                if result.grid is not None
+                else None
+            )
+            if result.grid_omitted is not None:
+                body["heatmap_grid_omitted"] = result.grid_omitted
         if result.dicom is not None:
             body["dicom"] = dicom_json(result.dicom)
             body["display_png"] = _b64(result.display_png)

@@ -245,7 +245,8 @@ class EmbeddedPredictor:
         name, loaded = self._load(model, version)
         out = self._call(loaded, "gradcam", check_batch(images, loaded.card))
         return GradcamResult(
-            name, loaded.version, out["probabilities"], out["class_id"], out["heatmap"], out.get("attention_map")
+            name, loaded.version, out["probabilities"], out["class_id"], out["heatmap"], out.get("attention_map"),
+            out.get("heatmap_grid"),
         )
 
     def vjp(

@@ -57,6 +57,37 @@ def map_problem(name: str, values: np.ndarray | None, shape: tuple[int, int]) ->
     return None
 
 
+# The grid is data for programs: four decimals are far finer than any colour scale shows, and keep
+# a 14x14 grid's JSON under 2 kB.
+GRID_DECIMALS = 4
+
+
+@dataclass(frozen=True)
+class HeatmapGrid:
+    """The Grad-CAM map at its layer's own resolution, as the JSON answer carries it."""
+
+    layer: str
+    values: np.ndarray  # float32 [h, w] in [0, 1]
+
+
+def heatmap_grid(grid: np.ndarray | None, card: Mapping[str, Any]) -> tuple[HeatmapGrid | None, str | None]:
+    """(the grid of one image, None) when the model answered a usable one, else (None, why not)."""
+    if grid is None:
+        return None, (
+            "this version's gradcam signature has no heatmap_grid output (exported before it was added); "
+            "re-export it with medrobust export to get the grid"
+        )
+    expected = card.get("gradcam_grid")
+    if grid.ndim != 2 or (expected is not None and list(grid.shape) != list(expected)):
+        return None, f"the model's heatmap_grid has shape {list(grid.shape)}, expected {expected or '[h, w]'}"
+    problem = map_problem("heatmap_grid", grid, grid.shape)
+    if problem is None and (grid.min() < 0.0 or grid.max() > 1.0):
+        problem = f"the model's heatmap_grid has values in [{grid.min():g}, {grid.max():g}], expected [0, 1]"
+    if problem is not None:
+        return None, problem
+    return HeatmapGrid(str(card.get("gradcam_layer", "")), np.round(grid.astype(np.float32), GRID_DECIMALS)), None
+
+
 def _overlays(
     rgb: np.ndarray, heatmap: np.ndarray | None, attention: np.ndarray | None
 ) -> tuple[bytes | None, bytes | None]:
@@ -95,6 +126,8 @@ class Explanation:
     # For a DICOM upload, the windowed picture the overlays are drawn on (a browser cannot show the file).
     display_png: bytes | None = None
     card: Mapping[str, Any] | None = None  # the card of the version that answered
+    grid: HeatmapGrid | None = None  # the raw Grad-CAM grid, when explained and the version answers one
+    grid_omitted: str | None = None  # why an explained answer has no grid
 
 
 @contextmanager
@@ -141,6 +174,7 @@ def explain_upload(
     t1 = clock()
     omitted: dict[str, str] = {}
     result: GradcamResult | Prediction
+    raw_grid = None
     if explain:
         result = predictor.gradcam(model, batch, version=version)
         heatmap: np.ndarray | None = np.asarray(result.heatmap[0])
@@ -151,6 +185,7 @@ def explain_upload(
                 omitted[key] = problem
         heatmap = None if "overlay" in omitted else heatmap
         attention = None if "attention" in omitted else attention
+        raw_grid = np.asarray(result.heatmap_grid[0]) if result.heatmap_grid is not None else None
     else:
         result = predictor.predict(model, batch, version=version)
         heatmap, attention = None, None
@@ -159,6 +194,7 @@ def explain_upload(
     # resolved for `card` (before the upload was read) may not be the one the backend used.
     card = predictor.model_card(result.model, int(result.version))
     overlay, attention_png = _overlays(rgb, heatmap, attention)
+    grid, grid_omitted = heatmap_grid(raw_grid, card) if explain else (None, None)
     t3 = clock()
     names = [str(n) for n in card["class_names"]]
     probabilities = [float(p) for p in result.probabilities[0]]
@@ -184,4 +220,6 @@ def explain_upload(
         dicom=upload.dicom,
         display_png=to_png(rgb) if upload.dicom is not None else None,
         card=card,
+        grid=grid,
+        grid_omitted=grid_omitted,
     )

@@ -198,6 +198,25 @@ def openapi_document(extra_paths: Mapping[str, Any] | None = None) -> dict[str, 
                             "description": "Overlays left out (overlay, attention) and why: the model's map was unusable.",
                             "additionalProperties": {"type": "string"},
                         },
+                        "heatmap_grid": {
+                            "type": "object", "nullable": True, "required": ["layer", "shape", "values"],
+                            "additionalProperties": False,
+                            "description": (
+                                "With explain=gradcam: the Grad-CAM map before it is resized for the overlay, at the "
+                                "resolution of the layer it reads (the model card's gradcam_layer and gradcam_grid), "
+                                "rows of values in [0, 1]. Null, with heatmap_grid_omitted saying why, when the "
+                                "version was exported without it or answered an unusable one."
+                            ),
+                            "properties": {
+                                "layer": {"type": "string"},
+                                "shape": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 2},
+                                "values": {
+                                    "type": "array",
+                                    "items": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1}},
+                                },
+                            },
+                        },
+                        "heatmap_grid_omitted": {"type": "string", "description": "Why heatmap_grid is null."},
                         "timings_ms": {"type": "object", "additionalProperties": {"type": "number"}},
                         "dicom": {"$ref": "#/components/schemas/Dicom"},
                         "display_png": {

@@ -38,7 +38,8 @@ class Prediction:
 
 @dataclass(frozen=True)
 class GradcamResult:
-    """`gradcam` outputs for a batch; `attention_map` only for attentive models."""
+    """`gradcam` outputs for a batch; `attention_map` only for attentive models, `heatmap_grid` only
+    from versions exported with it (before it, the signature had the resized heatmap alone)."""
 
     model: str
     version: int
@@ -46,6 +47,7 @@ class GradcamResult:
     class_id: np.ndarray  # int64 [N]
     heatmap: np.ndarray  # float32 [N, H, W] in [0, 1]
     attention_map: np.ndarray | None = None  # float32 [N, H, W] in [0, 1]
+    heatmap_grid: np.ndarray | None = None  # float32 [N, h, w] in [0, 1], at the Grad-CAM layer's resolution
 
 
 @dataclass(frozen=True)

@@ -449,7 +449,8 @@ class TFServingPredictor:
         target = self._resolve(model, version)
         out = self._call_in_chunks(model, "gradcam", target, [check_batch(images, target.card)])
         return GradcamResult(
-            model, target.version, out["probabilities"], out["class_id"], out["heatmap"], out.get("attention_map")
+            model, target.version, out["probabilities"], out["class_id"], out["heatmap"], out.get("attention_map"),
+            out.get("heatmap_grid"),
         )
 
     def vjp(

@@ -26,13 +26,18 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class Split:
-    """One of train/val/test: ids, int64 labels, groups, and images in memory or as file paths."""
+    """One of train/val/test: ids, int64 labels, groups, and images in memory or as file paths.
+
+    ``masks`` (bool [N, h, w], the images' height and width) marks where each image's finding is,
+    when the source knows it (the synthetic set does): what a Grad-CAM heatmap is checked against.
+    """
 
     ids: tuple[str, ...]
     labels: np.ndarray
     groups: tuple[str, ...]
     images: np.ndarray | None = None
     paths: tuple[str, ...] | None = None
+    masks: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -52,6 +57,13 @@ class Split:
             )
         if self.paths is not None and len(self.paths) != n:
             raise ValueError(f"expected {n} paths, got {len(self.paths)}")
+        if self.masks is not None and (
+            self.images is None or self.masks.dtype != np.bool_ or self.masks.shape != self.images.shape[:3]
+        ):
+            shape = None if self.images is None else [n, *self.images.shape[1:3]]
+            raise ValueError(
+                f"expected masks bool {shape} beside in-memory images, got {self.masks.dtype} {list(self.masks.shape)}"
+            )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -65,6 +77,7 @@ class Split:
             groups=tuple(self.groups[i] for i in idx),
             images=None if self.images is None else self.images[idx],
             paths=None if self.paths is None else tuple(self.paths[i] for i in idx),
+            masks=None if self.masks is None else self.masks[idx],
         )
 
 

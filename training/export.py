@@ -2,7 +2,7 @@
 
 Signatures:
   serving_default(image)            -> logits, probabilities, class_id
-  gradcam(image)                    -> probabilities, class_id, heatmap [, attention_map]
+  gradcam(image)                    -> probabilities, class_id, heatmap, heatmap_grid [, attention_map]
   vjp(image, cotangent)             -> logits, gradient  (cotangent . d logits / d image)
 Beside the variables: assets.extra/model_card.json and assets.extra/tf_serving_warmup_requests.
 """
@@ -12,7 +12,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,18 +54,25 @@ def _unit_range(maps: tf.Tensor) -> tf.Tensor:
     return tf.clip_by_value(scaled, 0.0, 1.0)
 
 
-def gradcam_maps(features: tf.Tensor, grads: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
-    """Grad-CAM from a feature map and the class score's gradient: [N, h, w, C] -> [N, H, W] in [0, 1].
-
-    Channel weights are the spatially averaged gradients; the weighted sum is rectified, resized
-    to the input and divided by its maximum, so an all-zero map stays zero.
-    """
-    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-    cam = tf.nn.relu(tf.reduce_sum(features * weights, axis=-1, keepdims=True))
-    cam = tf.image.resize(cam, size, method="bilinear")[..., 0]
+def _max_scaled(cam: tf.Tensor) -> tf.Tensor:
+    """[N, h, w] divided by each map's maximum, so an all-zero map stays zero; finite, in [0, 1]."""
     high = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
     scaled = tf.math.divide_no_nan(cam, high)
     return tf.clip_by_value(tf.where(tf.math.is_finite(scaled), scaled, tf.zeros_like(scaled)), 0.0, 1.0)
+
+
+def gradcam_grid(features: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
+    """Grad-CAM at the tap layer's resolution: [N, h, w, C] -> [N, h, w], rectified, in [0, 1].
+
+    Channel weights are the spatially averaged gradients of the class score.
+    """
+    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+    return _max_scaled(tf.nn.relu(tf.reduce_sum(features * weights, axis=-1)))
+
+
+def heatmap_from_grid(grid: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+    """A Grad-CAM grid [N, h, w] resized (bilinear) to the input [N, H, W] and scaled to its maximum."""
+    return _max_scaled(tf.image.resize(grid[..., None], size, method="bilinear")[..., 0])
 
 
 def attention_overview(maps: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
@@ -108,10 +116,13 @@ class _Contract(tf.Module):
             class_id = tf.argmax(logits, axis=-1, output_type=tf.int64)
             score = tf.reduce_sum(logits * tf.one_hot(class_id, tf.shape(logits)[-1]), axis=-1)
         grads = tape.gradient(score, features)
+        grid = gradcam_grid(features, grads)
         result = {
             "probabilities": tf.nn.softmax(logits),
             "class_id": class_id,
-            "heatmap": gradcam_maps(features, grads, self.size),
+            "heatmap": heatmap_from_grid(grid, self.size),
+            # The map before resizing: what the tap layer can resolve, for programs to use as data.
+            "heatmap_grid": grid,
         }
         if self.attention:
             result["attention_map"] = attention_overview(outs[2], self.size)
@@ -159,7 +170,10 @@ def build_card(
     if len(class_names) != desc.num_classes:
         raise ValueError(f"expected {desc.num_classes} class names for a {desc.num_classes}-class model, got {len(class_names)}")
     name = model_name(task, desc.backbone, desc.attention)
-    gradcam_outputs = ["probabilities", "class_id", "heatmap"] + (["attention_map"] if desc.attention else [])
+    gradcam_outputs = ["probabilities", "class_id", "heatmap", "heatmap_grid"] + (
+        ["attention_map"] if desc.attention else []
+    )
+    tap = desc.gradcam
     return {
         "schema_version": CARD_SCHEMA_VERSION,
         "name": name,
@@ -170,7 +184,9 @@ def build_card(
         "num_classes": desc.num_classes,
         "input_size": [desc.image_size, desc.image_size],
         "pixel_range": [0.0, 1.0],
-        "gradcam_layer": desc.tap_layer,
+        "gradcam_layer": tap.layer,
+        "gradcam_grid": list(tap.grid),
+        **({"gradcam_note": tap.note} if tap.note else {}),
         "signatures": {
             "serving_default": {"inputs": ["image"], "outputs": ["logits", "probabilities", "class_id"]},
             "gradcam": {"inputs": ["image"], "outputs": gradcam_outputs},
@@ -194,13 +210,22 @@ def export_model(
     metrics: Mapping[str, Any] | None = None,
     training: Mapping[str, Any] | None = None,
     serving_root: str | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> ExportResult:
-    """Write `model` as the next version of `<task>-<backbone>-<variant>` and refresh models.config."""
+    """Write `model` as the next version of `<task>-<backbone>-<variant>` and refresh models.config;
+    `log` hears one line per step, with its time (saving traces every signature: the long one)."""
     repo = Path(repo)
     card = build_card(model, task=task, class_names=class_names, dataset=dataset, metrics=metrics, training=training)
     contract = _Contract(model, card["gradcam_layer"], card["attention"])
     staged = repository.staging_dir(repo)
+    started = time.perf_counter()
+
+    def step(what: str) -> None:
+        if log is not None:
+            log(f"exporting {card['name']} [{time.perf_counter() - started:.1f} s]: {what}")
+
     try:
+        step("tracing and saving serving_default, gradcam and vjp")
         tf.saved_model.save(
             contract,
             str(staged),
@@ -210,6 +235,7 @@ def export_model(
                 "vjp": contract.vjp,
             },
         )
+        step("writing the model card and TF Serving warmup records")
         extra = staged / "assets.extra"
         extra.mkdir(exist_ok=True)
         with tf.io.TFRecordWriter(str(staged / repository.WARMUP_PATH)) as writer:
@@ -225,4 +251,5 @@ def export_model(
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
+    step(f"published version {version}")
     return ExportResult(card["name"], version, path, card)

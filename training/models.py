@@ -13,7 +13,10 @@ import keras
 from training.contract.card import MIN_INPUT_SIZE, Backbone
 from training.soft_attention import SoftAttention
 
-__all__ = ["Backbone", "BackboneSpec", "build_model", "SoftAttention", "model_name", "spec_for", "describe_model"]
+__all__ = [
+    "Backbone", "BackboneSpec", "GradcamTap", "build_model", "SoftAttention", "model_name", "spec_for",
+    "describe_model", "gradcam_tap",
+]
 
 
 @dataclass(frozen=True)
@@ -21,22 +24,35 @@ class BackboneSpec:
     """What the heads and the Grad-CAM need to know about a backbone."""
 
     backbone: Backbone
-    tap_layer: str  # the feature map that attention, the head and Grad-CAM read (a stable name)
+    tap_layer: str  # the feature map that attention and the head read (a stable name)
     normalisation: str  # "caffe" (ResNet: BGR, ImageNet means on [0,255]) or "tf" ([-1, 1])
     min_size: int
+    # Where Grad-CAM may look, deepest first: stage outputs with stable names, none shallower than
+    # the third stage (earlier maps answer edges and colour, not the class). The first with a grid of
+    # at least MIN_GRADCAM_GRID positions a side is taken (see gradcam_tap).
+    gradcam_layers: tuple[str, ...] = ()
 
 
 _SPECS = {
-    Backbone.RESNET50: BackboneSpec(Backbone.RESNET50, "conv5_block3_out", "caffe", MIN_INPUT_SIZE[Backbone.RESNET50]),
+    Backbone.RESNET50: BackboneSpec(
+        Backbone.RESNET50, "conv5_block3_out", "caffe", MIN_INPUT_SIZE[Backbone.RESNET50],
+        gradcam_layers=("conv5_block3_out", "conv4_block6_out", "conv3_block4_out"),  # stride 32, 16, 8
+    ),
     # The paper drops the final 28 layers of Keras' InceptionResNetV2 (an index that falls inside
     # block8_9's branches); we tap the output of that same residual block by its stable name,
     # because auto-generated names such as batch_normalization_195 change with every model built.
+    # Grad-CAM may look no deeper than the head's tap: layers past it are not in the model.
     Backbone.INCEPTION_RESNET_V2: BackboneSpec(
-        Backbone.INCEPTION_RESNET_V2, "block8_9_ac", "tf", MIN_INPUT_SIZE[Backbone.INCEPTION_RESNET_V2]
+        Backbone.INCEPTION_RESNET_V2, "block8_9_ac", "tf", MIN_INPUT_SIZE[Backbone.INCEPTION_RESNET_V2],
+        gradcam_layers=("block8_9_ac", "block17_20_ac", "block35_10_ac"),  # the last block of each stage
     ),
 }
 
 _IMAGENET_BGR_MEANS = (103.939, 116.779, 123.68)
+
+# A Grad-CAM map of fewer positions cannot say where in the image the evidence is: ResNet-50's last
+# stage gives 1x1 at 32 px and 2x2 at 64 px. 7x7 is what the original Grad-CAM read at 224 px.
+MIN_GRADCAM_GRID = 7
 
 
 def spec_for(backbone: str | Backbone) -> BackboneSpec:
@@ -130,6 +146,37 @@ def build_model(
 
 
 @dataclass(frozen=True)
+class GradcamTap:
+    """The layer Grad-CAM reads, the grid of positions it gives at the model's input size, and,
+    when that grid is below MIN_GRADCAM_GRID a side, why."""
+
+    layer: str
+    grid: tuple[int, int]
+    note: str | None = None
+
+
+def gradcam_tap(model: keras.Model, spec: BackboneSpec) -> GradcamTap:
+    """The deepest of the backbone's Grad-CAM layers with at least 7x7 positions at this input size;
+    else the one with the largest grid (the shallowest allowed), with a note saying so."""
+    grids = []
+    for name in spec.gradcam_layers:
+        shape = model.get_layer(name).output.shape
+        grids.append((name, (int(shape[1]), int(shape[2]))))
+    for name, grid in grids:
+        if min(grid) >= MIN_GRADCAM_GRID:
+            return GradcamTap(name, grid)
+    name, grid = grids[-1]
+    size = int(model.input_shape[1])
+    return GradcamTap(
+        name, grid,
+        note=(
+            f"{grid[0]}x{grid[1]} positions at {size} px: no {spec.backbone.value} layer allowed for Grad-CAM "
+            f"gives {MIN_GRADCAM_GRID}x{MIN_GRADCAM_GRID} at this input size; a larger --image-size does"
+        ),
+    )
+
+
+@dataclass(frozen=True)
 class ModelDescription:
     """What an exported or checkpointed model is, read off its layers."""
 
@@ -138,6 +185,7 @@ class ModelDescription:
     image_size: int
     num_classes: int
     tap_layer: str
+    gradcam: GradcamTap
 
 
 def describe_model(model: keras.Model) -> ModelDescription:
@@ -157,4 +205,5 @@ def describe_model(model: keras.Model) -> ModelDescription:
         image_size=int(model.input_shape[1]),
         num_classes=int(model.output_shape[-1]),
         tap_layer=spec.tap_layer,
+        gradcam=gradcam_tap(model, spec),
     )

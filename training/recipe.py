@@ -34,6 +34,9 @@ class Recipe:
     epoch_fraction: float = 1.0
     class_weights: bool = True
     seed: int = 0
+    # None keeps Keras' 0.99. A run of a few dozen steps needs less: at 0.99 the moving statistics
+    # are still mostly their initial values when it ends, and evaluation (which uses them) is at chance.
+    batchnorm_momentum: float | None = None
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -42,6 +45,8 @@ class Recipe:
             raise ValueError(f"expected an epoch fraction in (0, 1], got {self.epoch_fraction}")
         if self.batch_size < 1:
             raise ValueError(f"expected batch_size >= 1, got {self.batch_size}")
+        if self.batchnorm_momentum is not None and not 0.0 <= self.batchnorm_momentum < 1.0:
+            raise ValueError(f"expected a batch-norm momentum in [0, 1), got {self.batchnorm_momentum}")
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,10 @@ def limit_split(split: Split, limit: int | None, seed: int) -> Split:
 
 def compile_for_training(model: keras.Model, recipe: Recipe) -> None:
     """Compile `model` with the recipe's optimiser and loss (the benchmark compiles the same way)."""
+    if recipe.batchnorm_momentum is not None:
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = recipe.batchnorm_momentum
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=recipe.learning_rate, epsilon=recipe.adam_epsilon),
         loss=keras.losses.CategoricalCrossentropy(from_logits=True),
@@ -102,9 +111,17 @@ def train(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     verbose: int | str = "auto",
+    label: str | None = None,
 ) -> TrainResult:
-    """Train `model` on `dataset`'s train split, validate on val; metrics on val and test."""
+    """Train `model` on `dataset`'s train split, validate on val; metrics on val and test.
+
+    Progress goes to stderr (training.progress, headed `label`, default the model's name) unless
+    `verbose` is 0 or False; Keras' own output is always off.
+    """
+    import math
+
     from training.pipeline import evaluation_dataset, training_dataset
+    from training.progress import TrainingProgress
 
     keras.utils.set_random_seed(recipe.seed)
     image_size = int(model.input_shape[1])
@@ -139,11 +156,16 @@ def train(
             keras.callbacks.BackupAndRestore(str(backup)),
             keras.callbacks.ModelCheckpoint(str(checkpoint_dir / "best.keras"), monitor=monitor, save_best_only=True),
         ]
+    if verbose:
+        per_epoch = len(train_split) if recipe.epoch_fraction == 1.0 else max(1, math.ceil(recipe.epoch_fraction * len(train_split)))
+        callbacks.append(TrainingProgress(
+            label=label or model.name, epochs=recipe.epochs, images_per_epoch=per_epoch, batch_size=recipe.batch_size,
+        ))
     weights = inverse_frequency_weights(train_split.labels, k) if recipe.class_weights else None
     started = time.perf_counter()
     history = model.fit(
         train_data, validation_data=val_data, epochs=recipe.epochs, class_weight=weights,
-        callbacks=callbacks, verbose=verbose,
+        callbacks=callbacks, verbose=0,
         shuffle=False,  # the pipeline shuffles; Keras warns that its own default is ignored for a tf.data.Dataset
     )
     seconds = time.perf_counter() - started

@@ -18,6 +18,13 @@ CLASSES = ("synthetic lesion: ring", "synthetic lesion: spot", "synthetic lesion
 
 def synthetic_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """uint8 [N, 64, 64, 3]: one shape per image, its class given by ``labels``."""
+    return synthetic_lesions(labels, rng)[0]
+
+
+def synthetic_lesions(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images [N, 64, 64, 3], bool masks [N, 64, 64]): one shape per image, its class given
+    by ``labels``. A mask is where the lesion is: the pixels drawn in the lesion's colour with any
+    hole filled (a ring's inside is part of its lesion, as a pigmented border's is)."""
     n = len(labels)
     y, x = np.mgrid[0:IMAGE_SIDE, 0:IMAGE_SIDE].astype(np.float32)
     cy, cx = (rng.uniform(20, 44, size=(2, n, 1, 1))).astype(np.float32)
@@ -36,7 +43,9 @@ def synthetic_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray
     lesion = rng.uniform([70, 40, 20], [130, 80, 60], size=(n, 1, 1, 3)).astype(np.float32)
     image = np.where(mask[..., None], lesion, skin)
     image += rng.normal(0, 12, size=image.shape).astype(np.float32)
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    disc = dist < radius + 2.5  # a ring with its inside
+    extent = np.where(labels[:, None, None] == 0, disc, mask)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), extent
 
 
 def load_synthetic(spec: str, argument: str, *, seed: int) -> Dataset:
@@ -49,7 +58,8 @@ def load_synthetic(spec: str, argument: str, *, seed: int) -> Dataset:
     rng = np.random.default_rng([seed, count])
     labels = rng.permutation(np.arange(count) % len(CLASSES)).astype(np.int64)
     ids = tuple(f"synthetic/{i:05d}" for i in range(count))
-    everything = Split(ids=ids, labels=labels, groups=ids, images=synthetic_images(labels, rng))
+    images, masks = synthetic_lesions(labels, rng)
+    everything = Split(ids=ids, labels=labels, groups=ids, images=images, masks=masks)
     train, val, test = split_grouped(everything, seed=seed, described_as=spec)
     return make_dataset(
         kind="synthetic", source=spec, default_task="synthetic", class_names=CLASSES,

@@ -56,8 +56,12 @@ def train_and_export(
     serving_root: str | None = None,
     verbose: int | str = "auto",
     log: Callable[[str], None] = print,
+    position: tuple[int, int] = (1, 1),
 ) -> TrainedVersion:
-    """Build, train with `recipe` and export one variant as a new version; returns what was written."""
+    """Build, train with `recipe` and export one variant as a new version; returns what was written.
+
+    `position` is (i, n) for "model i of n" in the progress; `verbose` 0 silences training's progress.
+    """
     from training import recipe as recipes
     from training.export import export_model
     from training.models import build_model, model_name
@@ -67,10 +71,12 @@ def train_and_export(
         variant.backbone, attention=variant.attention, num_classes=len(dataset.class_names),
         image_size=image_size, weights=weights,
     )
+    label = f"model {position[0]} of {position[1]} {name}"
     log(f"training {name}: {model.count_params():,} parameters, {image_size}x{image_size} inputs")
     checkpoints = Path(workdir) / name if workdir is not None else None
     result = recipes.train(
-        model, dataset, recipe=recipe, limit=limit, checkpoint_dir=checkpoints, resume=resume, verbose=verbose
+        model, dataset, recipe=recipe, limit=limit, checkpoint_dir=checkpoints, resume=resume, verbose=verbose,
+        label=label,
     )
     train_size = min(len(dataset.train), limit) if limit else len(dataset.train)
     exported = export_model(
@@ -87,6 +93,7 @@ def train_and_export(
             "images_per_second": round(result.images_per_second, 1),
         },
         serving_root=serving_root,
+        log=log if verbose else None,
     )
     if checkpoints is not None:
         import json

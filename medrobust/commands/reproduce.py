@@ -205,8 +205,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     state.save()
     started = time.perf_counter()
     interactive = sys.stderr.isatty()
-    # Keras' per-batch bar floods a log file; one line per epoch there.
-    verbose = "auto" if interactive else 2
+    # Training's progress is a bar on a terminal and one line per epoch in a log file (training.progress).
+    verbose = 1
     status = "failed"
     worked = []
     try:

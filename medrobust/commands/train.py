@@ -110,11 +110,11 @@ def _train(args: argparse.Namespace) -> int:
         print(f"note: {args.dataset} is SYNTHETIC stand-in data, not medical images; models trained on it are demos")
     task = args.task or dataset.default_task
     settings = _settings(args)
-    for v in variants:
+    for i, v in enumerate(variants, 1):
         train_and_export(
             dataset, v, task=task, image_size=args.image_size, model_repo=settings.model_repo, recipe=recipe,
             limit=args.limit, weights=args.weights, workdir=settings.workdir, resume=args.resume,
-            serving_root=settings.serving_root,
+            serving_root=settings.serving_root, position=(i, len(variants)),
         )
     return 0
 

@@ -63,8 +63,9 @@ def test_vjp_equals_a_gradient_tape_gradient(exported, images, attention):
     np.testing.assert_allclose(out["gradient"], want, rtol=1e-3, atol=1e-6 * float(np.abs(want).max()))
 
 
-def _independent_gradcam(model, layer_name, images):
-    """Grad-CAM as Selvaraju et al. define it, written here apart from training.export."""
+def _independent_gradcam(model, layer_name, images, *, resize=True):
+    """Grad-CAM as Selvaraju et al. define it, written here apart from training.export (at the
+    layer's own resolution when not `resize`)."""
     sub = keras.Model(model.input, [model.get_layer(layer_name).output, model.output])
     with tf.GradientTape() as tape:
         feats, logits = sub(images, training=False)
@@ -75,8 +76,9 @@ def _independent_gradcam(model, layer_name, images):
     maps = []
     for f, g in zip(feats, grads):
         alpha = g.mean(axis=(0, 1))
-        cam = np.maximum((f * alpha).sum(-1), 0)[None, ..., None]
-        cam = tf.image.resize(cam, (SIZE, SIZE), method="bilinear").numpy()[0, ..., 0]
+        cam = np.maximum((f * alpha).sum(-1), 0)
+        if resize:
+            cam = tf.image.resize(cam[None, ..., None], (SIZE, SIZE), method="bilinear").numpy()[0, ..., 0]
         maps.append(cam / (cam.max() + 1e-8))
     return np.stack(maps)
 
@@ -89,6 +91,9 @@ def test_gradcam_heatmap_matches_an_independent_gradcam(exported, images, attent
     assert heat.shape == (3, SIZE, SIZE) and heat.min() >= 0 and heat.max() <= 1
     want = _independent_gradcam(model, result.card["gradcam_layer"], images)
     np.testing.assert_allclose(heat, want, atol=2e-3)
+    grid = out["heatmap_grid"].numpy()
+    assert grid.shape == (3, *result.card["gradcam_grid"]) and grid.min() >= 0 and grid.max() <= 1
+    np.testing.assert_allclose(grid, _independent_gradcam(model, result.card["gradcam_layer"], images, resize=False), atol=2e-3)
     assert ("attention_map" in out) is attention
     if attention:
         att = out["attention_map"].numpy()
@@ -101,7 +106,10 @@ def test_model_card_and_warmup_records(exported):
     assert card["name"] == "demo-resnet50-attention"
     assert (card["task"], card["backbone"], card["attention"]) == ("demo", "resnet50", True)
     assert card["class_names"] == list(CLASSES) and card["input_size"] == [SIZE, SIZE]
-    assert card["gradcam_layer"] == "conv5_block3_out"
+    # At 64 px the last stage (conv5, stride 32) is 2x2: Grad-CAM reads the third stage's 8x8.
+    assert (card["gradcam_layer"], card["gradcam_grid"]) == ("conv3_block4_out", [8, 8])
+    assert "gradcam_note" not in card
+    assert card["signatures"]["gradcam"]["outputs"] == ["probabilities", "class_id", "heatmap", "heatmap_grid", "attention_map"]
     assert card["dataset"] == {"kind": "test"} and card["version"] == result.version
     for key in ("exported_at", "code_version", "metrics", "training", "signatures"):
         assert key in card

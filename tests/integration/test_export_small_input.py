@@ -45,6 +45,16 @@ def test_gradcam_maps_are_finite_and_in_range_at_32px(repo_32) -> None:
         assert values.min() >= 0.0 and values.max() <= 1.0
     # One position, one weight: uniform attention locates nothing, and says so with an all-zero map.
     assert float(out["attention_map"].numpy().max()) == 0.0
+    # Grad-CAM reads the shallowest allowed layer instead, and the card says its grid is small.
+    assert out["heatmap_grid"].shape == (2, 4, 4)
+
+
+def test_the_card_states_the_small_gradcam_grid(repo_32) -> None:
+    import json
+
+    card = json.loads((repo_32 / "demo-resnet50-attention" / "1" / "assets.extra" / "model_card.json").read_text())
+    assert (card["gradcam_layer"], card["gradcam_grid"]) == ("conv3_block4_out", [4, 4])
+    assert card["gradcam_note"].startswith("4x4 positions at 32 px: no resnet50 layer allowed for Grad-CAM gives 7x7")
 
 
 def test_the_front_end_answers_both_overlays_at_32px(repo_32) -> None:

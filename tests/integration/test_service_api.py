@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -75,6 +76,10 @@ def test_predict_answers_label_probabilities_and_overlay_at_upload_size(client, 
     assert "attention_png" not in body
     assert set(body["timings_ms"]) == {"decode", "model", "overlay", "total"}
     assert response.headers["Cache-Control"] == "no-store"
+    grid = body["heatmap_grid"]  # the raw Grad-CAM map at its layer's resolution
+    assert (grid["layer"], grid["shape"]) == (card["gradcam_layer"], card["gradcam_grid"]) == ("conv3_block4_out", [8, 8])
+    values = np.array(grid["values"])
+    assert values.shape == (8, 8) and values.min() >= 0 and values.max() in (0.0, 1.0)
 
 
 def test_a_huge_upload_is_answered_with_overlays_capped_at_2048_px(client, tiny_repo):

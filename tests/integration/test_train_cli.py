@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import re
 
 import pytest
 
@@ -24,13 +27,27 @@ def _train(repo, workdir, *extra):
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("train-cli")
     repo, workdir = root / "repo", root / "work"
-    assert _train(repo, workdir) == 0
-    return repo, workdir
+    out, err = io.StringIO(), io.StringIO()  # neither is a terminal: one line per epoch, no bar
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert _train(repo, workdir) == 0
+    return repo, workdir, out.getvalue(), err.getvalue()
+
+
+@SLOW
+def test_train_shows_which_model_its_epochs_rate_and_export_steps(trained):
+    _, _, out, err = trained
+    assert "model 1 of 1 demo-resnet50-baseline: 1 epoch(s) of 40 images, batch 16" in err
+    assert re.search(r"model 1 of 1 demo-resnet50-baseline epoch 1/1: 40 images in [\d.]+ s \([\d.]+ img/s\), "
+                     r"loss [\d.]+, accuracy [\d.]+, val_loss [\d.]+, val_accuracy [\d.]+; elapsed \d+:\d\d, ETA 0:00", err), err
+    assert "\r" not in err and "img/s]" not in err  # no tqdm bar outside a terminal
+    steps = re.findall(r"exporting demo-resnet50-baseline \[[\d.]+ s\]: (.*)", out)
+    assert steps == ["tracing and saving serving_default, gradcam and vjp",
+                     "writing the model card and TF Serving warmup records", "published version 1"], out
 
 
 @SLOW
 def test_train_exports_a_version_with_metrics_and_the_recipe(trained):
-    repo, workdir = trained
+    repo, workdir, _, _ = trained
     (model,) = repository.list_models(repo)
     assert (model.name, model.versions) == ("demo-resnet50-baseline", (1,))
     card = model.card
@@ -47,7 +64,7 @@ def test_train_exports_a_version_with_metrics_and_the_recipe(trained):
 
 @SLOW
 def test_models_lists_the_repository(trained, capsys):
-    repo, _ = trained
+    repo, _, _, _ = trained
     assert main(["models", "--model-repo", str(repo), "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [(m["name"], m["versions"]) for m in listed][0][0] == "demo-resnet50-baseline"
@@ -57,7 +74,7 @@ def test_models_lists_the_repository(trained, capsys):
 
 @SLOW
 def test_export_re_exports_a_checkpoint_as_the_next_version(trained):
-    repo, workdir = trained
+    repo, workdir, _, _ = trained
     before = repository.versions_of(repo / "demo-resnet50-baseline")
     assert main(["export", str(workdir / "demo-resnet50-baseline" / "best.keras"), "--model-repo", str(repo)]) == 0
     after = repository.versions_of(repo / "demo-resnet50-baseline")

@@ -194,6 +194,35 @@ def test_synthetic_is_labelled_deterministic_and_distinct():
     assert len(default.train) + len(default.val) + len(default.test) == 600
 
 
+def test_synthetic_masks_are_where_the_lesions_are_drawn():
+    from scipy import ndimage
+
+    data = load_dataset("synthetic:60", seed=0)
+    split = data.train
+    assert split.masks.shape == split.images.shape[:3] and split.masks.dtype == np.bool_
+    # Skin is drawn with channel sums of 450 or more, lesions 270 or less, plus noise of sd ~21:
+    # 360 parts them by more than 4 sd.
+    dark = split.images.astype(np.int32).sum(-1) < 360
+    for label, image_dark, mask in zip(split.labels, dark, split.masks):
+        if label:  # spots and streaks: the drawn pixels
+            assert (image_dark == mask).mean() > 0.995
+        else:  # a ring's lesion is the ring with its inside
+            filled = ndimage.binary_fill_holes(ndimage.binary_closing(image_dark, iterations=1))
+            assert (image_dark & ~mask).sum() <= 2 and (filled == mask).mean() > 0.97
+            assert (mask & ~image_dark).sum() > 20  # the inside, which is skin-coloured
+    assert data.test.masks is not None and data.test.subset([1, 0]).masks[1].tolist() == data.test.masks[0].tolist()
+
+
+def test_split_masks_must_match_the_images():
+    images = np.zeros((2, 4, 4, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"expected masks bool \[2, 4, 4\] beside in-memory images, got bool \[2, 4, 5\]"):
+        Split(ids=("a", "b"), labels=np.zeros(2, np.int64), groups=("a", "b"), images=images,
+              masks=np.zeros((2, 4, 5), bool))
+    with pytest.raises(ValueError, match=r"expected masks bool None beside in-memory images"):
+        Split(ids=("a", "b"), labels=np.zeros(2, np.int64), groups=("a", "b"), paths=("x", "y"),
+              masks=np.zeros((2, 4, 4), bool))
+
+
 def test_fingerprint_ignores_where_the_data_lives(tmp_path):
     first = make_ham(tmp_path / "a")
     second = tmp_path / "elsewhere" / "b"

@@ -9,6 +9,16 @@ keras = pytest.importorskip("keras")
 
 from training.models import build_model, describe_model, model_name  # noqa: E402
 
+# (backbone, input size) -> Grad-CAM layer and its grid: the deepest with 7x7 or more positions,
+# else the largest grid allowed (ResNet-50 at 32 px: conv5 is 1x1, conv4 2x2, conv3 4x4).
+GRADCAM_TAPS = [
+    ("resnet50", 32, "conv3_block4_out", (4, 4), True),
+    ("resnet50", 64, "conv3_block4_out", (8, 8), False),
+    ("resnet50", 224, "conv5_block3_out", (7, 7), False),
+    ("inception_resnet_v2", 75, "block35_10_ac", (7, 7), False),  # its smallest input: 32 and 64 px are refused
+    pytest.param("inception_resnet_v2", 224, "block17_20_ac", (12, 12), False, marks=pytest.mark.slow),
+]
+
 
 def test_resnet50_attention_adds_about_1_3_percent_parameters():
     # The paper: soft attention adds ~1.3% to ResNet-50. Here: 23,911,320 vs 23,602,055 (+1.31%)
@@ -66,6 +76,8 @@ def test_inception_resnet_v2_taps_block8_9_by_name(attention):
     np.testing.assert_allclose(model.get_layer("normalisation")(x), x * 2 - 1, atol=1e-6)
     desc = describe_model(model)
     assert (desc.backbone.value, desc.attention, desc.tap_layer) == ("inception_resnet_v2", attention, "block8_9_ac")
+    # At 75 px block8_9 is 1x1 and block17_20 3x3: Grad-CAM reads the first stage's last block.
+    assert (desc.gradcam.layer, desc.gradcam.grid, desc.gradcam.note) == ("block35_10_ac", (7, 7), None)
 
 
 @pytest.mark.parametrize(
@@ -81,6 +93,23 @@ def test_bad_model_arguments(args, message):
     kwargs = {"attention": False, "num_classes": 3, "image_size": 64, **overrides}
     with pytest.raises(ValueError, match=message):
         build_model(backbone, **kwargs)
+
+
+@pytest.mark.parametrize("backbone, size, layer, grid, small", GRADCAM_TAPS)
+def test_gradcam_layer_is_chosen_by_the_grid_it_gives(backbone, size, layer, grid, small):
+    model = build_model(backbone, attention=backbone == "resnet50", num_classes=3, image_size=size)
+    tap = describe_model(model).gradcam
+    assert (tap.layer, tap.grid) == (layer, grid)
+    assert tuple(model.get_layer(tap.layer).output.shape[1:3]) == grid
+    if small:
+        assert tap.note == (
+            f"{grid[0]}x{grid[1]} positions at {size} px: no {backbone} layer allowed for Grad-CAM gives 7x7 "
+            "at this input size; a larger --image-size does"
+        )
+    else:
+        assert tap.note is None
+    # The head still reads the backbone's own tap layer: Grad-CAM's choice is apart from it.
+    assert describe_model(model).tap_layer == {"resnet50": "conv5_block3_out"}.get(backbone, "block8_9_ac")
 
 
 def test_model_names():

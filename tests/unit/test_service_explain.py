@@ -17,7 +17,8 @@ from service.explain import OVERLAY_MAX_SIDE, PARALLEL_OVERLAY_MIN_PIXELS, decod
 from service.overlay import ATTENTION_COLORMAP, HEATMAP_COLORMAP, overlay_png
 from service.predictor import GradcamResult, Prediction
 
-CARD = {"task": "demo", "class_names": ["benign", "malignant"], "input_size": [32, 32, 3]}
+CARD = {"task": "demo", "class_names": ["benign", "malignant"], "input_size": [32, 32, 3],
+        "gradcam_layer": "conv3_block4_out", "gradcam_grid": [4, 4]}
 
 
 class MapsPredictor:
@@ -27,10 +28,13 @@ class MapsPredictor:
         rng = np.random.default_rng(1)
         self.heatmap = rng.random((1, 32, 32), dtype=np.float32)
         self.attention = rng.random((1, 32, 32), dtype=np.float32) if attention else None
+        self.grid = rng.random((1, 4, 4), dtype=np.float32)
 
     def gradcam(self, model, images, *, version=None):
         assert images.shape == (1, 32, 32, 3)
-        return GradcamResult(model, 3, np.array([[0.2, 0.8]], np.float32), np.array([1]), self.heatmap, self.attention)
+        return GradcamResult(
+            model, 3, np.array([[0.2, 0.8]], np.float32), np.array([1]), self.heatmap, self.attention, self.grid
+        )
 
     def predict(self, model, images, *, version=None):
         return Prediction(model, 3, np.zeros((1, 2), np.float32), np.array([[0.6, 0.4]], np.float32), np.array([0]))
@@ -191,3 +195,51 @@ def test_a_failed_decode_gives_its_slot_back() -> None:
     with pytest.raises(Exception, match="not a recognisable image"):
         explain_upload(MapsPredictor(attention=False), "m", CARD, b"not an image", max_pixels=10**8, decode_slots=slots)
     assert slots.acquire(blocking=False)
+
+
+def test_the_raw_grid_is_answered_beside_the_overlay() -> None:
+    backend = MapsPredictor(attention=False)
+    result = explain_upload(backend, "m", CARD, _png(np.zeros((40, 40, 3), np.uint8)), max_pixels=10**8,
+                            decode_slots=_slots())
+    assert result.grid.layer == "conv3_block4_out" and result.grid_omitted is None
+    np.testing.assert_allclose(result.grid.values, backend.grid[0], atol=5e-5)
+    without = explain_upload(backend, "m", CARD, _png(np.zeros((40, 40, 3), np.uint8)), explain=False,
+                             max_pixels=10**8, decode_slots=_slots())
+    assert (without.grid, without.grid_omitted) == (None, None)
+
+
+BAD_GRIDS = [
+    (None, ("this version's gradcam signature has no heatmap_grid output (exported before it was added); "
+            "re-export it with medrobust export to get the grid")),
+    (np.full((1, 4, 4), np.nan, np.float32), "the model's heatmap_grid has 16 of 16 values NaN or infinite"),
+    (np.full((1, 4, 4), 1.5, np.float32), "the model's heatmap_grid has values in [1.5, 1.5], expected [0, 1]"),
+    (np.zeros((1, 8, 8), np.float32), "the model's heatmap_grid has shape [8, 8], expected [4, 4]"),
+]
+
+
+@pytest.mark.parametrize(("grid", "reason"), BAD_GRIDS, ids=["old-version", "nan", "out-of-range", "wrong-shape"])
+def test_an_absent_or_bad_grid_is_left_out_with_its_reason(grid, reason) -> None:
+    backend = MapsPredictor(attention=False)
+    backend.grid = grid
+    result = explain_upload(backend, "m", CARD, _png(np.zeros((40, 40, 3), np.uint8)), max_pixels=10**8,
+                            decode_slots=_slots())
+    assert (result.grid, result.grid_omitted) == (None, reason)
+    assert result.overlay_png is not None and result.omitted == {}
+
+
+def test_the_api_answers_the_grid_or_why_not() -> None:
+    from service.app import create_app
+    from training.contract.config import ServiceConfig
+
+    backend = CardPredictor(attention=False)
+    client = create_app(ServiceConfig(model_repo=Path("unused")), predictor=backend).test_client()
+    upload = _png(np.zeros((40, 40, 3), np.uint8))
+    body = client.post("/api/v1/models/m/predict", data=upload, content_type="image/png").get_json()
+    grid = body["heatmap_grid"]
+    assert (grid["layer"], grid["shape"]) == ("conv3_block4_out", [4, 4]) and "heatmap_grid_omitted" not in body
+    np.testing.assert_allclose(grid["values"], backend.grid[0], atol=5e-5)
+    backend.grid = None
+    body = client.post("/api/v1/models/m/predict", data=upload, content_type="image/png").get_json()
+    assert body["heatmap_grid"] is None and body["heatmap_grid_omitted"] == BAD_GRIDS[0][1]
+    body = client.post("/api/v1/models/m/predict?explain=none", data=upload, content_type="image/png").get_json()
+    assert "heatmap_grid" not in body and "heatmap_grid_omitted" not in body
