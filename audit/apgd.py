@@ -216,7 +216,8 @@ def _rows(z: np.ndarray) -> np.ndarray:
 
 
 def _one_hot(index: np.ndarray, k: int) -> np.ndarray:
-    return np.eye(k)[index]
+    rows: np.ndarray = np.eye(k)[index]
+    return rows
 
 
 def _cross_entropy(z: np.ndarray, y: np.ndarray, _targets: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -231,7 +232,8 @@ def _cross_entropy(z: np.ndarray, y: np.ndarray, _targets: np.ndarray | None) ->
 def _runner_up(z: np.ndarray, y: np.ndarray) -> np.ndarray:
     others = z.copy()
     others[_rows(z), y] = -np.inf
-    return others.argmax(axis=1)
+    runner_up: np.ndarray = others.argmax(axis=1)
+    return runner_up
 
 
 def _margin(z: np.ndarray, y: np.ndarray, _targets: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -253,8 +255,16 @@ def _dlr(z: np.ndarray, y: np.ndarray, _targets: np.ndarray | None) -> tuple[np.
     return -gap / scale, -(_one_hot(y, k) - _one_hot(j, k)) / scale[:, None] + (gap / scale**2)[:, None] * spread
 
 
+def _targets_given(t: np.ndarray | None) -> np.ndarray:
+    # The targeted losses share the Objective signature; apgd_targeted always passes their targets.
+    if t is None:
+        raise ValueError("expected target classes for a targeted loss, got None")
+    return t
+
+
 def _targeted_dlr(z: np.ndarray, y: np.ndarray, t: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)."""
+    t = _targets_given(t)
     z = z.astype(np.float64)
     r, k = _rows(z), z.shape[1]
     order = np.argsort(-z, axis=1, kind="stable")
@@ -265,6 +275,7 @@ def _targeted_dlr(z: np.ndarray, y: np.ndarray, t: np.ndarray | None) -> tuple[n
 
 
 def _targeted_margin(z: np.ndarray, y: np.ndarray, t: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    t = _targets_given(t)
     z = z.astype(np.float64)
     k = z.shape[1]
     return z[_rows(z), t] - z[_rows(z), y], _one_hot(t, k) - _one_hot(y, k)
@@ -281,7 +292,10 @@ class APGDCE(_APGD):
 
     spec: ClassVar[AttackSpec] = ATTACKS["apgd_ce"]
 
-    def run(self, target: Target, images, labels, epsilon, *, clean_logits, rng) -> Candidates:
+    def run(
+        self, target: Target, images: np.ndarray, labels: np.ndarray, epsilon: float, *, clean_logits: np.ndarray,
+        rng: np.random.Generator,
+    ) -> Candidates:
         run = apgd(target.served.logits_and_gradient, images, labels, epsilon, clean_logits=clean_logits, loss="ce",
                    iterations=self._steps(), rng=rng)
         return Candidates(run.adversarial, run.margins)
@@ -292,7 +306,10 @@ class APGDDLR(_APGD):
 
     spec: ClassVar[AttackSpec] = ATTACKS["apgd_dlr"]
 
-    def run(self, target: Target, images, labels, epsilon, *, clean_logits, rng) -> Candidates:
+    def run(
+        self, target: Target, images: np.ndarray, labels: np.ndarray, epsilon: float, *, clean_logits: np.ndarray,
+        rng: np.random.Generator,
+    ) -> Candidates:
         loss = "dlr" if clean_logits.shape[1] >= 3 else "cw"
         run = apgd(target.served.logits_and_gradient, images, labels, epsilon, clean_logits=clean_logits, loss=loss,
                    iterations=self._steps(), rng=rng)
@@ -304,7 +321,10 @@ class APGDT(_APGD):
 
     spec: ClassVar[AttackSpec] = ATTACKS["apgd_t"]
 
-    def run(self, target: Target, images, labels, epsilon, *, clean_logits, rng) -> Candidates:
+    def run(
+        self, target: Target, images: np.ndarray, labels: np.ndarray, epsilon: float, *, clean_logits: np.ndarray,
+        rng: np.random.Generator,
+    ) -> Candidates:
         run = apgd_targeted(target.served.logits_and_gradient, images, labels, epsilon, clean_logits=clean_logits,
                             iterations=self._steps(), rng=rng)
         return Candidates(run.adversarial, run.margins)

@@ -12,13 +12,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, ClassVar, Self
 
 import numpy as np
 
 from audit.foolbox_model import IterateRecorder, ServedModel, foolbox_model
 from training.contract.attacks import AttackSpec, BudgetValue
 from training.contract.config import AttackConfig
+
+if TYPE_CHECKING:
+    from foolbox.models.base import Model as FoolboxModel
 
 _POSITIVE = ("steps", "queries", "step_ratio")
 
@@ -37,9 +40,9 @@ class Target:
     def __init__(self, served: ServedModel):
         self.served = served
         self.recorder = IterateRecorder()
-        self._foolbox: Any = None
+        self._foolbox: FoolboxModel | None = None
 
-    def foolbox(self):
+    def foolbox(self) -> FoolboxModel:
         if self._foolbox is None:
             self._foolbox = foolbox_model(self.served, self.recorder)
         return self._foolbox

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 
 @dataclass(frozen=True)
@@ -23,11 +24,12 @@ def true_class_margin(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     true = logits[rows, labels]
     others = logits.copy()
     others[rows, labels] = -np.inf
-    return (true - others.max(axis=1)).astype(np.float32)
+    margin: np.ndarray = (true - others.max(axis=1)).astype(np.float32)
+    return margin
 
 
 def check_batch(
-    images, labels, epsilon: float, clean_logits, rng
+    images: npt.ArrayLike, labels: npt.ArrayLike, epsilon: float, clean_logits: npt.ArrayLike, rng: object
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The batch as float32 images, int64 labels and float32 clean logits, or a ValueError saying what is wrong."""
     x = np.asarray(images, np.float32)
@@ -56,7 +58,7 @@ def check_at_least(name: str, value: int, minimum: int) -> None:
         raise ValueError(f"expected {name} >= {minimum}, got {value!r}")
 
 
-def check_output(what: str, array, shape: tuple[int, ...]) -> np.ndarray:
+def check_output(what: str, array: npt.ArrayLike, shape: tuple[int, ...]) -> np.ndarray:
     """A model's output as float32, checked against the shape the attack needs."""
     out = np.asarray(array, np.float32)
     if out.shape != shape:

@@ -87,5 +87,7 @@ def distance(name: str, adversarial: np.ndarray, clean: np.ndarray) -> np.ndarra
     """Per-image distance in the attack's norm (L-infinity or L2 over all pixels)."""
     diff = (adversarial.astype(np.float64) - clean.astype(np.float64)).reshape(len(clean), -1)
     if attack_spec(name).norm == "l2":
-        return np.sqrt((diff**2).sum(axis=1))
-    return np.abs(diff).max(axis=1) if diff.size else np.zeros(len(clean))
+        l2: np.ndarray = np.sqrt((diff**2).sum(axis=1))
+        return l2
+    linf: np.ndarray = np.abs(diff).max(axis=1) if diff.size else np.zeros(len(clean))
+    return linf

@@ -94,7 +94,7 @@ def readable_here(spec: str) -> bool:
     return bool(argument) and os.path.exists(os.path.expanduser(argument))
 
 
-def load_audit_sets(path: str | os.PathLike | None, default: str | None = None) -> AuditSets:
+def load_audit_sets(path: str | os.PathLike[str] | None, default: str | None = None) -> AuditSets:
     """The audit sets of `path` (a TOML file with a `[tasks]` table of task = "KIND:PATH"), and `default`."""
     if path is None:
         return AuditSets(default=default or None)

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 from audit.results import AuditSet
+
+if TYPE_CHECKING:
+    from training.dataset_types import Dataset
 
 
 def stratified_indices(labels: np.ndarray, n: int, *, seed: int) -> np.ndarray:
@@ -38,7 +44,7 @@ def stratified_indices(labels: np.ndarray, n: int, *, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(chosen))
 
 
-def audit_set_fingerprint(dataset_fingerprint: str, image_size: int, ids, labels) -> str:
+def audit_set_fingerprint(dataset_fingerprint: str, image_size: int, ids: Sequence[str], labels: npt.ArrayLike) -> str:
     """sha256 over the dataset's fingerprint, the input size and the chosen ids and labels."""
     digest = hashlib.sha256()
     digest.update(json.dumps({"dataset": dataset_fingerprint, "image_size": int(image_size)}).encode())
@@ -47,7 +53,7 @@ def audit_set_fingerprint(dataset_fingerprint: str, image_size: int, ids, labels
     return digest.hexdigest()
 
 
-def draw_audit_set(dataset, *, n: int, seed: int, image_size: int) -> tuple[AuditSet, np.ndarray]:
+def draw_audit_set(dataset: Dataset, *, n: int, seed: int, image_size: int) -> tuple[AuditSet, np.ndarray]:
     """The audit set and its images (float32 [n, size, size, 3] in [0, 1]) from `dataset.test`."""
     from training.datasets import load_images
 

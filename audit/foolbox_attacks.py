@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
 from audit.attack_base import Candidates, SingleAttack, Target
 from training.contract.attacks import ATTACKS, AttackSpec
+
+if TYPE_CHECKING:
+    from foolbox.attacks.base import FixedEpsilonAttack
 
 
 class _FoolboxAttack(SingleAttack):
@@ -16,10 +19,13 @@ class _FoolboxAttack(SingleAttack):
     tracked: ClassVar[bool] = False
 
     @abstractmethod
-    def build(self):
+    def build(self) -> FixedEpsilonAttack:
         """The Foolbox attack object."""
 
-    def run(self, target: Target, images, labels, epsilon, *, clean_logits, rng) -> Candidates:
+    def run(
+        self, target: Target, images: np.ndarray, labels: np.ndarray, epsilon: float, *, clean_logits: np.ndarray,
+        rng: np.random.Generator,
+    ) -> Candidates:
         import tensorflow as tf
 
         fmodel = target.foolbox()
@@ -43,7 +49,7 @@ class LinfPGD(_FoolboxAttack):
     spec: ClassVar[AttackSpec] = ATTACKS["linf_pgd"]
     tracked = True
 
-    def build(self):
+    def build(self) -> FixedEpsilonAttack:
         import foolbox as fb
 
         steps = int(self.budget["steps"])
@@ -57,7 +63,7 @@ class L2PGD(_FoolboxAttack):
 
     spec: ClassVar[AttackSpec] = ATTACKS["l2_pgd"]
 
-    def build(self):
+    def build(self) -> FixedEpsilonAttack:
         import foolbox as fb
 
         steps = int(self.budget["steps"])
@@ -72,7 +78,7 @@ class FGSM(_FoolboxAttack):
     spec: ClassVar[AttackSpec] = ATTACKS["fgsm"]
     tracked = True
 
-    def build(self):
+    def build(self) -> FixedEpsilonAttack:
         import foolbox as fb
 
         return fb.attacks.FGSM(random_start=False)

@@ -8,12 +8,17 @@ an error rather than a silently mixed audit.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from service.predictor import Predictor
+from service.predictor import Prediction, Predictor
 from training.contract.errors import PredictorError, SignatureMissing
+
+if TYPE_CHECKING:
+    from foolbox.models.base import Model as FoolboxModel
 
 
 class AuditError(Exception):
@@ -56,7 +61,7 @@ class ServedModel:
         if int(version) != self.version:
             raise AuditError(f"{self.model}: expected answers from pinned version {self.version}, got version {version}")
 
-    def _predictions(self, images: np.ndarray):
+    def _predictions(self, images: np.ndarray) -> Iterator[Prediction]:
         """`serving_default` over any number of images, in batches, each checked for the pinned version."""
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
@@ -147,7 +152,7 @@ class IterateRecorder:
         return out.astype(np.float32), margins
 
 
-def foolbox_model(served: ServedModel, recorder: IterateRecorder | None = None):
+def foolbox_model(served: ServedModel, recorder: IterateRecorder | None = None) -> FoolboxModel:
     """A `foolbox.TensorFlowModel` whose forward and gradient both go to the served model."""
     import foolbox as fb
     import tensorflow as tf
@@ -157,8 +162,8 @@ def foolbox_model(served: ServedModel, recorder: IterateRecorder | None = None):
     # variable bookkeeping (a loaded signature whose module was dropped fails under a live tape).
     from tensorflow.python.eager import record
 
-    @tf.custom_gradient
-    def forward(images):
+    @tf.custom_gradient  # type: ignore[untyped-decorator]  # TensorFlow has no type information
+    def forward(images: tf.Tensor) -> tuple[tf.Tensor, Callable[[tf.Tensor], tf.Tensor]]:
         x = images.numpy()
         with record.stop_recording():
             served_logits = served.logits(x)
@@ -166,7 +171,7 @@ def foolbox_model(served: ServedModel, recorder: IterateRecorder | None = None):
                 recorder.see(x, served_logits)
             logits = tf.constant(served_logits)
 
-        def backward(upstream):
+        def backward(upstream: tf.Tensor) -> tf.Tensor:
             with record.stop_recording():
                 return tf.constant(served.gradient(x, upstream.numpy().astype(np.float32)))
 

@@ -10,9 +10,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from audit.store import Enqueued
+from audit.store import AuditStore, Enqueued
+
+if TYPE_CHECKING:
+    from audit.runner import AuditRunner
+    from service.predictor import Predictor
+    from training.contract.config import AuditConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +49,10 @@ class Queued:
 class Enqueuer:
     """Queues jobs for served models into the store."""
 
-    def __init__(self, config, predictor, store, runner, audit_set_for: AuditSetFor | None = None):
+    def __init__(
+        self, config: AuditConfig, predictor: Predictor, store: AuditStore, runner: AuditRunner,
+        audit_set_for: AuditSetFor | None = None,
+    ) -> None:
         self.config = config
         self.predictor = predictor
         self.store = store

@@ -22,7 +22,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from audit.store import RunRecord, comparable
+from audit.store import AuditStore, RunRecord, comparable
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class AuditCollector(Collector):
 
     FAMILIES = ("points", "model_figures", "attention_gain", "sanity", "runs", "run_times", "unauditable", "queue", "progress")
 
-    def __init__(self, store, *, served: Served | None = None, unauditable: Unauditable | None = None):
+    def __init__(self, store: AuditStore, *, served: Served | None = None, unauditable: Unauditable | None = None) -> None:
         self.store = store
         self._served = served
         self._unauditable = unauditable
@@ -294,7 +294,7 @@ class AuditCollector(Collector):
 def metric_families(collector_class: type[AuditCollector] = AuditCollector) -> dict[str, tuple[str, ...]]:
     """The exposed sample names a collector class exports, with their labels (for deploy checks and docs)."""
     found: dict[str, tuple[str, ...]] = {}
-    probe: Any = collector_class(None)
+    probe: Any = collector_class(None)  # type: ignore[arg-type]  # describe() answers without reading the store
     for family in probe.describe():
         name = family.name + ("_total" if family.type == "counter" else "")
         found[name] = tuple(getattr(family, "_labelnames", ()))

@@ -14,8 +14,12 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -26,7 +30,7 @@ class SchemaOutdated(RuntimeError):
     """The database's schema is not the one this code reads (a writer has not upgraded it yet)."""
 
 
-def _config(connection: sa.Connection | None = None):
+def _config(connection: sa.Connection | None = None) -> Config:
     # Alembic logs every plugin it sets up and every step at INFO; this module logs the result.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     from alembic.config import Config

@@ -20,7 +20,10 @@ class UniformNoise(SingleAttack):
 
     spec: ClassVar[AttackSpec] = ATTACKS["uniform_noise"]
 
-    def run(self, target: Target, images, labels, epsilon, *, clean_logits, rng) -> Candidates:
+    def run(
+        self, target: Target, images: np.ndarray, labels: np.ndarray, epsilon: float, *, clean_logits: np.ndarray,
+        rng: np.random.Generator,
+    ) -> Candidates:
         import tensorflow as tf
 
         x = tf.convert_to_tensor(images, tf.float32)

@@ -9,13 +9,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from service.predictor import Predictor
 
 
 class TokenBucket:
     """`rate` tokens a second, at most `burst` saved up; `take()` blocks until one is there."""
 
     def __init__(self, rate: float, burst: float | None = None, *, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         if rate <= 0:
             raise ValueError(f"expected a rate > 0 calls per second, got {rate}")
         self.rate = rate
@@ -45,16 +49,16 @@ class RateLimitedPredictor:
 
     _LIMITED = frozenset({"predict", "gradcam", "vjp"})
 
-    def __init__(self, predictor, bucket: TokenBucket):
+    def __init__(self, predictor: Predictor, bucket: TokenBucket) -> None:
         self._predictor = predictor
         self.bucket = bucket
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         attribute = getattr(self._predictor, name)
         if name not in self._LIMITED:
             return attribute
 
-        def limited(*args, **kwargs):
+        def limited(*args: Any, **kwargs: Any) -> Any:
             self.bucket.take()
             return attribute(*args, **kwargs)
 

@@ -15,9 +15,9 @@ import html
 import os
 import textwrap
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, SupportsInt
 
 import numpy as np
 
@@ -27,6 +27,8 @@ from service.readable import duration_text, epsilon_text, grey_levels
 
 if TYPE_CHECKING:
     from matplotlib.artist import Artist
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 FIGURE = "accuracy.png"
 EXAMPLES = "examples.png"
@@ -37,12 +39,12 @@ def _label(run: RunRecord) -> str:
     return f"{'attention' if run.attention else 'baseline'} ({run.model} v{run.version})"
 
 
-def _attacked(run: RunRecord) -> list:
+def _attacked(run: RunRecord) -> list[Mapping[str, Any]]:
     """The points at non-zero epsilons (the log axis cannot show 0; clean accuracy stands for it)."""
     return [p for p in run.points if p["epsilon_value"] > 0]
 
 
-def _band(ax, pts, colour, label: str) -> None:
+def _band(ax: Axes, pts: Sequence[Mapping[str, Any]], colour: str, label: str) -> None:
     """The 95% Wilson band of robust accuracy, where the points have one."""
     if pts and all(p.get("robust_accuracy_lower") is not None for p in pts):
         ax.fill_between(
@@ -51,7 +53,7 @@ def _band(ax, pts, colour, label: str) -> None:
         )
 
 
-def _worst(ax, pts, colour, label: str, **style) -> None:
+def _worst(ax: Axes, pts: Sequence[Mapping[str, Any]], colour: str, label: str, **style: Any) -> None:
     if pts and all(p.get("worst_class_robust_accuracy") is not None for p in pts):
         ax.plot([p["epsilon_value"] for p in pts], [p["worst_class_robust_accuracy"] for p in pts], "v:", color=colour,
                 label=label, **style)
@@ -71,7 +73,7 @@ def _linf(run: RunRecord) -> bool:
     return run.attack != "l2_pgd"
 
 
-def _axis(ax, run: RunRecord, title: str, *, legend: bool = True) -> None:
+def _axis(ax: Axes, run: RunRecord, title: str, *, legend: bool = True) -> None:
     pts = _attacked(run)
     ax.set_xscale("log")
     ax.minorticks_off()
@@ -88,7 +90,7 @@ def _axis(ax, run: RunRecord, title: str, *, legend: bool = True) -> None:
         ax.legend(fontsize=LEGEND_PT, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2, frameon=False)
 
 
-def _chance(ax, classes: int) -> None:
+def _chance(ax: Axes, classes: int) -> None:
     """Chance level, 1/K: a robust accuracy at or under it is what guessing gets."""
     if classes > 0:
         ax.axhline(
@@ -101,7 +103,7 @@ def _degenerate_note(run: RunRecord) -> str:
     return f"DEGENERATE: {share:.0%} of answers are one class" if run.degenerate and share is not None else ""
 
 
-def draw_accuracy(runs: list[RunRecord], class_names: Sequence[str] = ()):
+def draw_accuracy(runs: list[RunRecord], class_names: Sequence[str] = ()) -> Figure:
     """The accuracy-against-epsilon figure (a matplotlib Figure, no pyplot: the front end draws in threads).
 
     Top (or left, for one run): per model, mean robust accuracy with its 95% Wilson band, the worst
@@ -174,7 +176,7 @@ def accuracy_figure(runs: list[RunRecord], path: Path, class_names: Sequence[str
 
 
 @contextlib.contextmanager
-def _atomic(path: Path):
+def _atomic(path: Path) -> Iterator[Path]:
     """Write to a file beside `path`, then rename it into place: a reader (the front end serving
     the picture) sees the old file or the whole new one, never a half-written PNG."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -191,10 +193,11 @@ def perturbation_image(clean: np.ndarray, adversarial: np.ndarray) -> np.ndarray
     low, high = diff.min(), diff.max()
     if high - low <= 0:
         return np.full(diff.shape, 128, np.uint8)
-    return np.round((diff - low) / (high - low) * 255).astype(np.uint8)
+    scaled: np.ndarray = np.round((diff - low) / (high - low) * 255).astype(np.uint8)
+    return scaled
 
 
-def examples_figure(examples: dict, class_names: list[str], path: Path) -> Path | None:
+def examples_figure(examples: Mapping[str, np.ndarray], class_names: list[str], path: Path) -> Path | None:
     """One row per example: clean, adversarial, perturbation, Grad-CAM clean, Grad-CAM adversarial,
     and under the Grad-CAM columns the colour scale (jet, 0 = low to 1 = high)."""
     n = len(examples.get("index", ()))
@@ -210,9 +213,9 @@ def examples_figure(examples: dict, class_names: list[str], path: Path) -> Path 
     grid = fig.add_gridspec(n + (cols == 5), cols, height_ratios=[1.0] * n + ([0.08] if cols == 5 else []))
     axes = np.array([[fig.add_subplot(grid[r, c]) for c in range(cols)] for r in range(n)])
 
-    def name(c) -> str:
-        c = int(c)
-        return class_names[c] if 0 <= c < len(class_names) else str(c)
+    def name(c: SupportsInt) -> str:
+        index = int(c)
+        return class_names[index] if 0 <= index < len(class_names) else str(index)
 
     def wrapped(text: str) -> str:  # class names such as "synthetic lesion: ring" fit a 200 px column on two lines
         return textwrap.fill(text, 26)
@@ -248,7 +251,7 @@ def examples_figure(examples: dict, class_names: list[str], path: Path) -> Path 
     return path
 
 
-def _is_number(text) -> bool:
+def _is_number(text: Any) -> bool:  # anything float() may take, or refuse
     try:
         float(text)
     except (TypeError, ValueError):
@@ -256,7 +259,7 @@ def _is_number(text) -> bool:
     return True
 
 
-def load_examples(run: RunRecord) -> dict:
+def load_examples(run: RunRecord) -> dict[str, np.ndarray]:
     if not run.artefacts:
         return {}
     path = Path(run.artefacts) / "examples.npz"

@@ -13,10 +13,10 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import sqlalchemy as sa
@@ -27,10 +27,13 @@ from audit.foolbox_model import AuditError, ServedModel
 from audit.results import AuditResult, EpsilonPoint, SampleOutcome
 from audit.attacks import Attacker
 from audit.sanity import run_checks
-from audit.store import ClaimedJob, LeaseLost
+from audit.store import AuditStore, ClaimedJob, LeaseLost
 from audit.sweep import NEVER, Sweep, run_sweep, sweep_work
 from service.predictor import Predictor
 from training.contract.errors import HttpError
+
+if TYPE_CHECKING:
+    from training.dataset_types import Dataset
 
 log = logging.getLogger(__name__)
 EXAMPLES = 4
@@ -49,12 +52,13 @@ def transient(exc: BaseException) -> bool:
     Anything else (a model that does not fit its dataset, an unreadable dataset) fails the same way
     each time, so the job fails at once with it. The cause counts too: the audit words a server's
     failure in its own terms (`raise AuditError(...) from exc`)."""
-    while exc is not None:
-        if isinstance(exc, (ConnectionError, TimeoutError, sa.exc.OperationalError)):
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, (ConnectionError, TimeoutError, sa.exc.OperationalError)):
             return True
-        if isinstance(exc, HttpError) and exc.http_status in (502, 503, 504):
+        if isinstance(cause, HttpError) and cause.http_status in (502, 503, 504):
             return True
-        exc = exc.__cause__
+        cause = cause.__cause__
     return False
 
 
@@ -74,7 +78,7 @@ class Audit:
     images: np.ndarray
 
 
-def _accuracy(mask: np.ndarray, labels: np.ndarray, class_names) -> tuple[float, float, dict[str, float]]:
+def _accuracy(mask: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> tuple[float, float, dict[str, float]]:
     """(accuracy, balanced accuracy, per-class accuracy) of a correct-mask; classes absent from `labels` are left out."""
     per_class = {
         class_names[c]: float(mask[labels == c].mean()) for c in range(len(class_names)) if (labels == c).any()
@@ -84,7 +88,7 @@ def _accuracy(mask: np.ndarray, labels: np.ndarray, class_names) -> tuple[float,
 
 
 def audit_model(
-    predictor: Predictor, model: str, dataset, config: AuditConfig, *, version: int | None = None,
+    predictor: Predictor, model: str, dataset: Dataset, config: AuditConfig, *, version: int | None = None,
     attack: str | None = None, progress: Callable[[int, int], None] | None = None,
 ) -> Audit:
     """Attack one served model version with one attack (the first configured unless named) over the grid,
@@ -133,7 +137,7 @@ def audit_model(
     )
     names = audit_set.class_names
     clean, balanced_clean, _ = _accuracy(sweep.correct, labels, names)
-    points = []
+    points: list[EpsilonPoint] = []
     for i, eps in enumerate(config.attack.epsilons):
         robust, balanced, per_class = _accuracy(sweep.robust_mask(i), labels, names)
         noise = sweep.noise_robust_mask(i)
@@ -144,7 +148,6 @@ def audit_model(
                 noise_robust_accuracy=None if noise is None else float(noise.mean()), samples=len(labels),
             )
         )
-    points = tuple(points)
     samples = tuple(
         SampleOutcome(
             sample_id=sid, label=int(labels[i]), clean_class=int(sweep.clean_class[i]),
@@ -157,7 +160,7 @@ def audit_model(
         model=model, version=served.version, task=str(card.get("task", "")), backbone=str(card.get("backbone", "")),
         attention=bool(card.get("attention", False)), backend=predictor.backend_name, attack=config.attack.attack,
         steps=config.attack.iterations, restarts=config.attack.restarts, audit_set=audit_set, clean_accuracy=clean,
-        balanced_clean_accuracy=balanced_clean, points=points, samples=samples,
+        balanced_clean_accuracy=balanced_clean, points=tuple(points), samples=samples,
         sanity=sanity, seconds=time.perf_counter() - started, seed=config.attack.seed,
         fooled_by=sweep.fooled_by_counts(),
     )
@@ -184,7 +187,7 @@ def save_examples(audit: Audit, predictor: Predictor, directory: Path) -> Path:
             arrays[f"{key}_heatmap"] = cam.heatmap
     path = directory / "examples.npz"
     tmp = directory / "examples.tmp.npz"
-    np.savez_compressed(tmp, **arrays)
+    np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]  # numpy's stub matches the names to allow_pickle too
     tmp.replace(path)
     return path
 
@@ -221,7 +224,7 @@ def attack_config_of(run_config: Mapping[str, Any]) -> AttackConfig:
 class _Heartbeat:
     """Renews a job's lease every third of it in a thread; `stop_reason` says why the audit must stop."""
 
-    def __init__(self, store, job: ClaimedJob, lease_seconds: float):
+    def __init__(self, store: AuditStore, job: ClaimedJob, lease_seconds: float) -> None:
         self.store, self.job, self.lease_seconds = store, job, lease_seconds
         self.stop_reason: str | None = None
         self._done = threading.Event()
@@ -231,7 +234,7 @@ class _Heartbeat:
         self._thread.start()
         return self
 
-    def __exit__(self, *_exc) -> None:
+    def __exit__(self, *_exc: object) -> None:
         self._done.set()
         self._thread.join()
 
@@ -250,18 +253,19 @@ class _Heartbeat:
 class AuditRunner:
     """Carries out claimed jobs against a predictor, into a store."""
 
-    def __init__(self, config: AuditConfig, predictor: Predictor, store, *, load_dataset: Callable | None = None,
-                 outcome_retry_seconds: float = OUTCOME_RETRY_SECONDS, retry_delay_seconds: float = RETRY_DELAY_SECONDS):
+    def __init__(self, config: AuditConfig, predictor: Predictor, store: AuditStore, *,
+                 load_dataset: Callable[[str], Dataset] | None = None, outcome_retry_seconds: float = OUTCOME_RETRY_SECONDS,
+                 retry_delay_seconds: float = RETRY_DELAY_SECONDS) -> None:
         self.config = config
         self.predictor = predictor
         self.store = store
         self._load_dataset = load_dataset
         self.outcome_retry_seconds = outcome_retry_seconds
         self.retry_delay_seconds = retry_delay_seconds
-        self._datasets: dict[str, object] = {}
+        self._datasets: dict[str, Dataset] = {}
         self._dataset_lock = threading.Lock()  # a dataset loads once, however many jobs ask for it
 
-    def dataset(self, spec: str | None = None):
+    def dataset(self, spec: str | None = None) -> Dataset:
         spec = spec or self.config.dataset
         if not spec:
             raise AuditError("expected a dataset to draw the audit set from (--dataset or MEDROBUST_AUDIT_DATASET), got none")
@@ -275,7 +279,7 @@ class AuditRunner:
                     self._datasets[spec] = self._load_dataset(spec)
             return self._datasets[spec]
 
-    def run_config(self, attack: str | None = None, dataset: str | None = None) -> dict:
+    def run_config(self, attack: str | None = None, dataset: str | None = None) -> dict[str, Any]:
         """What a job of `attack` on `dataset` (the configured one unless named) is queued with: the
         attack and its budget, the audit set's spec and size, the seed."""
         config = self.config.attack_config(attack)
@@ -326,14 +330,14 @@ class AuditRunner:
             except Exception as exc:
                 return self._failed(job, exc, time.monotonic() - started)
             artefacts = self.config.artefacts_dir / str(job.run_id)
+            saved: str | None = str(artefacts)
             try:
                 save_examples(audit, self.predictor, artefacts)
             except OSError as exc:  # e.g. a read-only filesystem: the figures matter more than the pictures
                 log.warning("run %s: examples not saved to %s: %s", job.run_id, artefacts, exc)
-                artefacts = None
+                saved = None
             try:
-                self._write(job, lambda: self.store.finish_run(
-                    job.run_id, audit.result, artefacts=None if artefacts is None else str(artefacts)))
+                self._write(job, lambda: self.store.finish_run(job.run_id, audit.result, artefacts=saved))
             except LeaseLost as exc:
                 return self._lost(job, exc)
         result = audit.result

@@ -60,7 +60,8 @@ def margin_cotangent(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def _margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     others = np.where(np.eye(logits.shape[1], dtype=bool)[labels], -np.inf, logits)
-    return logits[np.arange(len(labels)), labels] - others.max(axis=1)
+    margins: np.ndarray = logits[np.arange(len(labels)), labels] - others.max(axis=1)
+    return margins
 
 
 def margin_gradient_norms(served: ServedModel, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -201,7 +202,10 @@ def run_checks(
     return tuple(checks)
 
 
-def _independent(served, attacker, sweep, images, labels, clean_logits, config, base) -> SanityCheck:
+def _independent(
+    served: ServedModel, attacker: Attacker, sweep: Sweep, images: np.ndarray, labels: np.ndarray, clean_logits: np.ndarray,
+    config: AttackConfig, base: str,
+) -> SanityCheck:
     """Attack the largest epsilon with survivors and the grid epsilon before it, each from scratch."""
     survivors_at = _survivor_epsilons(sweep)
     nonzero = [i for i, e in enumerate(sweep.epsilons) if float(e) > 0]
@@ -232,7 +236,10 @@ def _ensemble_witness(sweep: Sweep) -> SanityCheck:
     return black_box_check(int(fooled.sum()), witnessed, ", ".join(where) or "any epsilon of the grid", "the ensemble")
 
 
-def _witness(attacker, sweep, images, labels, clean_logits, config, survivors_at) -> SanityCheck:
+def _witness(
+    attacker: Attacker, sweep: Sweep, images: np.ndarray, labels: np.ndarray, clean_logits: np.ndarray, config: AttackConfig,
+    survivors_at: list[int],
+) -> SanityCheck:
     """Square with a small budget on the survivors at the largest epsilon where any survive."""
     if not survivors_at:
         return black_box_check(0, 0, None, "")
@@ -247,7 +254,7 @@ def _witness(attacker, sweep, images, labels, clean_logits, config, survivors_at
     return black_box_check(len(level.fooled_idx), len(idx), sweep.epsilons[index], f"Square witness, {witness.queries} queries")
 
 
-def _progress(served: ServedModel, sweep: Sweep, images, labels, attack: str | None) -> SanityCheck:
+def _progress(served: ServedModel, sweep: Sweep, images: np.ndarray, labels: np.ndarray, attack: str | None) -> SanityCheck:
     """Compare each survivor's margin fall with eps x |margin gradient|_1 at its clean image."""
     if attack is None:
         return SanityCheck("attack_made_progress", True, "a query-only attack: no gradient promise to compare with")

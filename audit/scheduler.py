@@ -11,10 +11,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from service.metrics_server import start_metrics_server
+from service.metrics_server import MetricsServer, start_metrics_server
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.background import BackgroundScheduler
+    from prometheus_client import CollectorRegistry
+
+    from audit.jobs import Enqueuer, Queued
+    from audit.runner import AuditRunner
+    from training.contract.config import AuditConfig
 
 log = logging.getLogger(__name__)
 SCHEDULER_LEASE = "scheduler"
@@ -24,15 +33,18 @@ IDLE_POLL_SECONDS = 1.0  # how often an idle slot looks for a queued job
 class AuditWorker:
     """Job slots, the schedule (when this worker holds its lease) and the metrics server."""
 
-    def __init__(self, config, runner, enqueuer, registry, *, serve_metrics: bool = True):
+    def __init__(
+        self, config: AuditConfig, runner: AuditRunner, enqueuer: Enqueuer, registry: CollectorRegistry, *,
+        serve_metrics: bool = True,
+    ) -> None:
         self.config = config
         self.runner = runner
         self.store = runner.store
         self.enqueuer = enqueuer
         self.registry = registry
         self.serve_metrics = serve_metrics
-        self.scheduler = None
-        self.server = None
+        self.scheduler: BackgroundScheduler | None = None
+        self.server: MetricsServer | None = None
         self.stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._leader = False
@@ -46,13 +58,13 @@ class AuditWorker:
     def leader(self) -> bool:
         return self._leader
 
-    def scheduled(self, trigger: str = "schedule") -> list:
+    def scheduled(self, trigger: str = "schedule") -> list[Queued]:
         """The cron's firing: a job of every model and attack, from the one worker holding the lease."""
         if not self._hold_schedule():
             return []
         return [q for q in self.enqueuer.enqueue_all(trigger) if q.created]
 
-    def check_new_versions(self) -> list:
+    def check_new_versions(self) -> list[Queued]:
         """Jobs of the served versions never audited (lease holder only); versions skipped at start wait."""
         if not self._hold_schedule():
             return []
@@ -122,7 +134,7 @@ class AuditWorker:
         with self._lock:
             return dict(self._running)
 
-    def healthy(self) -> tuple[bool, dict]:
+    def healthy(self) -> tuple[bool, dict[str, Any]]:
         scheduling = bool(self.scheduler and self.scheduler.running)
         store = self.store.ping()
         return scheduling and store, {

@@ -36,7 +36,7 @@ REDRAWS = 20  # a draw leaves the image unchanged with probability <= 1/2 per ch
 def p_schedule(step: int, queries: int, p_init: float) -> float:
     """The fraction of pixels the square covers at step `step` (0-based, after the start) of a budget."""
     at = int(step / queries * REFERENCE_QUERIES)
-    return p_init / 2 ** sum(at > h for h in HALVINGS)
+    return float(p_init / 2 ** sum(at > h for h in HALVINGS))  # int ** int is typed Any (a negative power is a float)
 
 
 def square_linf(
@@ -113,7 +113,10 @@ class Square(SingleAttack):
 
     spec: ClassVar[AttackSpec] = ATTACKS["square"]
 
-    def run(self, target: Target, images, labels, epsilon, *, clean_logits, rng) -> Candidates:
+    def run(
+        self, target: Target, images: np.ndarray, labels: np.ndarray, epsilon: float, *, clean_logits: np.ndarray,
+        rng: np.random.Generator,
+    ) -> Candidates:
         run = square_linf(target.served.logits, images, labels, epsilon, clean_logits=clean_logits,
                           queries=int(self.budget["queries"]), rng=rng)
         return Candidates(run.adversarial, run.margins)

@@ -22,14 +22,18 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from audit.results import AuditResult, AuditSet
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine.interfaces import DBAPIConnection
+    from sqlalchemy.pool import ConnectionPoolEntry
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +350,7 @@ def make_engine(url: str) -> sa.Engine:
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @sa.event.listens_for(engine, "connect")
-        def _pragmas(dbapi_connection, _record):
+        def _pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
@@ -407,14 +411,17 @@ class AuditStore:
                     return Enqueued(done.id, False, done.status)
             try:
                 with conn.begin_nested():  # the duplicate's error must not end the outer transaction
-                    run_id = conn.execute(
+                    inserted = conn.execute(
                         audit_runs.insert().values(
                             model=model, version=int(version), task=str(card.get("task", "")),
                             backbone=str(card.get("backbone", "")), attention=bool(card.get("attention", False)),
                             backend=backend, attack=attack, status="queued", trigger=trigger, owner="",
                             started_at=now, config=dict(config), attempt=0,
                         )
-                    ).inserted_primary_key[0]
+                    ).inserted_primary_key
+                    if inserted is None:  # only an executemany or a non-insert has none
+                        raise RuntimeError(f"expected the id of the run inserted for job {key}, got none")
+                    run_id = inserted[0]
                     conn.execute(audit_jobs.insert().values(
                         run_id=run_id, key=key, status="queued", priority=PRIORITY.get(trigger, 0), attempts=0,
                         max_attempts=max_attempts, available_at=now, cancel_requested=False, created_at=now,
@@ -633,6 +640,7 @@ class AuditStore:
                 )
                 if moved.rowcount != 1:
                     continue
+                values: dict[str, Any]  # the status, and for a failed run when and why
                 if over:
                     values = {"status": "failed", "finished_at": now,
                               "error": f"gave up after {job.attempts} attempts; the last: {reason}"}
@@ -686,7 +694,7 @@ class AuditStore:
     def queue_stats(self) -> QueueStats:
         """Queued and running jobs, failed runs, and how long the oldest queued job has waited."""
         with self.engine.connect() as conn:
-            jobs = dict(conn.execute(
+            jobs: dict[str, int] = dict(conn.execute(
                 sa.select(audit_jobs.c.status, sa.func.count()).where(_active_job).group_by(audit_jobs.c.status)
             ).all())
             failed = conn.execute(sa.select(sa.func.count()).select_from(audit_runs).where(audit_runs.c.status == "failed")).scalar_one()
@@ -721,7 +729,9 @@ class AuditStore:
         return claimed.run_id
 
     # -- reading --------------------------------------------------------------------------
-    def _record(self, row: Mapping[str, Any], points=(), sanity=()) -> RunRecord:
+    def _record(
+        self, row: sa.RowMapping, points: Iterable[Mapping[str, Any]] = (), sanity: Iterable[Mapping[str, Any]] = (),
+    ) -> RunRecord:
         data = {k: row[k] for k in audit_runs.c.keys() if k != "owner"}
         data["attention"] = bool(data["attention"])
         data["fooled_by"] = dict(data["fooled_by"] or {})

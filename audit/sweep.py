@@ -53,7 +53,8 @@ class Sweep:
 
     @property
     def correct(self) -> np.ndarray:
-        return self.clean_class == self.labels
+        correct: np.ndarray = self.clean_class == self.labels
+        return correct
 
     def robust_mask(self, index: int) -> np.ndarray:
         """Images still classified correctly at epsilon number `index`."""
@@ -73,7 +74,8 @@ class Sweep:
 
 
 def _standing(correct: np.ndarray, fooled_at: np.ndarray, index: int) -> np.ndarray:
-    return correct & ((fooled_at == NEVER) | (fooled_at > index))
+    standing: np.ndarray = correct & ((fooled_at == NEVER) | (fooled_at > index))
+    return standing
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,9 @@ def nested_sweep(
     adversarial = images.copy()
     adversarial_class = clean_class.copy()
     fooled_by = np.full(n, "", dtype=object)
-    attacked, fooled, margins = [], [], []
+    attacked: list[int] = []
+    fooled: list[int] = []
+    margins: list[StageProgress] = []
     rejected = 0
     bar = tqdm(
         list(enumerate(config.epsilon_values)), desc=description or name, unit="eps",

@@ -7,12 +7,15 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 
 from audit.store import AuditStore, RunNotFound, RunRecord
 from training.contract.errors import HttpError
+
+if TYPE_CHECKING:  # the front end reads the store without importing the audit's worker side
+    from audit.jobs import Enqueuer
 
 F = TypeVar("F", bound=Callable[..., Any])
 RETRY_AFTER_SECONDS = 30
@@ -74,7 +77,7 @@ class StoreReader:
 
     store: AuditStore
     artefacts_dir: Path
-    enqueuer: Any = None
+    enqueuer: Enqueuer | None = None
     coverage: Callable[[], Any] | None = None  # every served model's audit set (audit.audit_sets.Coverage); None: not known here
 
     @property
@@ -95,7 +98,10 @@ class StoreReader:
             if there is None:
                 raise AuditInProgress(f"no audit set for model {model!r}: nothing queued", code="no_audit_set", http_status=422)
             raise AuditInProgress(f"model {model!r} version {there.version} is already {there.status} (run {there.run_id})")
-        return created[0].run_id
+        run_id = created[0].run_id
+        if run_id is None:  # a created job has its run (Enqueuer.enqueue); only a job not queued has none
+            raise RuntimeError(f"expected the run of model {model!r}'s queued job, got none")
+        return run_id
 
     @_store_answers
     def cancel(self, run_id: int) -> str | None:
