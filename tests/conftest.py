@@ -43,6 +43,8 @@ def pytest_configure(config: pytest.Config) -> None:
 LONGEST_FIRST = (
     "tests/integration/test_service_api.py",  # builds the tiny repository: 3-7 minutes
     "tests/integration/test_reproduce.py",  # trains, exports and audits a grid of two cells
+    "tests/integration/test_demo_pair.py",  # trains `up`'s demo pair at 64 px: minutes
+    "tests/integration/test_audit_workers_postgres.py",  # three worker processes, one killed, 12 jobs
     "tests/integration/test_audit_attack.py",
     "tests/unit/test_bench_audit.py",
     "tests/integration/test_train_cli.py",
