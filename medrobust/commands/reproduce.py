@@ -194,7 +194,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         "argv": list(sys.argv),
         "pid": os.getpid(),
         "boot_id": boot_id(),
-        "arguments": {k: _jsonable(v) for k, v in vars(args).items() if k != "handler"},
+        "arguments": {k: _jsonable(v) for k, v in vars(args).items() if not callable(v)},  # not the handler, nor its check
         "seeds": list(config.seeds),
         "backbones": list(config.backbones),
         "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
