@@ -206,8 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     from training.contract.repository import list_models
 
     model = args.model or list_models(args.model_repo)[0].name
-    result = run(args.model_repo, model, uploads=args.uploads, upload_mb=args.upload_mb,
-                 slow_clients=args.slow_clients, slow_seconds=args.slow_seconds)
+    try:
+        result = run(args.model_repo, model, uploads=args.uploads, upload_mb=args.upload_mb,
+                     slow_clients=args.slow_clients, slow_seconds=args.slow_seconds)
+    finally:
+        scratch.cleanup()
     print(f"upload body: {result['upload_bytes'] / 1e6:.1f} MB PNG, {args.uploads} at once; {args.slow_clients} slow clients")
     print(f"{'phase':13} {'probe':7} {'probes':>6} {'median ms':>10} {'longest ms':>11} {'over 1 s':>9} {'unanswered':>11}")
     for phase in ("idle", "burst", "slow_clients"):

@@ -134,7 +134,8 @@ def build_audit_stack(
         predictor = RateLimitedPredictor(predictor, TokenBucket(config.max_rps))
     registry = registry if registry is not None else CollectorRegistry()
     store = AuditStore(config.database_url, wait_seconds=config.database_wait_seconds)
-    collector = register_audit_collector(registry, store, audit_sets, served=predictor.list_models) if metrics else None
+    # Asked at each scrape (a predictor that cannot list its models costs the filter, not the figures).
+    collector = register_audit_collector(registry, store, audit_sets, served=lambda: predictor.list_models()) if metrics else None  # noqa: PLW0108
     runner = AuditRunner(config, predictor, store, load_dataset=load_dataset)
     enqueuer = Enqueuer(config, predictor, store, runner, audit_set_for or audit_sets.audit_set_for)
     scheduled = None

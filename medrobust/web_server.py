@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -128,11 +129,20 @@ class _MasterMetrics:
             workers = len(arbiter.WORKERS)
             return workers > 0, {"workers": workers, "expected_workers": arbiter.num_workers}
 
-        from medrobust.compose import register_master_audit_collector
-
-        register_master_audit_collector(self.config, registry)
         self.server = start_metrics_server(host, self.config.metrics_port, registry, healthy, name="frontend-metrics")
         log.info("metrics on http://%s:%d/metrics", host, self.server.port)
+        if self.config.database_url:
+            # The audit's figures join once the store answers: waiting for a database that is not up yet
+            # must delay neither the liveness answer above nor gunicorn's start.
+            threading.Thread(target=self._add_audit_figures, args=(registry,), name="audit-collector", daemon=True).start()
+
+    def _add_audit_figures(self, registry) -> None:
+        from medrobust.compose import register_master_audit_collector
+
+        try:
+            register_master_audit_collector(self.config, registry)
+        except Exception as exc:  # noqa: BLE001  (the front end serves on without them, and says why)
+            log.warning("the audit's figures are not on this /metrics: %s: %s", type(exc).__name__, exc)
 
     def on_exit(self, arbiter) -> None:
         if self.server is not None:

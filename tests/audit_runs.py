@@ -54,3 +54,14 @@ def one_class_result(model="demo-resnet50-attention", version=1, attention=True,
     )
     return AuditResult(**{**fields, **changes})
 
+
+
+def audit_now(config, predictor, store, model: str):
+    """Queue one job of `model` (the config's first attack) and carry it out here: (run_id, audit or None)."""
+    from audit.jobs import Enqueuer
+    from audit.runner import AuditRunner
+
+    runner = AuditRunner(config, predictor, store)
+    queued = Enqueuer(config, predictor, store, runner).enqueue(model, trigger="cli")
+    outcome = runner.carry_out(store.claim(config.lease_seconds, run_ids=(queued.run_id,)))
+    return queued.run_id, outcome.audit

@@ -46,7 +46,9 @@ def test_the_worker_audits_the_front_ends_models_and_prometheus_scrapes_both(sta
         "audit", "worker", "--model-repo", "/models", "--dataset", tiny_repo.dataset_spec, "--now",
         "--samples", "8", "--epsilons", *EPSILONS, "--steps", "2", "--batch-size", "8",
         "--database-url", "sqlite:////tmp/audits.sqlite", "--artefacts-dir", "/tmp/artefacts", "--no-progress",
-        options=(*HARDENED, "--volume", f"{tiny_repo.path}:/models:ro", "--health-cmd", json.dumps(["python", "-c", WORKER_HEALTH])),
+        # /metrics on the container's address for the host's Prometheus (the worker's default is loopback).
+        options=(*HARDENED, "--env", "MEDROBUST_AUDIT_METRICS_HOST=0.0.0.0", "--volume", f"{tiny_repo.path}:/models:ro",
+                 "--health-cmd", json.dumps(["python", "-c", WORKER_HEALTH])),
         publish=(9101,),
     )
     frontend.wait_for(8000, "/readyz")

@@ -96,12 +96,12 @@ def _inside(name: str, code: str) -> str:
     return podman("exec", name, "python", "-c", code).stdout
 
 
-def _get(name: str, path: str) -> str:
-    """The status the front end answers a GET of `path` on port 8000 with, asked inside the pod."""
+def _get(name: str, path: str, port: int = 8000) -> str:
+    """The status the front end answers a GET of `path` on `port` with, asked inside the pod."""
     return _inside(name, (
         "import urllib.error, urllib.request\n"
         "try:\n"
-        f"    print(urllib.request.urlopen('http://127.0.0.1:8000{path}', timeout=5).status)\n"
+        f"    print(urllib.request.urlopen('http://127.0.0.1:{port}{path}', timeout=5).status)\n"
         "except urllib.error.HTTPError as exc:\n"
         "    print(exc.code)\n"
         "except OSError as exc:\n"
@@ -137,7 +137,7 @@ def test_the_liveness_probe_is_the_containers_healthcheck_and_answers(pod):
     # The kubelet's GETs: alive (the liveness and startup probes' /healthz), and not ready while no
     # TF Serving answers at the ConfigMap's address (the readiness probe's /readyz keeps the pod out
     # of the Service until it does).
-    wait_until(lambda: _get(name, liveness["httpGet"]["path"]) == "200", seconds=START_SECONDS,
+    wait_until(lambda: _get(name, liveness["httpGet"]["path"], liveness["httpGet"]["port"]) == "200", seconds=START_SECONDS,
                expected="/healthz answering 200", context=lambda: podman("logs", name, check=False).stderr[-3000:])
     assert _get(name, container["readinessProbe"]["httpGet"]["path"]) == "503"
     logs = podman("logs", name, check=False)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from audit.report import EXAMPLES, FIGURE, PAGE, report_dir
-from audit.runner import AuditRunner
 from audit.store import AuditStore
 from audit.web_reader import StoreReader
+from tests.audit_runs import audit_now
 from training.contract.config import AttackConfig, AuditConfig
 
 
@@ -16,7 +16,7 @@ def test_the_report_is_drawn_when_the_run_ends_and_never_on_a_read(tiny_repo, em
         attack=AttackConfig(epsilons=("0", "0.02"), steps=2, batch_size=6),
     )
     store = AuditStore(config.database_url)
-    run_id, audit = AuditRunner(config, embedded_predictor, store).run(tiny_repo.baseline)
+    run_id, audit = audit_now(config, embedded_predictor, store, tiny_repo.baseline)
     assert audit is not None
     run = store.get_run(run_id)
     folder = report_dir(run, config.artefacts_dir)

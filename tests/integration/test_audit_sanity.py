@@ -7,6 +7,7 @@ import json
 import pytest
 from prometheus_client import CollectorRegistry
 
+from tests.audit_runs import audit_now
 from training.contract.config import AttackConfig, AuditConfig
 
 
@@ -76,7 +77,6 @@ def _config(tiny_repo):
 @pytest.mark.slow  # exports a model of its own: ~40 s
 def test_a_masked_gradient_fails_the_gradient_check_and_is_exported(masked_repo, tiny_repo, tmp_path):
     from audit.metrics import AuditCollector
-    from audit.runner import AuditRunner
     from audit.store import AuditStore
     from service.embedded import EmbeddedPredictor
 
@@ -86,8 +86,7 @@ def test_a_masked_gradient_fails_the_gradient_check_and_is_exported(masked_repo,
     store = AuditStore(f"sqlite:///{tmp_path / 'a.sqlite'}")
     config = _config(tiny_repo).with_(artefacts_dir=tmp_path / "art")
     registry.register(AuditCollector(store))
-    runner = AuditRunner(config, predictor, store)
-    run_id, audit = runner.run(tiny_repo.baseline)
+    run_id, audit = audit_now(config, predictor, store, tiny_repo.baseline)
     checks = {c.name: c for c in audit.result.sanity}
     assert not checks["gradients_not_vanishing"].passed
     assert " images have a non-finite margin gradient or one under 0.001 of the logits' scale" in checks["gradients_not_vanishing"].detail
@@ -99,7 +98,7 @@ def test_a_masked_gradient_fails_the_gradient_check_and_is_exported(masked_repo,
         "medrobust_audit_sanity_check_failed", {"model": tiny_repo.baseline, "check": "gradients_not_vanishing", "attack": "linf_pgd", "version": "1"}
     ) == 1
     # The honest model, same images, passes every check.
-    honest_audit = AuditRunner(config, honest, store).run(tiny_repo.baseline)[1]
+    honest_audit = audit_now(config, honest, store, tiny_repo.baseline)[1]
     # Two epochs on 160 images leave the tiny model answering mostly one class, which
     # degenerate_predictions reports (test_audit_sanity_fixtures covers it); every other check passes.
     failed = [c for c in honest_audit.result.sanity if not c.passed and c.name != "degenerate_predictions"]
