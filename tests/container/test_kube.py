@@ -35,7 +35,9 @@ CONFIGMAP = K8S / "medrobust-configmap.yaml"
 START_SECONDS = 240
 # The Secrets the Deployment reads; podman 4.3 looks a secretKeyRef up in a podman secret holding
 # the Secret's `data` as JSON (key: base64 of the value).
-SECRETS = {"medrobust-tokens": {"api": TOKEN}, "medrobust-database": {"url": "sqlite:////tmp/audits.sqlite"}}
+# No audit store: this pod checks the front end's own probes. A store no worker has migrated makes
+# `serve` refuse to start (the front end never migrates; the workers do), which needs a worker beside it.
+SECRETS = {"medrobust-tokens": {"api": TOKEN}, "medrobust-database": {"url": ""}}
 
 
 def rendered_frontend(image: str) -> dict:
