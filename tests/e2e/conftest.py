@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -41,3 +44,19 @@ def set_viewport(driver, width: int, height: int = 900) -> None:
 def severe_console_errors(driver) -> list:
     """Script errors and Content-Security-Policy violations the page raised."""
     return [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] if hasattr(driver, "get_log") else []
+
+
+@contextmanager
+def serving(app) -> Iterator[str]:
+    """`app` served by werkzeug from a thread on a free loopback port; its base URL."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        server.server_close()

@@ -3,15 +3,13 @@ phone's width up, nothing scrolls the page sideways, and Swagger UI loads under 
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 
 from audit.report import EXAMPLES, examples_figure, report_dir, write_report
 from audit.store import AuditStore
 from tests.audit_runs import CARD, EIGHT, make_result, one_class_result
-from tests.e2e.conftest import set_viewport, severe_console_errors
+from tests.e2e.conftest import serving, set_viewport, severe_console_errors
 
 pytestmark = [pytest.mark.system, pytest.mark.browser]
 
@@ -30,8 +28,6 @@ def fooled_examples(n: int = 3) -> dict:
 @pytest.fixture
 def audits_server(tmp_path):
     """The real app with the Audits pages over a store holding a run and its partner, reports drawn."""
-    from werkzeug.serving import make_server
-
     from audit.web_reader import StoreReader
     from service.app import create_app
     from service.audits_web import audits_extension
@@ -53,13 +49,8 @@ def audits_server(tmp_path):
     predictor = EmbeddedPredictor(repo)
     app = create_app(ServiceConfig(model_repo=repo), predictor=predictor,
                      extensions=[audits_extension(StoreReader(store, tmp_path / "artefacts"))])
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(timeout=10)
-    server.server_close()
+    with serving(app) as url:
+        yield url
     predictor.close()
     store.close()
 

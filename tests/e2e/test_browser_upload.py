@@ -5,13 +5,13 @@ from __future__ import annotations
 import base64
 import io
 import os
-import threading
 
 import pytest
 from PIL import Image
 
 from service.app import create_app
 from service.card_summary import DEMO_NOTICE
+from tests.e2e.conftest import serving
 from tests.integration import service_images as images
 from training.contract.config import ServiceConfig
 
@@ -20,19 +20,12 @@ pytestmark = [pytest.mark.system, pytest.mark.browser]
 
 @pytest.fixture
 def live_server(tiny_repo):
-    from werkzeug.serving import make_server
-
     from service.embedded import EmbeddedPredictor
 
     predictor = EmbeddedPredictor(tiny_repo.path, poll_seconds=3600)
     app = create_app(ServiceConfig(model_repo=tiny_repo.path), predictor=predictor)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(timeout=10)
-    server.server_close()
+    with serving(app) as url:
+        yield url
     predictor.close()
 
 
