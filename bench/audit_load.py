@@ -26,7 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.serving import _bench_repo, _Client, _free_port, _image_png, _percentile
+from bench.frontend import Frontend
+from bench.serving import _bench_repo, _Client, _image_png, _percentile
 
 
 def _phase(name: str, client: _Client, requests: int) -> dict:
@@ -89,89 +90,85 @@ def main(argv: list[str] | None = None) -> int:
 
     scratch_dir = tempfile.TemporaryDirectory(prefix="medrobust-bench-audit-load-")
     scratch = Path(scratch_dir.name)
-    repo = args.model_repo or _bench_repo(scratch, 64, attention=False)
-    if not (repo / repository.MODELS_CONFIG).is_file():
-        repository.write_models_config(repo)
-    model = next(m for m in repository.list_models(repo) if not m.card["attention"])
-    size = int(model.card["input_size"][0])
-    fake = FakeTFServing(repo / repository.MODELS_CONFIG)
-    address = fake.start()
-    url = f"sqlite:///{scratch / 'audits.sqlite'}"
-    store = AuditStore(url)
-
-    def queue(seed: int) -> None:
-        """One long PGD job per worker (distinct seeds: distinct jobs)."""
-        for i in range(args.workers):
-            config = AuditConfig(dataset="synthetic:240", samples=args.samples, seed=seed + i, attack=AttackConfig(
-                epsilons=("0.01", "0.02", "0.04", "0.08"), steps=args.steps, batch_size=args.batch_size, noise_check=False,
-                seed=seed + i))
-            store.enqueue(model=model.name, version=model.versions[-1], card=model.card, backend="tfserving",
-                          attack="linf_pgd", config=AuditRunner(config, None, store).run_config(), trigger="cli")
-
-    port = _free_port()
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "MEDROBUST_MODEL_REPO": str(repo)}
-    env.pop("MEDROBUST_API_TOKEN", None)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "medrobust", "serve", "--tf-serving", address, "--port", str(port),
-         "--workers", "1", "--threads", "4"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"model {model.name} v{model.versions[-1]} at {size}x{size} on the TF Serving stand-in; {args.workers} workers, "
-          f"ceiling {args.max_rps:g} calls/s each, {args.batch_size} images a call; {args.requests} predictions per phase; load average {load} on "
-          f"{os.cpu_count()} CPUs", file=sys.stderr)
-    rows = []
     try:
-        client = _Client(port, f"/api/v1/models/{model.name}/predict?explain=none", _image_png(size))
-        deadline = time.monotonic() + 180
-        while True:
-            try:
+        repo = args.model_repo or _bench_repo(scratch, 64, attention=False)
+        if not (repo / repository.MODELS_CONFIG).is_file():
+            repository.write_models_config(repo)
+        model = next(m for m in repository.list_models(repo) if not m.card["attention"])
+        size = int(model.card["input_size"][0])
+        fake = FakeTFServing(repo / repository.MODELS_CONFIG)
+        address = fake.start()
+        url = f"sqlite:///{scratch / 'audits.sqlite'}"
+        store = AuditStore(url)
+
+        def queue(seed: int) -> None:
+            """One long PGD job per worker (distinct seeds: distinct jobs)."""
+            for i in range(args.workers):
+                config = AuditConfig(dataset="synthetic:240", samples=args.samples, seed=seed + i, attack=AttackConfig(
+                    epsilons=("0.01", "0.02", "0.04", "0.08"), steps=args.steps, batch_size=args.batch_size, noise_check=False,
+                    seed=seed + i))
+                store.enqueue(model=model.name, version=model.versions[-1], card=model.card, backend="tfserving",
+                              attack="linf_pgd", config=AuditRunner(config, None, store).run_config(), trigger="cli")
+
+        frontend = Frontend(["--tf-serving", address, "--workers", "1", "--threads", "4"], scratch,
+                            env={"MEDROBUST_MODEL_REPO": str(repo)})
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"model {model.name} v{model.versions[-1]} at {size}x{size} on the TF Serving stand-in; {args.workers} workers, "
+              f"ceiling {args.max_rps:g} calls/s each, {args.batch_size} images a call; "
+              f"{args.requests} predictions per phase; load average {load} on {os.cpu_count()} CPUs", file=sys.stderr)
+        rows = []
+        try:
+            client = _Client(frontend.port, f"/api/v1/models/{model.name}/predict?explain=none", _image_png(size))
+            deadline = time.monotonic() + 180
+            while True:
+                try:
+                    client.post()
+                    break
+                except (OSError, RuntimeError):
+                    if time.monotonic() > deadline or frontend.exited():
+                        raise frontend.failure("the front end did not answer within 180 s") from None
+                    client.close()
+                    time.sleep(0.5)
+            for _ in range(5):
                 client.post()
-                break
-            except (OSError, RuntimeError):
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("the front end did not start") from None
-                client.close()
-                time.sleep(0.5)
-        for _ in range(5):
-            client.post()
-        rows.append(_phase("idle", client, args.requests))
-        for name, ceiling, seed in (("audit", None, 100), ("audit+cap", args.max_rps, 200)):
-            queue(seed)
-            workers = _workers(args.workers, address, repo, url, scratch, ceiling)
-            try:
-                _until_attacking(store, args.workers, workers)
-                rows.append(_phase(name, client, args.requests))
-                calls = fake.calls.copy()
-            finally:
-                _stop(workers)
-            for run in store.list_runs(status="queued"):
-                store.cancel(run.id)
-            print(f"{name}: TF Serving calls so far {dict(calls)}", file=sys.stderr)
-        rows.append(_phase("idle-after", client, args.requests))
-        client.close()
+            rows.append(_phase("idle", client, args.requests))
+            for name, ceiling, seed in (("audit", None, 100), ("audit+cap", args.max_rps, 200)):
+                queue(seed)
+                workers = _workers(args.workers, address, repo, url, scratch, ceiling)
+                try:
+                    _until_attacking(store, args.workers, workers)
+                    rows.append(_phase(name, client, args.requests))
+                    calls = fake.calls.copy()
+                finally:
+                    _stop(workers)
+                for run in store.list_runs(status="queued"):
+                    store.cancel(run.id)
+                print(f"{name}: TF Serving calls so far {dict(calls)}", file=sys.stderr)
+            rows.append(_phase("idle-after", client, args.requests))
+            client.close()
+        finally:
+            frontend.stop()
+            fake.stop()
+            store.close()
+        print(f"{'phase':<12}{'n':>5}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}")
+        for r in rows:
+            print(f"{r['name']:<12}{r['n']:>5}{r['p50_ms']:>10.1f}{r['p99_ms']:>10.1f}{r['max_ms']:>10.1f}")
+        by = {r["name"]: r for r in rows}
+        idle_p50 = (by["idle"]["p50_ms"] + by["idle-after"]["p50_ms"]) / 2
+        idle_p99 = (by["idle"]["p99_ms"] + by["idle-after"]["p99_ms"]) / 2
+        ratios = {
+            "model": model.name, "input_size": size, "workers": args.workers, "max_rps": args.max_rps,
+            "batch_size": args.batch_size,
+            "audit_p50_over_idle": round(by["audit"]["p50_ms"] / idle_p50, 3),
+            "audit_p99_over_idle": round(by["audit"]["p99_ms"] / idle_p99, 3),
+            "capped_p50_over_idle": round(by["audit+cap"]["p50_ms"] / idle_p50, 3),
+            "capped_p99_over_idle": round(by["audit+cap"]["p99_ms"] / idle_p99, 3),
+            "goal_met": by["audit+cap"]["p99_ms"] / idle_p99 <= 1.25,
+        }
+        print(json.dumps(ratios))
+        return 0
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-        fake.stop()
-        store.close()
-    print(f"{'phase':<12}{'n':>5}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}")
-    for r in rows:
-        print(f"{r['name']:<12}{r['n']:>5}{r['p50_ms']:>10.1f}{r['p99_ms']:>10.1f}{r['max_ms']:>10.1f}")
-    by = {r["name"]: r for r in rows}
-    idle_p50 = (by["idle"]["p50_ms"] + by["idle-after"]["p50_ms"]) / 2
-    idle_p99 = (by["idle"]["p99_ms"] + by["idle-after"]["p99_ms"]) / 2
-    ratios = {
-        "model": model.name, "input_size": size, "workers": args.workers, "max_rps": args.max_rps,
-        "batch_size": args.batch_size,
-        "audit_p50_over_idle": round(by["audit"]["p50_ms"] / idle_p50, 3),
-        "audit_p99_over_idle": round(by["audit"]["p99_ms"] / idle_p99, 3),
-        "capped_p50_over_idle": round(by["audit+cap"]["p50_ms"] / idle_p50, 3),
-        "capped_p99_over_idle": round(by["audit+cap"]["p99_ms"] / idle_p99, 3),
-        "goal_met": by["audit+cap"]["p99_ms"] / idle_p99 <= 1.25,
-    }
-    print(json.dumps(ratios))
-    scratch_dir.cleanup()
-    return 0
+        scratch_dir.cleanup()
 
 
 if __name__ == "__main__":

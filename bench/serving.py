@@ -26,8 +26,6 @@ import http.client
 import io
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,6 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from bench.frontend import Frontend
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -77,12 +77,6 @@ def _image_png(size: int) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _Client:
@@ -196,9 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.image_size < minimum:
         parser.error(f"--image-size: expected at least {minimum} (ResNet-50's minimum), got {args.image_size}")
 
-    from service.embedded import EmbeddedPredictor
-    from training.contract import repository
-    from training.contract.imaging import decode_image, resize_for_model
+    from training.contract.imaging import decode_image
 
     upload = None
     if args.image is not None:  # checked before the tiny repository is trained, not after
@@ -207,9 +199,17 @@ def main(argv: list[str] | None = None) -> int:
             decode_image(upload)
         except (OSError, ValueError) as exc:
             parser.error(f"--image: expected a readable PNG, JPEG, BMP or TIFF file, got {args.image} ({exc})")
-    scratch = tempfile.TemporaryDirectory(prefix="medrobust-bench-")
+    with tempfile.TemporaryDirectory(prefix="medrobust-bench-") as scratch_dir:
+        return _measure(args, parser, upload, Path(scratch_dir))
+
+
+def _measure(args: argparse.Namespace, parser: argparse.ArgumentParser, upload: bytes | None, scratch: Path) -> int:
+    from service.embedded import EmbeddedPredictor
+    from training.contract import repository
+    from training.contract.imaging import decode_image, resize_for_model
+
     wants_attention = bool(args.model and args.model.endswith("-attention"))
-    repo = args.model_repo or _bench_repo(Path(scratch.name), args.image_size, attention=wants_attention)
+    repo = args.model_repo or _bench_repo(scratch, args.image_size, attention=wants_attention)
     models = repository.list_models(repo)
     if not models:
         parser.error(f"--model-repo: expected a model repository, found no models in {repo}")
@@ -233,15 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         floor()
 
     rows = []
-    port = _free_port()
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    env.pop("MEDROBUST_API_TOKEN", None)
-    # The real `medrobust serve` process, in this process's session so the scheduler treats it like the floor.
-    server = subprocess.Popen(
-        [sys.executable, "-m", "medrobust", "serve", "--model-repo", str(repo), "--port", str(port),
-         "--workers", "1", "--threads", "4"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    frontend = Frontend([f"--model-repo={repo}", "--workers", "1", "--threads", "4"], scratch)
+    port = frontend.port
     try:
         path = f"/api/v1/models/{entry.name}/predict?explain=gradcam"
         deadline = time.monotonic() + 180
@@ -250,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
                 _http_run(port, path, body, 1, 1)
                 break
             except (OSError, http.client.HTTPException):
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("the front end did not start") from None
+                if time.monotonic() > deadline or frontend.exited():
+                    raise frontend.failure("the front end did not answer within 180 s") from None
                 time.sleep(0.5)
         client = _Client(port, path, body)
         for _ in range(args.warmup):
@@ -271,8 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         latencies, wall = _http_run(port, path, body, 4, args.requests)
         rows.append(_row("http-4", latencies, wall))
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        frontend.stop()
     predictor.close()
 
     # -- tf-keras-vis on the Keras model ----------------------------------------------------------------
@@ -319,7 +311,6 @@ def main(argv: list[str] | None = None) -> int:
     if note:
         ratios["note"] = note
     print(json.dumps(ratios))
-    scratch.cleanup()
     return 0
 
 
