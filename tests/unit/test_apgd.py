@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 
 from audit import apgd as apgd_module
-from audit.apgd import apgd, apgd_targeted, checkpoints, target_classes
+from audit.apgd import APGDCE, apgd, apgd_targeted, checkpoints, target_classes
+from audit.attack_base import Target
+from audit.foolbox_model import ServedModel
+from audit.ratelimit import RateLimitedPredictor, TokenBucket
+from service.predictor import Prediction, VjpResult
 from tests.attack_models import EPSILON, Case, Recorder, assert_first_fooling_point_kept, case, rng
 
 
@@ -157,6 +161,44 @@ def test_an_image_the_forward_shows_fooled_gets_no_gradient(four):
         np.testing.assert_array_equal(sent, point[standing])
     assert_first_fooling_point_kept(run, forward.visits(four.images, EPSILON), four.images, four.labels,
                                     four.clean_logits)
+
+
+class _CountingBucket(TokenBucket):
+    def __init__(self) -> None:
+        super().__init__(rate=1e9)
+        self.taken = 0
+
+    def take(self) -> float:
+        self.taken += 1
+        return super().take()
+
+
+class _Predictor:
+    """The four-class tiny model behind the Predictor interface, as one served version."""
+
+    def __init__(self, case_: Case):
+        self.case = case_
+
+    def model_card(self, model, version=None):
+        return {"num_classes": self.case.classes, "signatures": {"serving_default": {}, "vjp": {}}}
+
+    def predict(self, model, images, *, version=None):
+        logits = self.case.logits(images)
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return Prediction(model, 1, logits, shifted / shifted.sum(axis=1, keepdims=True), logits.argmax(axis=1))
+
+    def vjp(self, model, images, cotangent, *, version=None):
+        return VjpResult(model, 1, *self.case.logits_and_gradient(images, cotangent))
+
+
+def test_the_forward_beside_each_vjp_is_counted_and_rate_limited(four):
+    """The registry's APGD-CE on a served four-class model: its forwards are served calls like its vjp calls."""
+    bucket = _CountingBucket()
+    served = ServedModel(RateLimitedPredictor(_Predictor(four), bucket), "m", 1, batch_size=64)
+    APGDCE(steps=5).run(Target(served), four.images, four.labels, 0.002, clean_logits=four.clean_logits, rng=rng())
+    correct = int((four.clean_logits.argmax(axis=1) == four.labels).sum())  # none fooled at 0.002 (above)
+    assert (served.counts.forward, served.counts.vjp) == (6 * correct, 5 * correct)
+    assert bucket.taken == 6 + 5  # one request a call: the images fit in one batch
 
 
 def _labels_of(case_: Case, points: np.ndarray) -> np.ndarray:
