@@ -64,7 +64,8 @@ EXACTNESS_LOSSES = ("ce", "dlr")
 
 @dataclass(frozen=True)
 class Settings:
-    """What one run measures; the defaults finish in about 15 minutes on 2 shared CPU cores."""
+    """What one run measures; the defaults took about 15 minutes on 2 shared CPU cores before the exact-against-
+    stale comparison was added (not timed since)."""
 
     samples: int = 128  # audit images: the ensemble's; the comparisons take the first compare_samples
     compare_samples: int = 32
