@@ -1,4 +1,4 @@
-"""L-infinity APGD (Croce & Hein, ICML 2020) against a served model, one `vjp` call per iteration.
+"""L-infinity APGD (Croce & Hein, ICML 2020) against a served model, stepping on the loss's gradient at each iterate.
 
 Faithful to the reference implementation (auto-attack's `autopgd_base.py`): random start inside the
 ball, step size 2*epsilon, momentum 0.75 (none on the first step), checkpoints after 22%, 41%, 57%,
@@ -12,18 +12,25 @@ Unlike the reference, the first window compares the first iterate's loss with th
 (the reference compares it with an unset slot that holds 0).
 
 The served `vjp` signature returns logits and gradient together but needs the cotangent dLoss/dlogits
-before the logits at the new point are known. So each call's cotangent is computed from the logits
-of the point the step started from: the previous iterate (the best point after a restart), and for
-the random start the clean logits the caller passes. The step direction is therefore exact when the
-cotangent depends only on which class ranks where, not on the logit values: the margin (`cw`) loss,
-e_runner-up - e_true, whenever the runner-up is the previous iterate's (always for K = 2); the
-targeted margin, e_t - e_y, always; and cross-entropy with K = 2, whose cotangent is the margin's
-times a positive scale, so its sign step is the same. For CE with K > 2 and for DLR the direction is
-one iterate stale. The logits each call returns are exact at that iterate, so loss values, the best
-point and the fooled test are exact.
+before the logits at the new point are known. Where the previous point's cotangent gives the same
+step at the new point, each iteration makes that one call, with the cotangent from the logits of the
+point the step started from (the previous iterate, the best point after a restart, the clean logits
+for the random start): the step direction is exact when the cotangent depends only on ranks that
+cannot change: the targeted margin, e_t - e_y, always; and for K = 2 the margin (`cw`) loss,
+e_other - e_true, and cross-entropy, whose cotangent is the margin's times a positive scale, so its
+sign step is the same. Everywhere else (cross-entropy with K > 2, DLR, the targeted DLR, and the
+margin with K > 2, whose runner-up can change) the previous point's cotangent is one iterate stale,
+so each iteration asks `serving_default` for the logits at the new point first, then `vjp` at that
+same point with the cotangent they give: the step is the sign of the loss's gradient at the iterate
+itself. The `vjp`'s own logits cannot stand in for the forward: they come with the call that needs
+the cotangent. Loss values, the best point and the fooled test always use logits at the iterate.
 
-Cost: one call at the random start and one per iteration, each on the images not yet fooled, so at
-most iterations + 1 calls per run (fewer once every image is fooled).
+Cost, each call on the images not yet fooled: where one call is exact, one at the random start and
+one per iteration, so at most iterations + 1 calls per run. Elsewhere a forward and a `vjp` at the
+random start and per iteration, except that no `vjp` is made where its gradient would not be used:
+for an image the forward shows fooled (it leaves the attack) and after the last iteration (no step
+follows). So at most 2 * iterations + 1 calls, iterations + 1 of them `serving_default` (cheaper
+than a `vjp`: a forward pass without the backward one). bench.audit measures what that costs.
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ from training.contract.attacks import ATTACKS, AttackSpec
 
 # (x float32 [n,H,W,3] in [0,1], cotangent float32 [n,K]) -> (logits [n,K] at x, cotangent . dlogits/dx [n,H,W,3])
 LogitsAndGradient = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+# (x float32 [n,H,W,3] in [0,1]) -> logits [n,K] at x: the served `serving_default`
+Forward = Callable[[np.ndarray], np.ndarray]
 LOSSES = ("ce", "dlr", "cw")
 RHO = 0.75
 MOMENTUM = 0.75
@@ -75,11 +84,16 @@ def apgd(
     loss: str = "ce",
     iterations: int = 100,
     rng: np.random.Generator,
+    forward: Forward | None = None,
+    _stale: bool = False,
 ) -> AttackRun:
     """Untargeted APGD with loss "ce", "dlr" (K >= 3) or "cw" (the margin, DLR's stand-in for K = 2).
 
-    Images the clean logits already misclassify are not attacked (returned clean, fooled).
-    `margins` has iterations + 1 rows.
+    `forward` (the served `serving_default`) is needed wherever one `vjp` call cannot give the exact
+    step (see the module's docstring): CE with K > 2, DLR, the margin with K > 2. Images the clean
+    logits already misclassify are not attacked (returned clean, fooled). `margins` has
+    iterations + 1 rows. `_stale` is bench.audit's only: the one-call iteration with the previous
+    point's cotangent everywhere, to measure what the exact gradient costs and changes.
     """
     x, y, z = check_batch(images, labels, epsilon, clean_logits, rng)
     check_at_least("iterations", iterations, 1)
@@ -87,11 +101,14 @@ def apgd(
         raise ValueError(f"expected loss in {LOSSES}, got {loss!r}")
     if loss == "dlr" and z.shape[1] < 3:
         raise ValueError(f"expected at least 3 classes for the DLR loss, got {z.shape[1]}; use loss='cw'")
+    objective = _OBJECTIVES[loss]
+    exact_forward = _exact_forward(objective, z.shape[1], forward, _stale, f"loss {loss!r}")
     idx = np.flatnonzero(z.argmax(axis=1) == y)
     if epsilon == 0 or idx.size == 0:
         return unattacked(x, y, z, iterations + 1)
-    objective = {"ce": _cross_entropy, "dlr": _dlr, "cw": _margin}[loss]
-    run = _run(logits_and_gradient, x[idx], y[idx], None, z[idx], float(epsilon), objective, iterations, rng)
+    run = _run(
+        logits_and_gradient, exact_forward, x[idx], y[idx], None, z[idx], float(epsilon), objective, iterations, rng
+    )
     return merge(x, y, z, idx, run)
 
 
@@ -105,22 +122,26 @@ def apgd_targeted(
     iterations: int = 100,
     n_target: int = 9,
     rng: np.random.Generator,
+    forward: Forward | None = None,
+    _stale: bool = False,
 ) -> AttackRun:
     """APGD-T: one run of `iterations` per target class, over the images no earlier target fooled.
 
     Targets are the top min(n_target, K-1) other classes by clean logits; the loss is the targeted
-    DLR for K >= 4, else the targeted margin z_t - z_y. Success is any misclassification (as
-    AutoAttack's apgd-t). An image never fooled returns the last run's best-loss point. `margins`
-    has iterations + 1 rows: per row, the lowest true-class margin over all target runs by then.
+    DLR for K >= 4 (which needs `forward` for its exact step), else the targeted margin z_t - z_y.
+    Success is any misclassification (as AutoAttack's apgd-t). An image never fooled returns the
+    last run's best-loss point. `margins` has iterations + 1 rows: per row, the lowest true-class
+    margin over all target runs by then. `_stale` as for `apgd`.
     """
     x, y, z = check_batch(images, labels, epsilon, clean_logits, rng)
     check_at_least("iterations", iterations, 1)
     check_at_least("n_target", n_target, 1)
+    objective = _targeted_dlr if z.shape[1] >= 4 else _targeted_margin
+    exact_forward = _exact_forward(objective, z.shape[1], forward, _stale, "the targeted DLR loss")
     result = unattacked(x, y, z, iterations + 1)
     standing = z.argmax(axis=1) == y
     if epsilon == 0 or not standing.any():
         return result
-    objective = _targeted_dlr if z.shape[1] >= 4 else _targeted_margin
     targets = target_classes(z, y, n_target)
     margins = np.where(standing, np.inf, result.margins).astype(np.float32)
     calls = 0
@@ -129,7 +150,8 @@ def apgd_targeted(
         if idx.size == 0:
             break
         run = _run(
-            logits_and_gradient, x[idx], y[idx], targets[idx, j], z[idx], float(epsilon), objective, iterations, rng
+            logits_and_gradient, exact_forward, x[idx], y[idx], targets[idx, j], z[idx], float(epsilon), objective,
+            iterations, rng,
         )
         result.adversarial[idx] = run.adversarial
         result.fooled[idx] = run.fooled
@@ -143,25 +165,73 @@ def apgd_targeted(
 Objective = Callable[[np.ndarray, np.ndarray, np.ndarray | None], tuple[np.ndarray, np.ndarray]]
 
 
+def one_call_is_exact(loss: str, k: int) -> bool:
+    """Whether untargeted APGD on `loss` ("ce", "dlr", "cw") with K = k takes one `vjp` call per iteration."""
+    return _one_call_is_exact(_OBJECTIVES[loss], k)
+
+
+def _one_call_is_exact(objective: Objective, k: int) -> bool:
+    """Whether the previous point's cotangent gives the exact sign step at the new point (module docstring)."""
+    return objective is _targeted_margin or (k == 2 and objective in (_cross_entropy, _margin))
+
+
+def _exact_forward(objective: Objective, k: int, forward: Forward | None, stale: bool, what: str) -> Forward | None:
+    """The forward each iteration calls before its `vjp`, or None where one `vjp` call is exact (or `stale`)."""
+    if stale or _one_call_is_exact(objective, k):
+        return None
+    if forward is None:
+        raise ValueError(
+            f"expected a forward (serving_default) callable for the exact gradient of {what} with K = {k}, got None"
+        )
+    return forward
+
+
 def _run(
-    logits_and_gradient: LogitsAndGradient, x: np.ndarray, y: np.ndarray, targets: np.ndarray | None,
-    clean_logits: np.ndarray, eps: float, objective: Objective, iterations: int, rng: np.random.Generator,
+    logits_and_gradient: LogitsAndGradient, forward: Forward | None, x: np.ndarray, y: np.ndarray,
+    targets: np.ndarray | None, clean_logits: np.ndarray, eps: float, objective: Objective, iterations: int,
+    rng: np.random.Generator,
 ) -> AttackRun:
-    """One APGD run over images the model classifies correctly."""
+    """One APGD run over images the model classifies correctly.
+
+    With `forward`, each evaluation is a forward then a `vjp` at the same point with that point's
+    cotangent; without it, one `vjp` with the cotangent of the point the step started from.
+    """
     n, k = len(x), clean_logits.shape[1]
     lo, hi = np.maximum(x - np.float32(eps), 0.0), np.minimum(x + np.float32(eps), 1.0)
+    calls = 0
 
-    def call(points: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, gradient = logits_and_gradient(points, cotangent.astype(np.float32))
-        return check_output("logits", logits, (len(points), k)), check_output("gradient", gradient, points.shape)
+    def evaluate(
+        points: np.ndarray, rows: np.ndarray, prior: np.ndarray, grad: np.ndarray, need_gradient: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Logits, loss and cotangent at `points` (the images `rows`); their gradient written into grad[rows].
+
+        `prior` is the cotangent of the points the step started from, for the one-call path.
+        """
+        nonlocal calls
+        t = None if targets is None else targets[rows]
+        calls += 1
+        if forward is None:
+            logits, gradient = logits_and_gradient(points, prior.astype(np.float32))
+            grad[rows] = check_output("gradient", gradient, points.shape)
+            loss, cotangent = objective(check_output("logits", logits, (len(points), k)), y[rows], t)
+            return logits, loss, cotangent
+        logits = check_output("logits", forward(points), (len(points), k))
+        loss, cotangent = objective(logits, y[rows], t)
+        # No gradient where no step follows: an image now fooled leaves the attack; after the last iteration.
+        ask = np.flatnonzero(logits.argmax(axis=1) == y[rows]) if need_gradient else np.zeros(0, np.int64)
+        if ask.size:
+            calls += 1
+            _, gradient = logits_and_gradient(points[ask], cotangent[ask].astype(np.float32))
+            grad[rows[ask]] = check_output("gradient", gradient, points[ask].shape)
+        return logits, loss, cotangent
 
     # The reference's start: uniform noise rescaled so its largest coordinate sits on the sphere.
     noise = rng.uniform(-1.0, 1.0, size=x.shape)
     noise /= np.abs(noise).reshape(n, -1).max(axis=1).reshape(-1, 1, 1, 1) + 1e-12
     current = np.clip(x + np.float32(eps) * noise.astype(np.float32), lo, hi)
-    logits, grad = call(current, objective(clean_logits, y, targets)[1])
-    calls = 1
-    loss, cotangent = objective(logits, y, targets)
+    grad = np.zeros_like(x)
+    everyone = np.arange(n)
+    logits, loss, cotangent = evaluate(current, everyone, objective(clean_logits, y, targets)[1], grad, True)
 
     fooled = logits.argmax(axis=1) != y
     adversarial = current.copy()
@@ -186,9 +256,7 @@ def _run(
         stepped = np.clip(here + step[a] * np.sign(grad[a]), lo[a], hi[a])
         moved = np.clip(here + pull * (stepped - here) + (1.0 - pull) * (here - previous[a]), lo[a], hi[a])
         previous[a], current[a] = here, moved
-        logits, grad[a] = call(moved, cotangent[a])
-        calls += 1
-        loss, cotangent[a] = objective(logits, y[a], None if targets is None else targets[a])
+        logits, loss, cotangent[a] = evaluate(moved, a, cotangent[a], grad, i + 1 < iterations)
         history[i + 1, a] = loss
         lowest_margin[a] = np.minimum(lowest_margin[a], true_class_margin(logits, y[a]))
         margins[i + 1] = lowest_margin
@@ -281,6 +349,9 @@ def _targeted_margin(z: np.ndarray, y: np.ndarray, t: np.ndarray | None) -> tupl
     return z[_rows(z), t] - z[_rows(z), y], _one_hot(t, k) - _one_hot(y, k)
 
 
+_OBJECTIVES: dict[str, Objective] = {"ce": _cross_entropy, "dlr": _dlr, "cw": _margin}
+
+
 # -- the registry's classes ---------------------------------------------------------------------
 class _APGD(SingleAttack):
     def _steps(self) -> int:
@@ -297,7 +368,7 @@ class APGDCE(_APGD):
         rng: np.random.Generator,
     ) -> Candidates:
         run = apgd(target.served.logits_and_gradient, images, labels, epsilon, clean_logits=clean_logits, loss="ce",
-                   iterations=self._steps(), rng=rng)
+                   iterations=self._steps(), rng=rng, forward=target.served.logits)
         return Candidates(run.adversarial, run.margins)
 
 
@@ -312,7 +383,7 @@ class APGDDLR(_APGD):
     ) -> Candidates:
         loss = "dlr" if clean_logits.shape[1] >= 3 else "cw"
         run = apgd(target.served.logits_and_gradient, images, labels, epsilon, clean_logits=clean_logits, loss=loss,
-                   iterations=self._steps(), rng=rng)
+                   iterations=self._steps(), rng=rng, forward=target.served.logits)
         return Candidates(run.adversarial, run.margins)
 
 
@@ -326,5 +397,5 @@ class APGDT(_APGD):
         rng: np.random.Generator,
     ) -> Candidates:
         run = apgd_targeted(target.served.logits_and_gradient, images, labels, epsilon, clean_logits=clean_logits,
-                            iterations=self._steps(), rng=rng)
+                            iterations=self._steps(), rng=rng, forward=target.served.logits)
         return Candidates(run.adversarial, run.margins)

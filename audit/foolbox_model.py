@@ -87,7 +87,9 @@ class ServedModel:
     def logits_and_gradient(self, images: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits at `images` and cotangent . d logits / d image from one `vjp` call per batch.
 
-        The project's own attack loops take one step per call: no `serving_default` call beside it.
+        APGD takes one step per call where the previous point's cotangent is exact (K = 2, the targeted
+        margin); elsewhere it calls `logits` first for the cotangent at the same point, and each of those
+        calls is counted (`counts.forward`) and, behind `--max-rps`, rate-limited like this one.
         """
         logits, gradients = [], []
         for start in range(0, len(images), self.batch_size):

@@ -10,11 +10,17 @@ epsilon is not attacked at the next), same steps, step size 2.5 eps / steps and 
   Foolbox-Keras  Foolbox LinfPGD on the Keras model, as the paper ran it;
   tf.function    a compiled PGD loop on the Keras model: the reference.
 APGD (apgd_ce), nested the same way:
-  medrobust      `run_sweep` with `apgd_ce`: `audit.apgd.apgd`, a Python loop making one
-                 `ServedModel.logits_and_gradient` (`vjp`) call per iteration;
+  medrobust      `run_sweep` with `apgd_ce`: `audit.apgd.apgd`, a Python loop making per iteration
+                 one `vjp` call (K = 2) or a `serving_default` call then a `vjp` at the same point
+                 (K > 2: the cross-entropy's exact gradient);
   tf.function    a compiled loop doing the same model work per image-iteration (logits and the
                  input gradient of the cross-entropy) with APGD's start, step, momentum and early
                  stop: the reference.
+Exact against stale loss gradients (skip with --exactness-steps 0): `audit.apgd.apgd` nested over
+the grid, with APGD-CE and APGD-DLR (the margin for K = 2) at each of --exactness-steps, once
+exact (a forward then `vjp` at each iterate where one `vjp` call cannot be exact) and once stale
+(one `vjp` per iteration with the previous iterate's cotangent, as the audit ran before): the
+ratio of wall time, of calls and of served images, and the robust accuracy each finds.
 Ensemble (`attack="ensemble"`): the wall time of `run_sweep` over the grid (skip with --no-ensemble).
 
 Nesting saves image-attacks; it does not make an attack step cheaper. So the two are printed
@@ -51,12 +57,15 @@ EPSILONS = PAPER_EPSILONS
 EPSILON_VALUES = tuple(float(e) for e in EPSILONS)
 REFERENCE = "tf_function"
 _ONEDNN = {True: "on", False: "off"}
-LABELS = {"medrobust": "medrobust", "foolbox_keras": "Foolbox-Keras", "tf_function": "tf.function"}
+LABELS = {"medrobust": "medrobust", "foolbox_keras": "Foolbox-Keras", "tf_function": "tf.function", "exact": "exact",
+          "stale": "stale"}
+EXACTNESS_LOSSES = ("ce", "dlr")
 
 
 @dataclass(frozen=True)
 class Settings:
-    """What one run measures; the defaults finish in about 15 minutes on 2 shared CPU cores."""
+    """What one run measures; the defaults took about 15 minutes on 2 shared CPU cores before the exact-against-
+    stale comparison was added (not timed since)."""
 
     samples: int = 128  # audit images: the ensemble's; the comparisons take the first compare_samples
     compare_samples: int = 32
@@ -68,6 +77,10 @@ class Settings:
     repeats: int = 2
     batch_size: int = 64
     ensemble: bool = True
+    compiled: bool = True  # the PGD and APGD comparisons with the compiled loops
+    exactness_steps: tuple[int, ...] = (25,)  # APGD budgets of the exact-against-stale comparison; () skips it
+    exactness_losses: tuple[str, ...] = EXACTNESS_LOSSES
+    exactness_epsilons: tuple[str, ...] = EPSILONS  # its grid (nested); "0" is the clean row
     train_images: int = 256
     epochs: int = 2  # 0: untrained weights (the timings depend on the architecture, hardly on the weights)
     dataset: str = "synthetic:900"  # its test split holds 135 images, enough for 128 audit images
@@ -80,6 +93,14 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}: expected at least 1, got {getattr(self, name)}")
+        if any(steps < 1 for steps in self.exactness_steps):
+            raise ValueError(f"--exactness-steps: expected budgets of at least 1 iteration, got {self.exactness_steps}")
+        unknown = sorted(set(self.exactness_losses) - set(EXACTNESS_LOSSES))
+        if unknown or not self.exactness_losses:
+            raise ValueError(f"--exactness-losses: expected some of {','.join(EXACTNESS_LOSSES)}, got {unknown or 'none'}")
+        if not self.exactness_epsilons or any(e not in EPSILONS for e in self.exactness_epsilons):
+            raise ValueError(f"--exactness-epsilons: expected some of the paper's grid {','.join(EPSILONS)}, "
+                             f"got {','.join(self.exactness_epsilons) or 'none'}")
         if self.epochs < 0:
             raise ValueError(f"--epochs: expected at least 0, got {self.epochs}")
         if self.image_size < 32:
@@ -144,6 +165,15 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per model call on every side (default {d.batch_size})")
     parser.add_argument("--no-ensemble", dest="ensemble", action="store_false",
                         help="skip the ensemble (the default runs it: the longest part of the run)")
+    parser.add_argument("--no-compiled", dest="compiled", action="store_false",
+                        help="skip the PGD and APGD comparisons with Foolbox and the compiled loops")
+    parser.add_argument("--exactness-steps", type=_ints, default=d.exactness_steps,
+                        help="APGD budgets of the exact-against-stale gradient comparison, comma-separated, 0 to skip "
+                        f"(default {','.join(map(str, d.exactness_steps))})")
+    parser.add_argument("--exactness-losses", type=_words, default=d.exactness_losses,
+                        help=f"its losses among {','.join(EXACTNESS_LOSSES)} (dlr is the margin for K = 2; default all)")
+    parser.add_argument("--exactness-epsilons", type=_words, default=d.exactness_epsilons,
+                        help="its epsilons, some of the paper's grid, comma-separated (default the whole grid)")
     parser.add_argument("--train-images", type=int, default=d.train_images, help=f"default {d.train_images}")
     parser.add_argument("--epochs", type=int, default=d.epochs, help=f"training epochs, 0 for untrained weights (default {d.epochs})")
     parser.add_argument("--dataset", default=d.dataset, help=f"KIND:PATH as for medrobust train (default {d.dataset})")
@@ -154,6 +184,19 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     except ValueError as exc:
         parser.error(str(exc))
         raise  # unreachable: parser.error exits
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    """'25,100' -> (25, 100); '0' -> () (skip)."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+    return () if values == (0,) else values
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
 def alternate(runs: dict[str, Callable[[], Run]], repeats: int, *, unit: str = "") -> dict[str, Side]:
@@ -322,12 +365,15 @@ def run(s: Settings) -> dict[str, Any]:
             print(f"note: {s.dataset}'s test split holds {n} images, fewer than --samples {s.samples}", flush=True)
         print(f"set-up took {setup_seconds:.0f} s. Grid: the paper's {len(EPSILONS)} epsilons {EPSILONS[0]}..{EPSILONS[-1]}; "
               f"batches of {s.batch_size}; the PGD and APGD comparisons on {m} of the {n} audit images", flush=True)
-        print(f"PGD: {s.steps} steps of 2.5 eps / {s.steps}, random start, nested on every side; "
-              f"{s.repeats} timed run(s) per side, alternated", flush=True)
-        pgd = alternate(bench.pgd_runs(), s.repeats, unit="image-attack-step")
-        print(f"APGD-CE: {s.apgd_steps} iterations, nested on both sides; {s.repeats} timed run(s) per side, alternated",
-              flush=True)
-        apgd = alternate(bench.apgd_runs(), s.repeats, unit="image-iteration")
+        pgd = apgd = None
+        if s.compiled:
+            print(f"PGD: {s.steps} steps of 2.5 eps / {s.steps}, random start, nested on every side; "
+                  f"{s.repeats} timed run(s) per side, alternated", flush=True)
+            pgd = alternate(bench.pgd_runs(), s.repeats, unit="image-attack-step")
+            print(f"APGD-CE: {s.apgd_steps} iterations, nested on both sides; {s.repeats} timed run(s) per side, "
+                  f"alternated", flush=True)
+            apgd = alternate(bench.apgd_runs(), s.repeats, unit="image-iteration")
+        exactness = bench.exactness() if s.exactness_steps else None
         load_mid = os.getloadavg()
         ensemble = None
         if s.ensemble:
@@ -343,19 +389,22 @@ def run(s: Settings) -> dict[str, Any]:
     load_after = os.getloadavg()
 
     steps_full = m * (len(EPSILONS) - 1)  # image x non-zero epsilon: the un-nested sweep's image-attacks
-    apgd_result = _ratios(apgd, steps_full * (s.apgd_steps + 1))  # APGD's start is one forward and backward too
-    apgd_ratio = apgd_result["medrobust"]["cost_ratio"]
+    pgd_result = None if pgd is None else _ratios(pgd, steps_full * s.steps)
+    apgd_result = None if apgd is None else _ratios(apgd, steps_full * (s.apgd_steps + 1))  # the start is one too
+    apgd_ratio = None if apgd_result is None else apgd_result["medrobust"]["cost_ratio"]
     return {
         "benchmark": "audit",
         "settings": asdict(s),
+        "dataset": {"source": s.dataset, "classes": dataset.num_classes},
         "images": n,
         "compare_images": m,
         "clean_accuracy": round(float(np.mean(bench.clean_correct)), 4),
-        "pgd": {"unit": "image-attack-step", "reference": REFERENCE, "sides": _ratios(pgd, steps_full * s.steps)},
-        "apgd_ce": {"unit": "image-iteration", "reference": REFERENCE, "sides": apgd_result},
+        "pgd": None if pgd_result is None else {"unit": "image-attack-step", "reference": REFERENCE, "sides": pgd_result},
+        "apgd_ce": None if apgd_result is None else {"unit": "image-iteration", "reference": REFERENCE, "sides": apgd_result},
+        "exactness": exactness,
         "ensemble": ensemble,
         "apgd_ce_cost_ratio": apgd_ratio,
-        "goals_met": {"apgd_ce_within_1.3x_compiled": apgd_ratio is not None and apgd_ratio <= APGD_GOAL},
+        "goals_met": {"apgd_ce_within_1.3x_compiled": None if apgd_ratio is None else apgd_ratio <= APGD_GOAL},
         "setup_seconds": round(setup_seconds, 1),
         "total_seconds": round(time.perf_counter() - wall, 1),
         "machine": {
@@ -383,18 +432,23 @@ class _Bench:
         audit_set, self.images = draw_audit_set(dataset, n=s.samples, seed=s.seed, image_size=s.image_size)
         self.labels = np.asarray(audit_set.labels, np.int64)
         self.compare = min(s.compare_samples, len(self.images))  # the first N images
+        self.num_classes = dataset.num_classes
+        self.clean_logits = self.served().logits(self.images)
         self.clean_correct = self.served().classes(self.images) == self.labels
         self.pgd_config = AttackConfig(attack="linf_pgd", steps=s.steps, batch_size=s.batch_size, noise_check=False, seed=s.seed)
         self.apgd_config = replace(self.pgd_config, attack="apgd_ce", steps=s.apgd_steps)
-        self.classify, self.pgd, self.apgd_like = compiled_functions(
-            keras_model, s.image_size, s.steps, self.pgd_config.step_ratio, s.apgd_steps
-        )
-        self.fmodel = fb.TensorFlowModel(keras_model, bounds=(0.0, 1.0), device="/CPU:0")
-        self.foolbox_pgd = fb.attacks.LinfPGD(rel_stepsize=self.pgd_config.step_ratio / s.steps, steps=s.steps, random_start=True)
-        # Trace and load outside the timing, as a warm compiled loop and a running server are; the served
-        # model's `serving_default` was called above (clean_correct), its `vjp` is called here.
-        for fn in (self.classify, self.pgd, self.apgd_like):
-            fn.get_concrete_function()
+        if s.compiled:
+            self.classify, self.pgd, self.apgd_like = compiled_functions(
+                keras_model, s.image_size, s.steps, self.pgd_config.step_ratio, s.apgd_steps
+            )
+            self.fmodel = fb.TensorFlowModel(keras_model, bounds=(0.0, 1.0), device="/CPU:0")
+            self.foolbox_pgd = fb.attacks.LinfPGD(rel_stepsize=self.pgd_config.step_ratio / s.steps, steps=s.steps,
+                                                  random_start=True)
+            # Trace outside the timing, as a warm compiled loop is.
+            for fn in (self.classify, self.pgd, self.apgd_like):
+                fn.get_concrete_function()
+        # Load outside the timing, as a running server is: the served model's `serving_default` was called
+        # above (clean_correct), its `vjp` is called here.
         self.served().logits_and_gradient(self.images[:2], np.ones((2, dataset.num_classes), np.float32))
 
     def served(self):
@@ -470,9 +524,74 @@ class _Bench:
 
     def apgd_runs(self) -> dict[str, Callable[[], Run]]:
         return {
-            "medrobust": self.medrobust(self.apgd_config, lambda _, served: served.counts.vjp),
+            "medrobust": self.medrobust(self.apgd_config, self.apgd_image_iterations),
             "tf_function": self.nested(self.compiled_classes, self.compiled_apgd),
         }
+
+    def apgd_image_iterations(self, sweep, served) -> int:
+        """Iterates APGD evaluated in a `run_sweep`: each takes one `vjp` (K = 2) or one forward (K > 2, where a
+        `vjp` follows except for the last iterate and a fooled one). The sweep's own forwards are the clean
+        logits and classes (2 per image) and one verification per image-attack (one restart, no noise check)."""
+        attack_forwards = served.counts.forward - 2 * self.compare - _image_attacks(sweep.attacked)
+        return max(served.counts.vjp, attack_forwards)
+
+    def direct_apgd(self, loss: str, steps: int, *, stale: bool) -> Callable[[], Run]:
+        """`audit.apgd.apgd` on the comparison images, nested over --exactness-epsilons; exact or stale gradients.
+
+        Work is image-iterations: every iterate evaluated takes one forward (exact, where a `vjp` follows)
+        or one `vjp` (stale, or wherever one call is exact)."""
+        import numpy as np
+
+        from audit.apgd import apgd
+
+        x, y, z = self.images[: self.compare], self.labels[: self.compare], self.clean_logits[: self.compare]
+        epsilons = [float(e) for e in self.s.exactness_epsilons]
+
+        def run() -> Run:
+            served, rng = self.served(), np.random.default_rng(self.s.seed)
+            standing = z.argmax(axis=1) == y
+            robust, standing_at, calls, image_attacks = [], [], 0, 0
+            t = time.perf_counter()
+            for eps in epsilons:
+                idx = np.flatnonzero(standing)
+                if eps > 0:
+                    image_attacks += len(idx)
+                    for start in range(0, len(idx), self.s.batch_size):
+                        batch = idx[start : start + self.s.batch_size]
+                        found = apgd(served.logits_and_gradient, x[batch], y[batch], eps, clean_logits=z[batch],
+                                     loss=loss, iterations=steps, rng=rng, forward=served.logits, _stale=stale)
+                        standing[batch[found.fooled]] = False
+                        calls += found.calls
+                robust.append(float(standing.mean()))
+                standing_at.append(standing.copy())
+            seconds = time.perf_counter() - t
+            extra = {"calls": calls, "served_forward_images": served.counts.forward,
+                     "served_vjp_images": served.counts.vjp, "standing": standing_at}
+            return Run(seconds, max(served.counts.forward, served.counts.vjp), image_attacks, tuple(robust), extra)
+
+        return run
+
+    def exactness(self) -> dict[str, Any]:
+        """Exact against stale loss gradients, per loss and budget: alternated timed runs of both."""
+        from audit.apgd import one_call_is_exact
+
+        k, m, s = self.num_classes, self.compare, self.s
+        comparisons = []
+        for wanted in s.exactness_losses:
+            loss = "cw" if wanted == "dlr" and k < 3 else wanted
+            exact_in_one = one_call_is_exact(loss, k)
+            for steps in s.exactness_steps:
+                print(f"APGD-{loss.upper()}, {steps} iterations, exact against stale gradients on {m} images, nested "
+                      f"over {','.join(s.exactness_epsilons)}; {s.repeats} timed run(s) per side, alternated"
+                      f"{' (K = 2: one vjp call is exact, the sides run the same)' if exact_in_one else ''}", flush=True)
+                sides = alternate({"exact": self.direct_apgd(loss, steps, stale=False),
+                                   "stale": self.direct_apgd(loss, steps, stale=True)}, s.repeats, unit="image-iteration")
+                c = _exactness(loss, steps, exact_in_one, sides)
+                comparisons.append(c)
+                print(f"  exact/stale: seconds {c['ratios']['seconds']}x, calls {c['ratios']['calls']}x; robust accuracy "
+                      f"exact {c['sides']['exact']['robust_accuracy']}, stale {c['sides']['stale']['robust_accuracy']}; "
+                      f"verdicts differing {c['verdicts_differ']}", flush=True)
+        return {"classes": k, "images": m, "epsilons": list(s.exactness_epsilons), "comparisons": comparisons}
 
     def ensemble(self) -> dict[str, Any]:
         """One timed `run_sweep` of the ensemble over every audit image."""
@@ -496,6 +615,40 @@ class _Bench:
             "fooled_by": sweep.fooled_by_counts(),
             "robust_accuracy": [round(float(sweep.robust_mask(i).mean()), 4) for i in range(len(EPSILONS))],
         }
+
+
+def _exactness(loss: str, steps: int, exact_in_one_call: bool, sides: dict[str, Side]) -> dict[str, Any]:
+    """One exact-against-stale comparison: each side's figures, then exact / stale for time, calls and images."""
+    out: dict[str, Any] = {"loss": loss, "iterations": steps, "one_call_exact": exact_in_one_call, "sides": {}}
+    standing = {}
+    for name, side in sides.items():
+        extra = dict(side.extra)
+        standing[name] = extra.pop("standing")
+        per = side.per_step
+        out["sides"][name] = {
+            "seconds": [round(x, 4) for x in side.seconds],
+            "seconds_total": round(sum(side.seconds), 4),
+            "image_iterations_per_run": side.work[-1],
+            "image_attacks_per_run": side.image_attacks[-1],
+            "ms_per_image_iteration": None if per is None else round(1000 * per, 4),
+            "robust_accuracy": [round(r, 4) for r in side.robust],
+            **extra,
+        }
+    exact, stale = out["sides"]["exact"], out["sides"]["stale"]
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return None if a is None or not b else round(a / b, 3)
+
+    out["ratios"] = {
+        "seconds": ratio(exact["seconds_total"], stale["seconds_total"]),
+        "ms_per_image_iteration": ratio(exact["ms_per_image_iteration"], stale["ms_per_image_iteration"]),
+        "calls": ratio(exact["calls"], stale["calls"]),
+        "served_images": ratio(exact["served_forward_images"] + exact["served_vjp_images"],
+                               stale["served_forward_images"] + stale["served_vjp_images"]),
+    }
+    # Images robust on one side and fooled on the other, per epsilon (the last runs').
+    out["verdicts_differ"] = [int((a != b).sum()) for a, b in zip(standing["exact"], standing["stale"])]
+    return out
 
 
 def _onednn() -> bool | None:
@@ -543,6 +696,8 @@ def table(result: dict[str, Any]) -> str:
         ("pgd", f"PGD, {s['steps']} steps, on {result['compare_images']} images", "image-attack-step"),
         ("apgd_ce", f"APGD-CE, {s['apgd_steps']} iterations, on {result['compare_images']} images", "image-iteration"),
     ):
+        if result[key] is None:
+            continue
         sides = result[key]["sides"]
         names = list(sides)
         lines.append(f"{title + ', nested':<48}" + "".join(f"{LABELS[x]:>15}" for x in names))
@@ -561,14 +716,20 @@ def table(result: dict[str, Any]) -> str:
         for i, eps in enumerate(EPSILONS):
             row(f"robust accuracy @ {eps}", [f"{sides[x]['robust_accuracy'][i]:.3f}" for x in names])
         lines.append("")
-    lines += [
-        "P is work saved by nesting (and, for APGD, by stopping once an image is fooled), not speed; I is speed:",
-        "a side's seconds / the reference's = I x (its work / the reference's work).",
-        "",
-    ]
-    verdict = "met" if result["goals_met"]["apgd_ce_within_1.3x_compiled"] else "NOT met"
-    lines.append(f"apgd_ce through the served vjp costs {_fmt(result['apgd_ce_cost_ratio'], '.2f', 'x')} the compiled loop "
-                 f"per image-iteration (goal <= {APGD_GOAL}x: {verdict})")
+    if result["exactness"] is not None:
+        lines += exactness_table(result["exactness"], s["repeats"])
+    if result["pgd"] is not None:
+        lines += [
+            "P is work saved by nesting (and, for APGD, by stopping once an image is fooled), not speed; I is speed:",
+            "a side's seconds / the reference's = I x (its work / the reference's work).",
+            "",
+        ]
+    if result["apgd_ce"] is None:
+        lines.append("PGD and APGD-CE against the compiled loops: skipped (--no-compiled)")
+    else:
+        verdict = "met" if result["goals_met"]["apgd_ce_within_1.3x_compiled"] else "NOT met"
+        lines.append(f"apgd_ce through the served signatures costs {_fmt(result['apgd_ce_cost_ratio'], '.2f', 'x')} the "
+                     f"compiled loop per image-iteration (goal <= {APGD_GOAL}x: {verdict})")
     e = result["ensemble"]
     if e is None:
         lines.append("ensemble: skipped (--no-ensemble)")
@@ -582,6 +743,35 @@ def table(result: dict[str, Any]) -> str:
             f"  fooled by {e['fooled_by']}; robust accuracy {e['robust_accuracy']}",
         ]
     return "\n".join(lines)
+
+
+def exactness_table(section: dict[str, Any], repeats: int) -> list[str]:
+    """Exact against stale gradients, one block per loss and budget, exact / stale in the last column."""
+    lines = []
+    epsilons = section["epsilons"]
+
+    def row(label: str, values: list[str]) -> None:
+        lines.append(f"  {label:<46}" + "".join(f"{v:>13}" for v in values))
+
+    for c in section["comparisons"]:
+        exact, stale, ratios = c["sides"]["exact"], c["sides"]["stale"], c["ratios"]
+        title = (f"APGD-{c['loss'].upper()}, {c['iterations']} iterations, on {section['images']} images, "
+                 f"K = {section['classes']}{': one call is exact' if c['one_call_exact'] else ''}")
+        lines.append(f"{title:<48}" + "".join(f"{x:>13}" for x in ("exact", "stale", "exact/stale")))
+        row(f"seconds ({repeats} alternated runs)",
+            [f"{exact['seconds_total']:.1f}", f"{stale['seconds_total']:.1f}", _fmt(ratios["seconds"], ".2f", "x")])
+        row("model calls per run", [str(exact["calls"]), str(stale["calls"]), _fmt(ratios["calls"], ".2f", "x")])
+        row("served images: serving_default + vjp",
+            [f"{exact['served_forward_images']}+{exact['served_vjp_images']}",
+             f"{stale['served_forward_images']}+{stale['served_vjp_images']}", _fmt(ratios["served_images"], ".2f", "x")])
+        row("image-iterations per run", [str(exact["image_iterations_per_run"]), str(stale["image_iterations_per_run"]), ""])
+        row("ms per image-iteration", [_fmt(exact["ms_per_image_iteration"], ".1f"), _fmt(stale["ms_per_image_iteration"], ".1f"),
+                                       _fmt(ratios["ms_per_image_iteration"], ".2f", "x")])
+        for i, eps in enumerate(epsilons):
+            row(f"robust accuracy @ {eps} (verdicts differing)",
+                [f"{exact['robust_accuracy'][i]:.3f}", f"{stale['robust_accuracy'][i]:.3f}", str(c["verdicts_differ"][i])])
+        lines.append("")
+    return lines
 
 
 if __name__ == "__main__":

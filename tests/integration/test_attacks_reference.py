@@ -77,7 +77,7 @@ def ours(attack: str, four: Case, seed: int) -> np.ndarray:
                           queries=SQUARE_STEPS + 1, rng=rng)
     else:
         run = apgd(four.logits_and_gradient, four.images, four.labels, EPSILON, clean_logits=four.clean_logits,
-                   loss=attack.removeprefix("apgd-"), iterations=ITERATIONS, rng=rng)
+                   loss=attack.removeprefix("apgd-"), iterations=ITERATIONS, rng=rng, forward=four.logits)
     np.testing.assert_array_equal(run.fooled, ~four.robust(run.adversarial))
     return ~run.fooled
 

@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 
 from audit import apgd as apgd_module
-from audit.apgd import apgd, apgd_targeted, checkpoints, target_classes
+from audit.apgd import APGDCE, apgd, apgd_targeted, checkpoints, target_classes
+from audit.attack_base import Target
+from audit.foolbox_model import ServedModel
+from audit.ratelimit import RateLimitedPredictor, TokenBucket
+from service.predictor import Prediction, VjpResult
 from tests.attack_models import EPSILON, Case, Recorder, assert_first_fooling_point_kept, case, rng
 
 
@@ -90,17 +94,17 @@ def test_adversarials_stay_in_the_ball_and_in_unit_range(four, attack, eps):
     clean = four.logits(images)
     if attack == "targeted":
         run = apgd_targeted(four.logits_and_gradient, images, four.labels, eps, clean_logits=clean, iterations=10,
-                            rng=rng())
+                            rng=rng(), forward=four.logits)
     else:
         run = apgd(four.logits_and_gradient, images, four.labels, eps, clean_logits=clean, loss=attack, iterations=10,
-                   rng=rng())
+                   rng=rng(), forward=four.logits)
     _in_ball(run, images, eps)
 
 
 @pytest.mark.parametrize("loss", ["ce", "dlr", "cw"])
 def test_fooled_is_the_models_verdict_and_margins_only_fall(four, loss):
     run = apgd(four.logits_and_gradient, four.images, four.labels, EPSILON, clean_logits=four.clean_logits, loss=loss,
-               iterations=30, rng=rng())
+               iterations=30, rng=rng(), forward=four.logits)
     assert 0 < run.fooled.sum() < len(run.fooled), "EPSILON should fool the tiny model partly"
     np.testing.assert_array_equal(run.fooled, ~four.robust(run.adversarial))
     assert run.margins.shape == (31, len(four.labels)) and run.margins.dtype == np.float32
@@ -117,37 +121,115 @@ def test_two_classes(two, loss):
     _in_ball(run, two.images, EPSILON)
 
 
-def test_one_call_per_iteration_and_no_other(four):
-    record = Recorder(four.logits_and_gradient)
-    run = apgd(record, four.images, four.labels, 0.01, clean_logits=four.clean_logits, iterations=20, rng=rng())
+@pytest.mark.parametrize("loss", ["ce", "cw"])
+def test_two_classes_make_one_vjp_call_per_iteration_and_no_forward(two, loss):
+    """For K = 2 the previous point's cotangent gives the exact step: no forward is asked for."""
+    record = Recorder(two.logits_and_gradient)
+    run = apgd(record, two.images, two.labels, 0.01, clean_logits=two.clean_logits, loss=loss, iterations=20, rng=rng(),
+               forward=_never_called)
     assert not run.fooled.all()
     assert run.calls == len(record.calls) == 21  # the random start, then one per iteration
     sizes = [len(args[0]) for args, _ in record.calls]
-    correct = int((four.clean_logits.argmax(axis=1) == four.labels).sum())
+    correct = int((two.clean_logits.argmax(axis=1) == two.labels).sum())
     assert sizes[0] == correct and sizes == sorted(sizes, reverse=True)  # only images standing are sent
 
 
-def test_stops_calling_once_every_image_is_fooled(four):
-    record = Recorder(four.logits_and_gradient)
-    run = apgd(record, four.images, four.labels, 0.3, clean_logits=four.clean_logits, iterations=50, rng=rng())
-    assert run.fooled.all()
-    assert run.calls == len(record.calls) < 51
-    assert (run.margins[run.calls - 1 :] == run.margins[-1]).all()
+@pytest.mark.parametrize("loss", ["ce", "dlr", "cw"])
+def test_more_classes_make_a_forward_then_a_vjp_at_the_same_point(four, loss):
+    forward, vjp = Recorder(four.logits), Recorder(four.logits_and_gradient)
+    run = apgd(vjp, four.images, four.labels, 0.002, clean_logits=four.clean_logits, loss=loss, iterations=20, rng=rng(),
+               forward=forward)
+    correct = four.clean_logits.argmax(axis=1) == four.labels
+    np.testing.assert_array_equal(run.fooled, ~correct)  # none fooled: every iterate but the last is followed by a step
+    assert len(forward.calls) == 21 and len(vjp.calls) == 20  # no gradient at the last iterate: no step follows
+    assert run.calls == 41
+    for ((point,), logits), ((sent, cotangent), _) in zip(forward.calls, vjp.calls):
+        assert len(point) == correct.sum()
+        np.testing.assert_array_equal(sent, point)
+        # the cotangent is the loss's gradient at this very point's logits, not at the previous point's
+        objective = apgd_module._OBJECTIVES[loss]
+        np.testing.assert_allclose(cotangent, objective(logits, _labels_of(four, point), None)[1], atol=1e-6)
 
 
-def test_first_fooling_point_is_kept_and_fooled_images_leave(four):
-    record = Recorder(four.logits_and_gradient)
-    run = apgd(record, four.images, four.labels, EPSILON, clean_logits=four.clean_logits, iterations=20, rng=rng())
+def test_an_image_the_forward_shows_fooled_gets_no_gradient(four):
+    forward, vjp = Recorder(four.logits), Recorder(four.logits_and_gradient)
+    run = apgd(vjp, four.images, four.labels, EPSILON, clean_logits=four.clean_logits, iterations=20, rng=rng(),
+               forward=forward)
     assert 0 < run.fooled.sum() < len(run.fooled)
-    visits = record.visits(four.images, EPSILON)
-    assert_first_fooling_point_kept(run, visits, four.images, four.labels, four.clean_logits)
+    for ((point,), logits), ((sent, _), _) in zip(forward.calls, vjp.calls):
+        standing = logits.argmax(axis=1) == _labels_of(four, point)
+        np.testing.assert_array_equal(sent, point[standing])
+    assert_first_fooling_point_kept(run, forward.visits(four.images, EPSILON), four.images, four.labels,
+                                    four.clean_logits)
+
+
+class _CountingBucket(TokenBucket):
+    def __init__(self) -> None:
+        super().__init__(rate=1e9)
+        self.taken = 0
+
+    def take(self) -> float:
+        self.taken += 1
+        return super().take()
+
+
+class _Predictor:
+    """The four-class tiny model behind the Predictor interface, as one served version."""
+
+    def __init__(self, case_: Case):
+        self.case = case_
+
+    def model_card(self, model, version=None):
+        return {"num_classes": self.case.classes, "signatures": {"serving_default": {}, "vjp": {}}}
+
+    def predict(self, model, images, *, version=None):
+        logits = self.case.logits(images)
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return Prediction(model, 1, logits, shifted / shifted.sum(axis=1, keepdims=True), logits.argmax(axis=1))
+
+    def vjp(self, model, images, cotangent, *, version=None):
+        return VjpResult(model, 1, *self.case.logits_and_gradient(images, cotangent))
+
+
+def test_the_forward_beside_each_vjp_is_counted_and_rate_limited(four):
+    """The registry's APGD-CE on a served four-class model: its forwards are served calls like its vjp calls."""
+    bucket = _CountingBucket()
+    served = ServedModel(RateLimitedPredictor(_Predictor(four), bucket), "m", 1, batch_size=64)
+    APGDCE(steps=5).run(Target(served), four.images, four.labels, 0.002, clean_logits=four.clean_logits, rng=rng())
+    correct = int((four.clean_logits.argmax(axis=1) == four.labels).sum())  # none fooled at 0.002 (above)
+    assert (served.counts.forward, served.counts.vjp) == (6 * correct, 5 * correct)
+    assert bucket.taken == 6 + 5  # one request a call: the images fit in one batch
+
+
+def _labels_of(case_: Case, points: np.ndarray) -> np.ndarray:
+    """The label of the image whose ball holds each point (the images are far apart)."""
+    distance = np.abs(points[:, None] - case_.images[None]).max(axis=(2, 3, 4))
+    return case_.labels[distance.argmin(axis=1)]
+
+
+def test_stops_calling_once_every_image_is_fooled(four):
+    forward, vjp = Recorder(four.logits), Recorder(four.logits_and_gradient)
+    run = apgd(vjp, four.images, four.labels, 0.3, clean_logits=four.clean_logits, iterations=50, rng=rng(),
+               forward=forward)
+    assert run.fooled.all()
+    assert run.calls == len(forward.calls) + len(vjp.calls) and len(forward.calls) < 51
+    assert (run.margins[len(forward.calls) - 1 :] == run.margins[-1]).all()
+
+
+def test_first_fooling_point_is_kept_and_fooled_images_leave(two):
+    record = Recorder(two.logits_and_gradient)
+    run = apgd(record, two.images, two.labels, EPSILON, clean_logits=two.clean_logits, iterations=20, rng=rng())
+    assert 0 < run.fooled.sum() < len(run.fooled)
+    visits = record.visits(two.images, EPSILON)
+    assert_first_fooling_point_kept(run, visits, two.images, two.labels, two.clean_logits)
 
 
 def test_images_already_misclassified_are_returned_clean_and_not_attacked(four):
     labels = four.labels.copy()
     labels[:3] = (four.clean_logits[:3].argmax(axis=1) + 1) % 4
-    record = Recorder(four.logits_and_gradient)
-    run = apgd(record, four.images, labels, EPSILON, clean_logits=four.clean_logits, iterations=5, rng=rng())
+    record = Recorder(four.logits)
+    run = apgd(four.logits_and_gradient, four.images, labels, EPSILON, clean_logits=four.clean_logits, iterations=5,
+               rng=rng(), forward=record)
     assert run.fooled[:3].all()
     np.testing.assert_array_equal(run.adversarial[:3], four.images[:3])
     assert len(record.calls[0][0][0]) == int((four.clean_logits.argmax(axis=1) == labels).sum())
@@ -156,8 +238,10 @@ def test_images_already_misclassified_are_returned_clean_and_not_attacked(four):
 def test_epsilon_zero_is_a_no_op_without_calls(four):
     record = Recorder(four.logits_and_gradient)
     for run in (
-        apgd(record, four.images, four.labels, 0.0, clean_logits=four.clean_logits, iterations=7, rng=rng()),
-        apgd_targeted(record, four.images, four.labels, 0, clean_logits=four.clean_logits, iterations=7, rng=rng()),
+        apgd(record, four.images, four.labels, 0.0, clean_logits=four.clean_logits, iterations=7, rng=rng(),
+             forward=record),
+        apgd_targeted(record, four.images, four.labels, 0, clean_logits=four.clean_logits, iterations=7, rng=rng(),
+                      forward=record),
     ):
         np.testing.assert_array_equal(run.adversarial, four.images)
         assert run.calls == 0 and run.margins.shape == (8, len(four.labels))
@@ -179,20 +263,21 @@ def test_targeted_attacks_the_top_other_classes():
 
 def test_targeted_runs_one_attack_per_target_on_the_images_left(four):
     iterations = 10
-    record = Recorder(four.logits_and_gradient)
-    run = apgd_targeted(record, four.images, four.labels, EPSILON, clean_logits=four.clean_logits,
-                        iterations=iterations, rng=rng())
+    forward, vjp = Recorder(four.logits), Recorder(four.logits_and_gradient)
+    run = apgd_targeted(vjp, four.images, four.labels, EPSILON, clean_logits=four.clean_logits,
+                        iterations=iterations, rng=rng(), forward=forward)
     assert 0 < run.fooled.sum() < len(run.fooled)
-    assert run.calls == len(record.calls) <= 3 * (iterations + 1)  # K - 1 = 3 targets
-    visits = record.visits(four.images, EPSILON)
+    # K - 1 = 3 targets; the targeted DLR's step needs the forward first (one per iterate, no vjp at the last)
+    assert run.calls == len(forward.calls) + len(vjp.calls) and len(forward.calls) <= 3 * (iterations + 1)
+    evaluated, stepped = forward.visits(four.images, EPSILON), vjp.visits(four.images, EPSILON)
     targets = target_classes(four.clean_logits, four.labels, 9)
     for i in np.flatnonzero(~run.fooled):
-        assert len(visits[i]) == 3 * (iterations + 1)
-        for j in range(3):  # each run starts from the clean logits' targeted-DLR cotangent, largest at its target
-            cotangent = visits[i][j * (iterations + 1)].cotangent.copy()
+        assert len(evaluated[i]) == 3 * (iterations + 1) and len(stepped[i]) == 3 * iterations
+        for j in range(3):  # each run's first step follows the targeted-DLR cotangent, largest at its target
+            cotangent = stepped[i][j * iterations].cotangent.copy()
             cotangent[four.labels[i]] = -np.inf
             assert cotangent.argmax() == targets[i, j]
-    assert_first_fooling_point_kept(run, visits, four.images, four.labels, four.clean_logits)
+    assert_first_fooling_point_kept(run, evaluated, four.images, four.labels, four.clean_logits)
     np.testing.assert_array_equal(run.fooled, ~four.robust(run.adversarial))
     assert (np.diff(run.margins, axis=0) <= 0).all()
 
@@ -268,5 +353,131 @@ def test_a_model_answering_the_wrong_shape_is_named():
     def wrong(x, cotangent):
         return np.zeros((len(x), 5), np.float32), np.zeros_like(x)
 
+    def wrong_gradient(x, cotangent):
+        return np.zeros((len(x), 3), np.float32), np.zeros_like(x[:, :1])
+
+    def forward(x):
+        return np.tile(np.array([[1.0, 0.0, 0.0]], np.float32), (len(x), 1))
+
+    with pytest.raises(ValueError, match=re.escape("expected logits of shape (2, 2) from the model, got (2, 5)")):
+        apgd(wrong, X, Y, 0.1, clean_logits=Z2, rng=rng())
     with pytest.raises(ValueError, match=re.escape("expected logits of shape (2, 3) from the model, got (2, 5)")):
-        apgd(wrong, X, Y, 0.1, clean_logits=Z3, rng=rng())
+        apgd(_never_called, X, Y, 0.1, clean_logits=Z3, rng=rng(), forward=lambda x: wrong(x, None)[0])
+    message = "expected gradient of shape (2, 4, 4, 3) from the model, got (2, 1, 4, 3)"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        apgd(wrong_gradient, X, Y, 0.1, clean_logits=Z3, rng=rng(), forward=forward)
+
+
+Z4 = np.array([[1.0, 0.0, 0.0, 0.0]] * 2, np.float32)
+
+
+@pytest.mark.parametrize(
+    ("run", "what", "k"),
+    [
+        (lambda: apgd(_never_called, X, Y, 0.1, clean_logits=Z3, rng=rng()), "loss 'ce'", 3),
+        (lambda: apgd(_never_called, X, Y, 0.1, clean_logits=Z3, loss="dlr", rng=rng()), "loss 'dlr'", 3),
+        (lambda: apgd(_never_called, X, Y, 0.1, clean_logits=Z3, loss="cw", rng=rng()), "loss 'cw'", 3),
+        (lambda: apgd_targeted(_never_called, X, Y, 0.1, clean_logits=Z4, rng=rng()), "the targeted DLR loss", 4),
+    ],
+    ids=["ce", "dlr", "cw", "targeted-dlr"],
+)
+def test_a_loss_whose_step_needs_the_forward_refuses_to_run_without_it(run, what, k):
+    message = f"expected a forward (serving_default) callable for the exact gradient of {what} with K = {k}, got None"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        run()
+
+
+def test_where_one_call_is_exact_no_forward_is_needed():
+    assert apgd_module.one_call_is_exact("ce", 2) and apgd_module.one_call_is_exact("cw", 2)
+    assert not any(apgd_module.one_call_is_exact(loss, 3) for loss in ("ce", "dlr", "cw"))
+
+    def still(x, cotangent):  # a model that never changes its mind: nothing is fooled
+        return np.tile(np.array([[1.0, 0.0, 0.0]], np.float32), (len(x), 1)), np.ones_like(x)
+
+    run = apgd_targeted(still, X, Y, 0.1, clean_logits=Z3, iterations=3, rng=rng(), forward=_never_called)
+    assert run.calls == 2 * 4  # K = 3: two targets, the targeted margin's one call per iterate
+
+
+# -- exact against stale gradients on a model where the cross-entropy's weights change between iterates ------------
+# A linear four-class model on 2x2x3 images, true class 0 far ahead. The cross-entropy's input gradient is
+# p1 w1 + p2 w2 (w0 = w3 = 0): on the 9 values where w1 = 1 and w2 = +6 agree its sign is always +, on the
+# last 3 (w2 = -6) it is the sign of p1 - 6 p2, which flips as the steps raise z2 faster than z1. The
+# images differ only in where they start on that slope, so for some the flip comes between two iterates.
+LINEAR_EPS = 0.05
+_SIGNS = np.array([1.0] * 9 + [-1.0] * 3, np.float32)
+_WEIGHTS = np.stack([np.zeros(12), np.ones(12), 6 * _SIGNS, np.zeros(12)], axis=1).astype(np.float32)
+_BIAS = np.array([14.0, 0.0, -14.4, -5.0], np.float32)
+
+
+def _linear_served():
+    import tensorflow as tf
+
+    weights, bias = tf.constant(_WEIGHTS), tf.constant(_BIAS)
+
+    def logits(x):
+        return tf.reshape(x, (-1, 12)) @ weights + bias
+
+    def forward(x):
+        return logits(tf.constant(x)).numpy()
+
+    def vjp(x, cotangent):
+        x = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            z = logits(x)
+        return z.numpy(), tape.gradient(z, x, output_gradients=tf.constant(cotangent)).numpy()
+
+    def ce_gradient(x, y):
+        """The cross-entropy's gradient at x, by TensorFlow's own loss and tape: independent of audit.apgd."""
+        x = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(tf.constant(y), logits(x)))
+        return tape.gradient(loss, x).numpy()
+
+    return forward, vjp, ce_gradient
+
+
+def _linear_images(n: int = 8) -> np.ndarray:
+    x = np.full((n, 2, 2, 3), 0.5, np.float32)
+    x.reshape(n, -1)[:, :9] = np.linspace(0.47, 0.53, n)[:, None]
+    return x
+
+
+def _off_the_exact_step(points, x, y, ce_gradient, steps: int) -> np.ndarray:
+    """[steps, n]: whether iterate i + 1 is not APGD's step from iterate i along the exact gradient at iterate i.
+
+    Before the first checkpoint the step size is 2 eps and the momentum 0.75 (none on the first step)."""
+    lo, hi = np.maximum(x - LINEAR_EPS, 0.0), np.minimum(x + LINEAR_EPS, 1.0)
+    off = []
+    for i in range(steps):
+        here, before = points[i], points[i - 1] if i else points[i]
+        pull = 0.75 if i else 1.0
+        stepped = np.clip(here + 2 * LINEAR_EPS * np.sign(ce_gradient(here, y)), lo, hi)
+        expected = np.clip(here + pull * (stepped - here) + (1 - pull) * (here - before), lo, hi)
+        off.append(np.abs(expected - points[i + 1]).reshape(len(x), -1).max(axis=1) > 1e-6)
+    return np.array(off)
+
+
+@pytest.mark.parametrize("stale", [False, True], ids=["exact", "stale"])
+def test_each_step_follows_the_cross_entropys_gradient_at_the_iterate_itself(stale):
+    forward, vjp, ce_gradient = _linear_served()
+    x = _linear_images()
+    y = np.zeros(len(x), np.int64)
+    fw, vj = Recorder(forward), Recorder(vjp)
+    run = apgd(vj, x, y, LINEAR_EPS, clean_logits=forward(x), loss="ce", iterations=100, rng=rng(), forward=fw,
+               _stale=stale)
+    assert not run.fooled.any()  # every image is in every call: call i holds iterate i
+    points = [args[0] for args, _ in (vj.calls if stale else fw.calls)]
+    first_checkpoint = checkpoints(100)[0]
+    off = _off_the_exact_step(points, x, y, ce_gradient, first_checkpoint)
+    # The fixture does what it is for: class 1's weight against class 2's changes sides between iterates.
+    logits = np.stack([forward(p) for p in points[: first_checkpoint + 1]])
+    heavier = np.exp(logits[..., 1]) > 6 * np.exp(logits[..., 2])
+    assert (heavier[:-1] != heavier[1:]).any(axis=0).sum() >= 3
+    if stale:
+        # The previous iterate's cotangent steps the wrong way on the flipping values, once per image that flips.
+        assert off.any(axis=0).sum() >= 3 and off.sum(axis=0).max() == 1
+    else:
+        assert not off.any()
+        assert run.calls == len(fw.calls) + len(vj.calls) == 101 + 100

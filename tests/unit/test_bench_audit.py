@@ -51,9 +51,45 @@ def test_a_side_that_did_no_work_has_no_cost_per_step():
     assert result["medrobust"]["pruning_factor"] is None
 
 
+def test_exact_against_stale_reports_both_sides_and_their_ratios():
+    import numpy as np
+
+    sides = {"exact": bench.Side("exact"), "stale": bench.Side("stale")}
+    robust = (1.0,) * 3
+    for seconds in (3.0, 5.0):  # 100 image-iterations a run, 41 calls: 21 forwards, 20 vjp
+        sides["exact"].add(bench.Run(seconds, 100, 10, robust, {
+            "calls": 41, "served_forward_images": 100, "served_vjp_images": 90,
+            "standing": [np.array([True, True]), np.array([True, False]), np.array([False, False])]}))
+    for seconds in (2.0, 2.0):  # the same work in 21 calls of one vjp
+        sides["stale"].add(bench.Run(seconds, 100, 10, robust, {
+            "calls": 21, "served_forward_images": 0, "served_vjp_images": 100,
+            "standing": [np.array([True, True]), np.array([True, True]), np.array([False, False])]}))
+    out = bench._exactness("ce", 25, False, sides)
+    assert out["ratios"] == {"seconds": 2.0, "ms_per_image_iteration": 2.0, "calls": 1.952, "served_images": 1.9}
+    assert out["verdicts_differ"] == [0, 1, 0]
+    assert out["sides"]["exact"]["ms_per_image_iteration"] == 40.0 and out["sides"]["stale"]["seconds_total"] == 4.0
+    assert "standing" not in out["sides"]["exact"]  # the masks are compared, not printed
+    json.dumps(out)
+    text = "\n".join(bench.exactness_table({"classes": 7, "images": 2, "epsilons": ["0", "0.01", "0.32"],
+                                            "comparisons": [out]}, repeats=2))
+    assert "APGD-CE, 25 iterations, on 2 images, K = 7" in text and "exact/stale" in text
+    assert "robust accuracy @ 0.01 (verdicts differing)" in text
+
+
+def test_exactness_settings_parse_and_zero_skips():
+    s = bench.parse_args(["--exactness-steps", "25,100", "--exactness-losses", "ce", "--exactness-epsilons", "0,0.01"])
+    assert (s.exactness_steps, s.exactness_losses, s.exactness_epsilons) == ((25, 100), ("ce",), ("0", "0.01"))
+    assert bench.parse_args(["--exactness-steps", "0"]).exactness_steps == ()
+    assert bench.parse_args([]).exactness_losses == ("ce", "dlr")
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
+        (["--exactness-steps", "25,-1"], "--exactness-steps: expected budgets of at least 1 iteration, got (25, -1)"),
+        (["--exactness-steps", "x"], "expected comma-separated whole numbers, got 'x'"),
+        (["--exactness-losses", "ce,l2"], "--exactness-losses: expected some of ce,dlr, got ['l2']"),
+        (["--exactness-epsilons", "0.03"], "--exactness-epsilons: expected some of the paper's grid"),
         (["--image-size", "16"], "--image-size: expected at least 32 (ResNet-50's minimum), got 16"),
         (["--samples", "0"], "--samples: expected at least 1, got 0"),
         (["--epochs", "-1"], "--epochs: expected at least 0, got -1"),
@@ -86,7 +122,7 @@ def _consistent(section: dict) -> None:
 def test_a_tiny_run_prints_tables_then_one_json_line_whose_ratios_match_its_times(capsys):
     argv = [
         "--samples", "6", "--compare-samples", "6", "--image-size", "32", "--steps", "2", "--apgd-steps", "2",
-        "--queries", "3", "--epochs", "0", "--repeats", "2",
+        "--queries", "3", "--epochs", "0", "--repeats", "2", "--exactness-steps", "2", "--exactness-epsilons", "0,0.01,0.32",
     ]
     assert bench.main(argv) == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -112,4 +148,16 @@ def test_a_tiny_run_prints_tables_then_one_json_line_whose_ratios_match_its_time
     assert ensemble["images"] == 6 and ensemble["image_size"] == 32 and ensemble["square_queries"] == 3
     assert ensemble["seconds"] > 0 and len(ensemble["robust_accuracy"]) == len(bench.EPSILONS)
     assert "ensemble: skipped (--no-ensemble)" in bench.table({**result, "ensemble": None})
+    # The synthetic set has three classes: exact APGD-CE and APGD-DLR take a forward beside each vjp.
+    exactness = result["exactness"]
+    assert exactness["classes"] == 3 and [c["loss"] for c in exactness["comparisons"]] == ["ce", "dlr"]
+    for c in exactness["comparisons"]:
+        exact, stale = c["sides"]["exact"], c["sides"]["stale"]
+        assert not c["one_call_exact"] and len(exact["seconds"]) == len(stale["seconds"]) == 2
+        assert stale["served_forward_images"] == 0 and exact["served_forward_images"] > exact["served_vjp_images"]
+        assert exact["calls"] > stale["calls"] and len(c["verdicts_differ"]) == 3
+        assert c["ratios"]["seconds"] == pytest.approx(exact["seconds_total"] / stale["seconds_total"], rel=5e-3)
+    assert "APGD-DLR, 2 iterations, on 6 images, K = 3" in text
+    skipped = bench.table({**result, "pgd": None, "apgd_ce": None, "exactness": None})
+    assert "PGD and APGD-CE against the compiled loops: skipped (--no-compiled)" in skipped
 
