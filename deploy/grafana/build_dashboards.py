@@ -200,7 +200,7 @@ def robustness() -> dict:
     budget_info = audit("medrobust_audit_budget_info", f'{selector}, attack="$attack"')
 
     def with_budget(expr: str) -> str:
-        return f"{expr} * on (model, version, attack) group_left (budget) {budget_info}"
+        return f"({expr}) * on (model, version, attack) group_left (budget) {budget_info}"
 
     latest = epsilon_bars(audit("medrobust_audit_robust_accuracy", f'{selector}, attack="$attack"'), "model")
     worst = epsilon_bars(audit("medrobust_audit_worst_class_robust_accuracy", f'{selector}, attack="$attack"'), "model")

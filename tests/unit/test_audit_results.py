@@ -77,3 +77,17 @@ def test_the_json_document_carries_every_new_figure():
     assert len(doc["samples"]) == 8 and doc["audit_set"]["class_names"] == ["a", "b", "c"]
     # The attack side's fields default to nothing, so existing constructors still work.
     assert make_result().to_json()["fooled_by"] == {} and make_result().seed == 0
+
+
+def test_the_json_names_the_budget_and_the_stages_run():
+    from dataclasses import replace
+
+    from tests.audit_runs import make_result
+
+    reduced = replace(make_result(), attack="ensemble", steps=25, budget={"steps": 25, "queries": 300},
+                      stages=("apgd_ce", "apgd_dlr", "fab_t", "square"))
+    doc = reduced.to_json()
+    assert doc["budget_label"] == "reduced (25 iterations, 300 queries)" == reduced.budget_label
+    assert doc["budget"] == {"steps": 25, "queries": 300} and doc["stages"] == ["apgd_ce", "apgd_dlr", "fab_t", "square"]
+    standard = replace(reduced, steps=100, budget={"steps": 100, "queries": 5000})
+    assert standard.to_json()["budget_label"] == "standard"
