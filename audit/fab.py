@@ -181,7 +181,9 @@ def projection_linf(points: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndar
     nonzero = (w != 0).astype(np.float64)
     d = (a - t) * nonzero
     p = a - t * (2 * a - 1)
-    order = np.argsort(p, axis=1, kind="stable")
+    # Unstable, as torch.argsort: coordinates tied in p leave the breakpoint's value unchanged (each
+    # adds -w_i d_i - |w_i| p_i = 0 to it), and quicksort is several times faster than a stable sort.
+    order = np.argsort(p, axis=1)
     b = b - (w * t).sum(axis=1)
     b0 = (w * d).sum(axis=1)
     descending = order[:, ::-1]
