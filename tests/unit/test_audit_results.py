@@ -91,3 +91,17 @@ def test_the_json_names_the_budget_and_the_stages_run():
     assert doc["budget"] == {"steps": 25, "queries": 300} and doc["stages"] == ["apgd_ce", "apgd_dlr", "fab_t", "square"]
     standard = replace(reduced, steps=100, budget={"steps": 100, "queries": 5000})
     assert standard.to_json()["budget_label"] == "standard"
+
+
+def test_the_command_lines_table_names_the_budget_and_the_stages():
+    from dataclasses import replace
+
+    from medrobust.commands.audit import _table
+    from tests.audit_runs import make_result
+
+    reduced = replace(make_result(), attack="ensemble", steps=25, budget={"steps": 25, "queries": 300},
+                      stages=("apgd_ce", "apgd_dlr", "fab_t", "square"))
+    text = _table(reduced, 1)
+    assert "budget: reduced (25 iterations, 300 queries)" in text.splitlines()[0]
+    assert "stages, in turn on the images still standing: apgd_ce, apgd_dlr, fab_t, square" in text
+    assert "budget: standard" in _table(replace(reduced, steps=100, budget={"steps": 100, "queries": 5000}), 2)
