@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from audit.results import AuditResult, AuditSet
-from training.contract.attacks import budget_label
+from training.contract.attacks import ATTACKS, budget_label
 
 if TYPE_CHECKING:
     from sqlalchemy.engine.interfaces import DBAPIConnection
@@ -211,8 +211,9 @@ class RunRecord:
 
     @property
     def budget_label(self) -> str:
-        """"standard" or "reduced (25 iterations, 300 queries)", from the settings the run was queued with."""
-        return budget_label(self.attack, self.config)
+        """"standard" or "reduced (25 iterations, 300 queries)", from the settings the run was queued with
+        ("unknown" for an attack no longer registered: its defaults are not known here)."""
+        return budget_label(self.attack, self.config) if self.attack in ATTACKS else "unknown"
 
     @property
     def epsilons(self) -> tuple[str, ...]:

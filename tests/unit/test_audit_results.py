@@ -105,3 +105,21 @@ def test_the_command_lines_table_names_the_budget_and_the_stages():
     assert "budget: reduced (25 iterations, 300 queries)" in text.splitlines()[0]
     assert "stages, in turn on the images still standing: apgd_ce, apgd_dlr, fab_t, square" in text
     assert "budget: standard" in _table(replace(reduced, steps=100, budget={"steps": 100, "queries": 5000}), 2)
+
+
+def test_a_stored_run_labels_its_budget_from_its_config_and_an_unregistered_attack_as_unknown(tmp_path):
+    from audit.store import AuditStore
+    from tests.audit_runs import CARD, make_result
+
+    store = AuditStore(f"sqlite:///{tmp_path / 'a.sqlite'}")
+    try:
+        run_id = store.start_run(model="m", version=1, card=CARD, backend="embedded", attack="ensemble",
+                                 config={"steps": 25, "queries": 300, "step_ratio": 2.5})
+        store.finish_run(run_id, make_result(model="m"))
+        run = store.get_run(run_id)
+        assert run.budget_label == "reduced (25 iterations, 300 queries)" == run.to_json()["budget_label"]
+        from dataclasses import replace
+
+        assert replace(run, attack="retired_attack").budget_label == "unknown"
+    finally:
+        store.close()
