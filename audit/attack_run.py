@@ -32,6 +32,16 @@ def check_batch(
     images: npt.ArrayLike, labels: npt.ArrayLike, epsilon: float, clean_logits: npt.ArrayLike, rng: object
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The batch as float32 images, int64 labels and float32 clean logits, or a ValueError saying what is wrong."""
+    batch = check_inputs(images, labels, epsilon, clean_logits)
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"expected rng to be a numpy.random.Generator, got {type(rng).__name__}")
+    return batch
+
+
+def check_inputs(
+    images: npt.ArrayLike, labels: npt.ArrayLike, epsilon: float, clean_logits: npt.ArrayLike
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`check_batch` for an attack that draws nothing at random (FAB-T)."""
     x = np.asarray(images, np.float32)
     if x.ndim != 4 or x.shape[-1] != 3:
         raise ValueError(f"expected images of shape [n, H, W, 3], got {x.shape}")
@@ -48,8 +58,6 @@ def check_batch(
         raise ValueError(f"expected labels in [0, {z.shape[1]}), got values in [{y.min()}, {y.max()}]")
     if not np.isfinite(epsilon) or epsilon < 0:
         raise ValueError(f"expected epsilon >= 0, got {epsilon}")
-    if not isinstance(rng, np.random.Generator):
-        raise ValueError(f"expected rng to be a numpy.random.Generator, got {type(rng).__name__}")
     return x, y, z
 
 

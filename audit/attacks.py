@@ -2,8 +2,9 @@
 
 L-infinity PGD through Foolbox is the paper's protocol and the default. APGD (cross-entropy, DLR
 or its K = 2 stand-in the margin, and targeted) runs the project's own loop over `vjp`; Square is
-query-only over `serving_default`; `ensemble` is AutoAttack's standard protocol (APGD-CE, then
-APGD-T, then Square on the images still standing). FGSM and L2 PGD are alternatives; additive
+query-only over `serving_default`; FAB-T runs over `vjp`; `ensemble` is AutoAttack's standard version
+(APGD-CE, then APGD-T, then FAB-T, then Square on the images still standing; for two classes APGD-T
+gives way to a second APGD start, see `stages`), standard only at its default budget. FGSM and L2 PGD are alternatives; additive
 uniform noise at the same epsilon is the non-gradient reference the sanity checks compare against.
 
 What each attack is (norm, threat model, stages, budget) is its spec in `training.contract.attacks`;
@@ -20,6 +21,7 @@ import numpy as np
 
 from audit.apgd import APGDCE, APGDDLR, APGDT
 from audit.attack_base import Attack, Candidates, SingleAttack, Target
+from audit.fab import FABT
 from audit.foolbox_attacks import FGSM, L2PGD, LinfPGD
 from audit.foolbox_model import ServedModel
 from audit.noise import UniformNoise
@@ -31,7 +33,7 @@ __all__ = ["Attack", "Attacker", "Candidates", "SingleAttack", "attack_class", "
 
 
 class Ensemble(Attack):
-    """AutoAttack's standard protocol: its stages run in turn, each on the images the previous left standing.
+    """AutoAttack's standard version: its stages run in turn, each on the images the previous left standing.
 
     The sweep runs the stages (`stages`), verifying each stage's candidates before the next, so the
     ensemble has no `run` of its own; its budget (APGD's steps, Square's queries) is its stages'.
@@ -40,7 +42,9 @@ class Ensemble(Attack):
     spec: ClassVar[AttackSpec] = ATTACKS["ensemble"]
 
 
-_CLASSES: tuple[type[Attack], ...] = (LinfPGD, APGDCE, APGDDLR, APGDT, Square, Ensemble, FGSM, L2PGD, UniformNoise)
+_CLASSES: tuple[type[Attack], ...] = (
+    LinfPGD, APGDCE, APGDDLR, APGDT, FABT, Square, Ensemble, FGSM, L2PGD, UniformNoise,
+)
 REGISTRY: Mapping[str, type[Attack]] = MappingProxyType({cls.spec.name: cls for cls in _CLASSES})
 ENSEMBLE = Ensemble.spec.stages
 
@@ -51,9 +55,21 @@ def attack_class(name: str) -> type[Attack]:
     return REGISTRY[name]
 
 
-def stages(name: str) -> tuple[str, ...]:
-    """The attacks `name` runs in turn on the images still standing: the ensemble's three, or itself."""
-    return attack_spec(name).runs
+# What a stage becomes for a two-class model. With K = 2 targeted APGD has one target, the other
+# class, and its targeted margin z_t - z_y is the untargeted margin, whose sign step is also
+# cross-entropy's: APGD-T would repeat APGD-CE's algorithm (it made the same adversarials). Its budget
+# goes to APGD on the margin loss (`apgd_dlr`'s K = 2 loss) from another random start instead; with
+# K = 2 that is the same steps again from a new start, a restart, and the stage says so by its name.
+TWO_CLASS_STAGES: Mapping[str, str] = MappingProxyType({"apgd_t": "apgd_dlr"})
+
+
+def stages(name: str, classes: int | None = None) -> tuple[str, ...]:
+    """The attacks `name` runs in turn on the images still standing (the ensemble's four, or itself),
+    for a model of `classes` classes when given (see TWO_CLASS_STAGES)."""
+    runs = attack_spec(name).runs
+    if classes == 2 and len(runs) > 1:
+        return tuple(TWO_CLASS_STAGES.get(stage, stage) for stage in runs)
+    return runs
 
 
 def is_random(name: str, config: AttackConfig) -> bool:

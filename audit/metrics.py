@@ -146,6 +146,12 @@ class AuditCollector(Collector):
         samples = _gauge(
             "medrobust_audit_samples", "Images in the audit set the figures are counted over", (*SHORT_LABELS, "attack"),
         )
+        # The budget the version's figures under the attack were made with, as a label: "standard", or
+        # "reduced (25 iterations, 300 queries)". Dashboards join it onto the figures they show.
+        budget = _gauge(
+            "medrobust_audit_budget_info", "1, labelled with the budget of the latest audit of the version under the attack",
+            (*SHORT_LABELS, "attack", "budget"),
+        )
         degenerate = _gauge(
             "medrobust_audit_degenerate",
             "1 when the model version answers one class for at least 95% of its audit set (its robust figures "
@@ -160,6 +166,7 @@ class AuditCollector(Collector):
                 score.add_metric([*labels, run.attack], run.robustness_score)
             if run.audit_set_size is not None:
                 samples.add_metric([run.task, run.model, str(run.version), run.attack], run.audit_set_size)
+            budget.add_metric([run.task, run.model, str(run.version), run.attack, run.budget_label], 1.0)
             key: tuple[str, ...] = tuple(labels)
             if key not in shared or shared[key].id < run.id:
                 shared[key] = run
@@ -175,7 +182,7 @@ class AuditCollector(Collector):
                 newest_degenerate[key] = run
         for key, run in newest_degenerate.items():
             degenerate.add_metric(list(key), 1.0 if run.degenerate else 0.0)
-        return [clean, balanced, score, samples, degenerate]
+        return [clean, balanced, score, samples, budget, degenerate]
 
     def attention_gain(self, snapshot: Snapshot | None) -> list[Metric]:
         """Attentive minus baseline per epsilon, from the newest run of each, when comparable.

@@ -139,7 +139,7 @@ def draw_accuracy(runs: list[RunRecord], class_names: Sequence[str] = ()) -> Fig
     _chance(ax, k)
     first = runs[0]
     models = ", ".join(f"{run.model} v{run.version}" for run in runs)
-    _axis(ax, first, f"{first.task} / {first.backbone}: {first.attack}, {first.config.get('steps')} steps\n{models}",
+    _axis(ax, first, f"{first.task} / {first.backbone}: {first.attack}, budget {first.budget_label}\n{models}",
           legend=n > 1)
     palette = {c: f"C{i % 10}" for i, c in enumerate(classes)}  # one colour per class in every panel
     for ax, run in zip(panels, runs):
@@ -372,7 +372,8 @@ def render_page(
 <style>img {{ max-width: 100%; height: auto; }} td {{ white-space: nowrap; }}</style></head>
 <body>
 <h1>Audit run {run.id}: {e(run.model)} version {run.version}</h1>
-<p>{e(run.attack)} through the {e(run.backend)} backend, {e(str(run.config.get('steps')))} steps,
+<p>{e(run.attack)} through the {e(run.backend)} backend, <strong id="budget">budget: {e(run.budget_label)}</strong>,
+{e(str(run.config.get('steps')))} steps,
 {e(str(run.config.get('restarts')))} restart(s), {e(str(run.config.get('samples')))} images of {e(str(run.config.get('dataset')))};
 clean accuracy {run.clean_accuracy:.3f} (balanced {run.balanced_clean_accuracy:.3f}), robustness score {run.robustness_score:.3f}
 (mean robust accuracy over the non-zero epsilons), {e(duration_text(run.duration_seconds))}. {provenance}</p>
@@ -381,7 +382,8 @@ clean accuracy {run.clean_accuracy:.3f} (balanced {run.balanced_clean_accuracy:.
 <img src="{FIGURE}" alt="robust accuracy against epsilon: mean with its 95% Wilson band, worst class and every class">
 <table><thead><tr>{head}</tr></thead>
 <tbody>{rows}</tbody></table>
-<p>Robust accuracy is counted over {e(str(run.audit_set_size))} images; the interval is the 95% Wilson score interval.
+<p>Every figure above is {e(run.attack)} at the {e(run.budget_label)} budget.
+Robust accuracy is counted over {e(str(run.audit_set_size))} images; the interval is the 95% Wilson score interval.
 Epsilon is the largest change allowed to any pixel on a 0-1 scale: 0.01 is {grey_levels(0.01)} grey levels.{chance}</p>
 <h2>Sanity checks</h2><ul>{checks}</ul>
 {examples}

@@ -8,6 +8,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from training.contract.attacks import budget_label
+
 # A model whose clean answers go to one class for at least this share of the (class-stratified)
 # audit set is degenerate: it keeps that class's share of robust accuracy at every epsilon, so its
 # robust figures say nothing about robustness.
@@ -119,7 +121,8 @@ class SanityCheck:
 class AuditResult:
     """One model version attacked with one attack over the epsilon grid.
 
-    `seed` is the attack's seed; `fooled_by` counts, per attack of an ensemble, the images it fooled.
+    `seed` is the attack's seed; `fooled_by` counts, per attack of an ensemble, the images it fooled;
+    `budget_label` says whether the budget was the standard one.
     """
 
     model: str
@@ -140,6 +143,13 @@ class AuditResult:
     seconds: float
     seed: int = 0
     fooled_by: Mapping[str, int] = field(default_factory=dict)
+    budget: Mapping[str, Any] = field(default_factory=dict)  # the attack's budget as run: steps, queries, ...
+    stages: tuple[str, ...] = ()  # the attacks run in turn by their real names (an ensemble's differ for K = 2)
+
+    @property
+    def budget_label(self) -> str:
+        """"standard", or "reduced (25 iterations, 300 queries)": shown beside every figure of this run."""
+        return budget_label(self.attack, {"steps": self.steps, **self.budget})
 
     @property
     def robustness_score(self) -> float:
@@ -172,6 +182,9 @@ class AuditResult:
         doc["samples"] = [asdict(s) for s in self.samples]
         doc["sanity"] = [asdict(c) for c in self.sanity]
         doc["fooled_by"] = dict(self.fooled_by)
+        doc["budget"] = dict(self.budget)
+        doc["stages"] = list(self.stages)
+        doc["budget_label"] = self.budget_label
         doc["robustness_score"] = self.robustness_score
         doc["sanity_passed"] = self.sanity_passed
         doc["predicted_class_max_share"] = self.predicted_class_max_share

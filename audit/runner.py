@@ -162,7 +162,7 @@ def audit_model(
         steps=config.attack.iterations, restarts=config.attack.restarts, audit_set=audit_set, clean_accuracy=clean,
         balanced_clean_accuracy=balanced_clean, points=tuple(points), samples=samples,
         sanity=sanity, seconds=time.perf_counter() - started, seed=config.attack.seed,
-        fooled_by=sweep.fooled_by_counts(),
+        fooled_by=sweep.fooled_by_counts(), budget=config.attack.budget(), stages=sweep.stages,
     )
     return Audit(result, sweep, images)
 

@@ -4,8 +4,11 @@ Faithful to the reference (the authors' `square_attack_linf`, auto-attack's `squ
 loss on logits, vertical-stripe start x + eps * (+-1 per column and channel), then per step one
 random square per image whose channels are set to x +- eps (the reference's +-2 eps added and
 clipped to the ball) and clipped to [0, 1], accepted only when the margin decreases. The square's side
-is round(sqrt(p * H * W)) in [1, min(H, W) - 1], with p halving from p_init at the reference's
-query counts 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000, rescaled to the budget. As the
+is round(sqrt(p * H * W)) in [1, min(H, W) - 1], with p halving from p_init after the reference's
+query counts 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000, whatever the budget: AutoAttack's
+standard setting (`resc_schedule=False`). A smaller budget stops early on the same schedule (at 300
+queries the square still covers p_init / 8 of the image, 20 px of a 64 px side) rather than
+shrinking the squares sooner, so a reduced budget is the standard attack cut short. As the
 authors' code, a square whose draw would leave the image unchanged is redrawn without a query.
 Unlike the reference, a square may touch the last row and column (it draws its corner from
 [0, H - s) and never does).
@@ -28,15 +31,14 @@ from audit.attack_run import AttackRun, check_at_least, check_batch, check_outpu
 from training.contract.attacks import ATTACKS, AttackSpec
 
 Logits = Callable[[np.ndarray], np.ndarray]  # x float32 [n,H,W,3] in [0,1] -> logits [n,K]
-HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)  # p halves after these of 10000 queries
-REFERENCE_QUERIES = 10000
+HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)  # p halves after these queries
 REDRAWS = 20  # a draw leaves the image unchanged with probability <= 1/2 per channel
 
 
-def p_schedule(step: int, queries: int, p_init: float) -> float:
-    """The fraction of pixels the square covers at step `step` (0-based, after the start) of a budget."""
-    at = int(step / queries * REFERENCE_QUERIES)
-    return float(p_init / 2 ** sum(at > h for h in HALVINGS))  # int ** int is typed Any (a negative power is a float)
+def p_schedule(step: int, p_init: float) -> float:
+    """The fraction of pixels the square covers at step `step` (0-based, after the start): the
+    reference's `p_selection(step)`, not rescaled to the budget."""
+    return float(p_init / 2 ** sum(step > h for h in HALVINGS))  # int ** int is typed Any (a negative power is a float)
 
 
 def square_linf(
@@ -84,7 +86,7 @@ def _run(
         a = np.flatnonzero(~fooled)
         if a.size == 0:
             break
-        side = round(np.sqrt(p_schedule(step, queries, p_init) * height * width))
+        side = round(np.sqrt(p_schedule(step, p_init) * height * width))
         side = max(min(side, min(height, width) - 1), 1)
         top = rng.integers(0, height - side + 1, size=len(a))[:, None, None, None]
         left = rng.integers(0, width - side + 1, size=len(a))[:, None, None, None]

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from audit.results import AuditResult, AuditSet
+from training.contract.attacks import ATTACKS, budget_label
 
 if TYPE_CHECKING:
     from sqlalchemy.engine.interfaces import DBAPIConnection
@@ -209,6 +210,12 @@ class RunRecord:
         return self.config.get("steps")
 
     @property
+    def budget_label(self) -> str:
+        """"standard" or "reduced (25 iterations, 300 queries)", from the settings the run was queued with
+        ("unknown" for an attack no longer registered: its defaults are not known here)."""
+        return budget_label(self.attack, self.config) if self.attack in ATTACKS else "unknown"
+
+    @property
     def epsilons(self) -> tuple[str, ...]:
         return tuple(p["epsilon"] for p in self.points)
 
@@ -233,6 +240,7 @@ class RunRecord:
         doc = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in hidden}
         doc["config"] = dict(self.config)
         doc["fooled_by"] = dict(self.fooled_by)
+        doc["budget_label"] = self.budget_label
         doc["points"] = [dict(p) for p in self.points]
         doc["sanity"] = [dict(s) for s in self.sanity]
         doc["progress"] = self.progress

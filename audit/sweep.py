@@ -50,6 +50,7 @@ class Sweep:
     noise_fooled_at: np.ndarray | None  # the same for the uniform-noise reference, or None
     fooled_by: np.ndarray | None = None  # str [n]: the attack whose example fooled the image ("" when none did)
     progress: tuple[StageProgress, ...] = ()
+    stages: tuple[str, ...] = ()  # the attacks run in turn at each epsilon, by their real names
 
     @property
     def correct(self) -> np.ndarray:
@@ -159,6 +160,7 @@ def nested_sweep(
     fooled: list[int] = []
     margins: list[StageProgress] = []
     rejected = 0
+    run_stages = stages(name, clean_logits.shape[1])
     bar = tqdm(
         list(enumerate(config.epsilon_values)), desc=description or name, unit="eps",
         # None: tqdm's own test, a bar only on a terminal. In a log file (a container, `up` in the
@@ -172,7 +174,7 @@ def nested_sweep(
         if tick is not None:
             tick(n - len(idx))
         newly = 0
-        for stage_number, stage in enumerate(stages(name)):
+        for stage_number, stage in enumerate(run_stages):
             if len(idx) == 0:
                 break
             level = attack_level(
@@ -194,7 +196,7 @@ def nested_sweep(
     return Sweep(
         epsilons=config.epsilons, labels=labels, clean_class=clean_class, fooled_at=fooled_at, adversarial=adversarial,
         adversarial_class=adversarial_class, attacked=tuple(attacked), fooled=tuple(fooled), rejected=rejected,
-        noise_fooled_at=None, fooled_by=fooled_by, progress=tuple(margins),
+        noise_fooled_at=None, fooled_by=fooled_by, progress=tuple(margins), stages=run_stages,
     )
 
 

@@ -47,7 +47,7 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter hides the tables
 
 # training.contract.config is light (no TensorFlow, no NumPy): --help and bad flags answer at once.
-from training.contract.attacks import attack_spec
+from training.contract.attacks import attack_spec, budget_label
 from training.contract.config import PAPER_EPSILONS, AttackConfig
 
 APGD_GOAL = 1.3  # the bar: medrobust's apgd_ce may cost at most 1.3x the compiled loop per image-iteration
@@ -378,8 +378,10 @@ def run(s: Settings) -> dict[str, Any]:
         ensemble = None
         if s.ensemble:
             targets = min(9, dataset.num_classes - 1)
-            print(f"ensemble: APGD-CE ({s.ensemble_steps} it), APGD-T ({s.ensemble_steps} it x {targets} targets), "
-                  f"Square ({s.queries} queries), each on the images the previous left standing, nested over the grid; "
+            second = "APGD-T" if targets > 1 else "APGD on the margin (K = 2: APGD-T would repeat APGD-CE)"
+            print(f"ensemble: APGD-CE ({s.ensemble_steps} it), {second} ({s.ensemble_steps} it x {targets} targets), "
+                  f"FAB-T ({s.ensemble_steps} it x {targets} targets), Square ({s.queries} queries), each on the images "
+                  f"the previous left standing, nested over the grid; "
                   f"{n} images at {s.image_size} px; one timed run (--no-ensemble skips it)", flush=True)
             if (s.ensemble_steps, s.queries) != (AUDIT_APGD_STEPS, AUDIT_QUERIES):
                 print(f"  a REDUCED budget: an audit's ensemble runs {AUDIT_APGD_STEPS} iterations and {AUDIT_QUERIES} "
@@ -609,6 +611,8 @@ class _Bench:
             "apgd_iterations": self.s.ensemble_steps,
             "square_queries": self.s.queries,
             "audit_budget": (self.s.ensemble_steps, self.s.queries) == (AUDIT_APGD_STEPS, AUDIT_QUERIES),
+            "budget_label": budget_label("ensemble", config.budget()),
+            "stages": list(sweep.stages),
             "image_attacks_per_epsilon": list(sweep.attacked),
             "served_vjp_images": served.counts.vjp,
             "served_forward_images": served.counts.forward,

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from medrobust.reproduce_grid import DEFAULT_ATTACK, cell_audits, stored_budget
-from training.contract.attacks import attack_names, attack_spec
+from training.contract.attacks import ATTACKS, STANDARD, attack_names, attack_spec, budget_label
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -27,7 +27,8 @@ COLOURS = {"baseline": "tab:blue", "attention": "tab:red"}
 TITLES = {"linf_pgd": "L-inf PGD", "ensemble": "AutoAttack's ensemble"}
 DESCRIPTIONS = {
     "linf_pgd": "the paper's attack",
-    "ensemble": "AutoAttack's standard protocol: APGD-CE, then APGD-T, then Square on the images still standing",
+    "ensemble": "AutoAttack's standard version: APGD-CE, then APGD-T, then FAB-T, then Square on the images still "
+                "standing",
 }
 LINES = {"linf_pgd": ("-", "o"), "ensemble": ("--", "s")}  # (line style, marker); other attacks dash-dot
 LINE_NAMES = {"-": "solid", "--": "dashed", "-.": "dash-dot"}
@@ -206,7 +207,12 @@ def budget_text(attack: str, budget: dict[str, Any] | None) -> str:
         parts.append(f"{budget['queries']} Square queries")
     if "restarts" in budget:
         parts.append(f"{budget['restarts']} restart{'s' if budget['restarts'] != 1 else ''}")
-    return ", ".join(parts) or "no iterations"
+    return (", ".join(parts) or "no iterations") + f"; budget: {_budget_label(attack, budget)}"
+
+
+def _budget_label(attack: str, budget: dict[str, Any]) -> str:
+    """"standard" or "reduced (...)": never "standard" for a budget below the attack's defaults."""
+    return budget_label(attack, budget) if attack in ATTACKS else "unknown"
 
 
 def _short_budget(attack: str, budget: dict[str, Any] | None) -> str:
@@ -220,6 +226,8 @@ def _short_budget(attack: str, budget: dict[str, Any] | None) -> str:
         detail.append(f"{budget['steps']} it.")
     if "queries" in budget:
         detail.append(f"{budget['queries']} queries")
+    if detail and _budget_label(attack, budget) != STANDARD:
+        detail.append(_budget_label(attack, budget).split(" (")[0])
     return f"{label(attack)} ({', '.join(detail)})" if detail else label(attack)
 
 

@@ -54,6 +54,7 @@ METRIC_LABELS: Mapping[str, frozenset[str]] = {
     "medrobust_audit_robust_accuracy_lower": _POINT,
     "medrobust_audit_class_robust_accuracy": _POINT | {"class"},
     "medrobust_audit_clean_accuracy": _MODEL,
+    "medrobust_audit_budget_info": frozenset({"task", "model", "version", "attack", "budget"}),
     "medrobust_audit_balanced_clean_accuracy": _MODEL,
     "medrobust_audit_robustness_score": _MODEL | {"attack"},
     "medrobust_audit_samples": frozenset({"task", "model", "version", "attack"}),

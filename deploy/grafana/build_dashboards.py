@@ -195,6 +195,13 @@ def robustness() -> dict:
     selector = 'task=~"$task", model=~"$model"'
     accuracy = dict(unit="percentunit", min_value=0, max_value=1)
     legend = "{{model}} v{{version}}"
+    # A figure of a reduced budget says so by name: its series take the budget label of its run.
+    budgeted = legend + " ({{budget}} budget)"
+    budget_info = audit("medrobust_audit_budget_info", f'{selector}, attack="$attack"')
+
+    def with_budget(expr: str) -> str:
+        return f"({expr}) * on (model, version, attack) group_left (budget) {budget_info}"
+
     latest = epsilon_bars(audit("medrobust_audit_robust_accuracy", f'{selector}, attack="$attack"'), "model")
     worst = epsilon_bars(audit("medrobust_audit_worst_class_robust_accuracy", f'{selector}, attack="$attack"'), "model")
     per_class = epsilon_bars(
@@ -209,7 +216,8 @@ def robustness() -> dict:
         row("Latest audit"),
         panel("barchart", "Robust accuracy against epsilon (latest audit)",
               "Accuracy on the audit set under $attack at each epsilon of the paper's grid, per model (the mean over "
-              "images). A model that answers one class keeps that class's share here at every epsilon: read it beside "
+              "images), at the budget the robustness score panel names beside each model (\"standard\" or "
+              "\"reduced (...)\"). A model that answers one class keeps that class's share here at every epsilon: read it beside "
               "the worst class and the degenerate flag.",
               latest["targets"], transformations=latest["transformations"], options=latest["options"], **accuracy),
         panel("barchart", "Worst-class robust accuracy against epsilon (latest audit)",
@@ -234,7 +242,7 @@ def robustness() -> dict:
               "Mean robust accuracy over the non-zero epsilons of the grid under $attack (epsilon 0 is clean accuracy). "
               "Degenerate models are left out: a one-class model keeps its class's share at every epsilon and would "
               "rank as the most robust (see \"Degenerate models\").",
-              [query(not_degenerate(score), legend, instant=True)],
+              [query(with_budget(not_degenerate(score)), budgeted, instant=True)],
               width=6, options={"orientation": "horizontal", "displayMode": "gradient"}, **accuracy),
         panel("bargauge", "Clean accuracy (latest audit)", "Accuracy on the unperturbed audit set, and its balanced "
               "figure (the mean over classes: 1/K for a one-class model).",
@@ -249,15 +257,17 @@ def robustness() -> dict:
               "One line per model version: the mean, the lower bound of its 95% Wilson interval and the worst class. "
               "Alert MedrobustRobustAccuracyRegression fires when a new version's mean falls below the previous "
               "version's lower bound.",
-              [query(audit("medrobust_audit_robust_accuracy", at_epsilon), legend),
-               query(audit("medrobust_audit_robust_accuracy_lower", at_epsilon), legend + " 95% lower bound", ref="B"),
-               query(audit("medrobust_audit_worst_class_robust_accuracy", at_epsilon), legend + " worst class", ref="C")],
+              [query(with_budget(audit("medrobust_audit_robust_accuracy", at_epsilon)), budgeted),
+               query(with_budget(audit("medrobust_audit_robust_accuracy_lower", at_epsilon)), budgeted + " 95% lower bound",
+                     ref="B"),
+               query(with_budget(audit("medrobust_audit_worst_class_robust_accuracy", at_epsilon)),
+                     budgeted + " worst class", ref="C")],
               **accuracy),
         panel("timeseries", "Clean accuracy over time, by version", "Clean accuracy of every audited version.",
               [query(audit("medrobust_audit_clean_accuracy", selector), legend)], **accuracy),
         panel("timeseries", "Robustness score over time, by version (degenerate models left out)",
               "Mean robust accuracy over the grid's non-zero epsilons under $attack.",
-              [query(not_degenerate(score), legend)], **accuracy),
+              [query(with_budget(not_degenerate(score)), budgeted)], **accuracy),
         panel("timeseries", "Attention gain at ε = $epsilon over time", "Attentive minus baseline, per task and backbone.",
               [query(audit("medrobust_audit_attention_gain", gain_at), "{{task}} {{backbone}}")],
               unit="percentunit"),

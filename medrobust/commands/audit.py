@@ -134,7 +134,8 @@ def _build(args, *, worker: bool = False):
 def _table(result, run_id: int) -> str:
     lines = [
         f"run {run_id}: {result.model} v{result.version} ({result.backend}), {result.attack} "
-        f"({result.steps} steps, seed {result.seed}), {len(result.audit_set)} images, {result.seconds:.1f} s",
+        f"({result.steps} steps, seed {result.seed}; budget: {result.budget_label}), {len(result.audit_set)} images, "
+        f"{result.seconds:.1f} s",
         f"  clean accuracy {result.clean_accuracy:.3f} (balanced {result.balanced_clean_accuracy:.3f}), "
         f"robustness score {result.robustness_score:.3f} (mean over epsilon > 0)",
     ]
@@ -143,6 +144,8 @@ def _table(result, run_id: int) -> str:
             f"  DEGENERATE: {result.predicted_class_max_share:.0%} of the clean predictions are one class; "
             "its robust accuracy is that class's share, not robustness"
         )
+    if len(result.stages) > 1:
+        lines.append("  stages, in turn on the images still standing: " + ", ".join(result.stages))
     if result.fooled_by:
         lines.append("  fooled by " + ", ".join(f"{name} {count}" for name, count in sorted(result.fooled_by.items())))
     lines.append(

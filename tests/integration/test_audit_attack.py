@@ -119,7 +119,7 @@ def test_the_other_attacks_run_and_stay_in_their_balls(embedded_predictor, tiny_
 @pytest.mark.slow  # ~30 s; the quick tier runs the ensemble on the sanity fixtures and against ART
 def test_the_ensemble_through_tf_serving_is_never_weaker_than_pgd(tfserving_predictor, tiny_repo, dataset):
     """AutoAttack's order on the survivors, each example verified as served; fooled_by adds up to what fell."""
-    from audit.attacks import ENSEMBLE
+    from audit.attacks import stages
     from audit.runner import audit_model
     from audit.sweep import NEVER
 
@@ -134,7 +134,8 @@ def test_the_ensemble_through_tf_serving_is_never_weaker_than_pgd(tfserving_pred
     for mine, theirs in zip(result.points, pgd.result.points):
         assert mine.robust_accuracy <= theirs.robust_accuracy, f"the ensemble is weaker than PGD at {mine.epsilon}"
     fooled = np.flatnonzero((sweep.fooled_at != NEVER) & (sweep.fooled_at > 0) & sweep.correct)
-    assert set(result.fooled_by) <= set(ENSEMBLE) and sum(result.fooled_by.values()) == len(fooled)
+    assert result.stages == stages("ensemble", len(result.audit_set.class_names))  # AutoAttack's four, in order
+    assert set(result.fooled_by) <= set(result.stages) and sum(result.fooled_by.values()) == len(fooled)
     assert result.to_json()["fooled_by"] == result.fooled_by
     served = tfserving_predictor.predict(model, sweep.adversarial[fooled], version=1).class_id
     assert np.all(served != sweep.labels[fooled])

@@ -184,7 +184,7 @@ def test_a_plateau_model_fails_black_box_not_stronger(fixtures, attack):
     assert not checks["black_box_not_stronger"].passed, checks["black_box_not_stronger"].detail
     if attack == "ensemble":
         fooled_by = sweep.fooled_by_counts()
-        assert fooled_by.get("square", 0) > 0 and fooled_by.get("apgd_ce", 0) == 0 and fooled_by.get("apgd_t", 0) == 0
+        assert fooled_by.get("square", 0) > 0 and set(fooled_by) == {"square"}  # no gradient stage, FAB-T included
         # Class 0 gains from the gate and stands; the other two classes all fall: a worst class of 0.
         standing = sweep.robust_mask(GRID.index("0.04"))
         assert standing[sweep.labels == 0].all() and not standing[sweep.labels != 0].any()

@@ -57,12 +57,17 @@ def test_the_score_panel_does_not_rank_a_one_class_model_as_robust(tmp_path: Pat
         (f"medrobust_audit_robustness_score{{{trained}}}", "0.25"),
         ('medrobust_audit_degenerate{task="derm", model="derm-inception_resnet_v2-attention", version="1"}', "1"),
         ('medrobust_audit_degenerate{task="derm", model="derm-resnet50-attention", version="2"}', "0"),
+        ('medrobust_audit_budget_info{task="derm", model="derm-inception_resnet_v2-attention", version="1", '
+         'attack="linf_pgd", budget="standard"}', "1"),
+        ('medrobust_audit_budget_info{task="derm", model="derm-resnet50-attention", version="2", attack="linf_pgd", '
+         'budget="reduced (10 steps)"}', "1"),
         (f'medrobust_audit_worst_class_robust_accuracy{{{one_class}, epsilon="0.01"}}', "0"),
         (f'medrobust_audit_worst_class_robust_accuracy{{{trained}, epsilon="0.01"}}', "0.2"),
     ]
     expr_tests = [
         {"expr": _panel_expr("Robustness score (latest audit, degenerate models left out)"), "eval_time": "1m",
-         "exp_samples": [{"labels": f"medrobust_audit_robustness_score{{{trained}}}", "value": 0.25}]},
+         # The trained model's score only, named with its run's budget.
+         "exp_samples": [{"labels": f'{{{trained}, budget="reduced (10 steps)"}}', "value": 0.25}]},
         {"expr": _panel_expr("Degenerate models"), "eval_time": "1m", "exp_samples": [
             {"labels": 'medrobust_audit_degenerate{task="derm", model="derm-inception_resnet_v2-attention", version="1"}', "value": 1},
             {"labels": 'medrobust_audit_degenerate{task="derm", model="derm-resnet50-attention", version="2"}', "value": 0},

@@ -46,9 +46,43 @@ def test_each_class_is_built_keyword_only_with_its_own_defaults(name):
 def test_the_budgets_are_the_papers_and_the_references():
     assert dict(attack_class("linf_pgd")().budget) == {"steps": 20, "step_ratio": 2.5, "random_start": True}
     assert attack_class("apgd_ce")().budget["steps"] == 100 and attack_class("square")().budget["queries"] == 5000
-    assert stages("ensemble") == ("apgd_ce", "apgd_t", "square") and stages("linf_pgd") == ("linf_pgd",)
+    assert stages("linf_pgd") == ("linf_pgd",) and stages("linf_pgd", 2) == ("linf_pgd",)
     assert set(attacks_with("queries")) == {"square", "ensemble"}
+    assert dict(attack_class("fab_t")().budget) == {"steps": 100} and not attack_spec("fab_t").random
     assert attack_spec("square").threat_model == "score-based" and attack_spec("linf_pgd").threat_model == "white-box"
+
+
+def test_the_ensemble_is_autoattacks_standard_version_in_its_order():
+    """APGD-CE, APGD-T, FAB-T, Square, each on the images the previous left standing (AutoAttack's order)."""
+    assert stages("ensemble") == ("apgd_ce", "apgd_t", "fab_t", "square")
+    assert stages("ensemble", 7) == stages("ensemble", 3) == stages("ensemble")
+    assert dict(attack_class("ensemble")().budget) == {"steps": 100, "queries": 5000}  # the standard budget by default
+
+
+def test_for_two_classes_the_ensemble_runs_a_second_apgd_start_instead_of_apgd_t():
+    """With K = 2 APGD-T repeats APGD-CE's steps; its place goes to APGD on the margin from another start."""
+    assert stages("ensemble", 2) == ("apgd_ce", "apgd_dlr", "fab_t", "square")
+    assert attack_spec("apgd_dlr").random  # a random start of its own (the sweep seeds each stage apart)
+
+
+def test_a_reduced_budget_is_labelled_and_only_the_default_is_standard():
+    from training.contract.attacks import budget_label
+
+    assert budget_label("ensemble", {"steps": 100, "queries": 5000}) == "standard"
+    assert budget_label("ensemble", {"steps": 25, "queries": 300}) == "reduced (25 iterations, 300 queries)"
+    assert budget_label("ensemble", {"steps": 100, "queries": 300}) == "reduced (100 iterations, 300 queries)"
+    assert budget_label("ensemble", {"steps": 200, "queries": 300}) == "non-standard (200 iterations, 300 queries)"
+    assert budget_label("fab_t", {"steps": 25}) == "reduced (25 iterations)"
+    assert budget_label("linf_pgd", {"steps": 10, "step_ratio": 2.5, "random_start": True}) == "reduced (10 steps)"
+    assert budget_label("linf_pgd", {"steps": 20, "random_start": False}) == (
+        "non-standard (20 steps, random start False)"
+    )
+    assert budget_label("fgsm", {"steps": 1}) == "standard"  # nothing to reduce
+    # A run's stored config (every AttackConfig setting) labels the same way.
+    assert budget_label("ensemble", AttackConfig(attack="ensemble", steps=25, queries=300).budget()) == (
+        "reduced (25 iterations, 300 queries)"
+    )
+    assert budget_label("ensemble", AttackConfig(attack="ensemble").budget()) == "standard"
 
 
 def test_a_config_builds_each_attack_with_its_budget():

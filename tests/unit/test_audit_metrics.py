@@ -32,6 +32,7 @@ NAMES = {
     "medrobust_audit_balanced_clean_accuracy": MODEL,
     "medrobust_audit_robustness_score": MODEL | {"attack"},
     "medrobust_audit_samples": {"task", "model", "version", "attack"},
+    "medrobust_audit_budget_info": {"task", "model", "version", "attack", "budget"},
     "medrobust_audit_degenerate": {"task", "model", "version"},
     "medrobust_audit_attention_gain": {"task", "backbone", "attack", "epsilon"},
     "medrobust_audit_runs_total": {"model", "status"},
@@ -82,6 +83,24 @@ def _series(registry) -> dict[str, list[dict[str, str]]]:
             if not sample.name.endswith("_created"):
                 found.setdefault(sample.name, []).append(sample.labels)
     return found
+
+
+def test_each_versions_budget_is_named_standard_or_reduced(tmp_path):
+    """The latest run's budget per version and attack: a reduced one is named, the standard one is "standard"."""
+    store = AuditStore(f"sqlite:///{tmp_path / 'b.sqlite'}")
+    try:
+        for model, config in (("demo-resnet50-baseline", {"steps": 25, "queries": 300}),
+                              ("demo-resnet50-attention", {"steps": 100, "queries": 5000})):
+            run_id = store.start_run(model=model, version=3, card=CARD, backend="embedded", attack="ensemble",
+                                     config=config)
+            store.finish_run(run_id, make_result(model=model, version=3))
+        found = _series(registered(store))
+    finally:
+        store.close()
+    assert {(labels["model"], labels["attack"], labels["budget"]) for labels in found["medrobust_audit_budget_info"]} == {
+        ("demo-resnet50-baseline", "ensemble", "reduced (25 iterations, 300 queries)"),
+        ("demo-resnet50-attention", "ensemble", "standard"),
+    }
 
 
 def test_names_and_labels_are_exactly_the_issues(store):

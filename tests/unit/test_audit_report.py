@@ -144,3 +144,37 @@ def test_the_examples_figure_has_the_grad_cam_colour_scale_and_fits_1000_px(tmp_
                            tmp_path / "examples.png")
     with Image.open(path) as picture:
         assert picture.size[0] == 1000
+
+
+def test_a_reduced_budget_is_named_on_the_report_the_audits_page_and_the_api(tmp_path):
+    """A run below the standard budget says so beside its figures and is never called standard; a standard one is."""
+    from audit.web_reader import StoreReader
+    from service.app import create_app
+    from service.audits_web import audits_extension
+    from service.embedded import EmbeddedPredictor
+    from training.contract.config import ServiceConfig
+
+    store = AuditStore(f"sqlite:///{tmp_path / 'b.sqlite'}")
+    for config in ({"steps": 25, "queries": 300}, {"steps": 100, "queries": 5000}):
+        result = make_result(audit_set=EIGHT)
+        run_id = store.start_run(model=result.model, version=1, card=CARD, backend="embedded", attack="ensemble",
+                                 config=config)
+        store.finish_run(run_id, result)
+    reduced = "reduced (25 iterations, 300 queries)"
+    page = write_report(store, 1, artefacts_root=tmp_path / "artefacts").read_text()
+    assert f'<strong id="budget">budget: {reduced}</strong>' in page and f"at the {reduced} budget" in page
+    assert "standard" not in page
+    assert 'budget: standard</strong>' in write_report(store, 2, artefacts_root=tmp_path / "artefacts").read_text()
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    predictor = EmbeddedPredictor(repo)
+    app = create_app(ServiceConfig(model_repo=repo), predictor=predictor,
+                     extensions=[audits_extension(StoreReader(store, tmp_path / "artefacts"))])
+    client = app.test_client()
+    text = client.get("/audits?run=1").get_data(as_text=True)
+    assert f'<span id="budget" class="problem">budget: {reduced}</span>' in text
+    assert f"<td>{reduced}</td>" in text and "<td>standard</td>" in text  # the list of runs names each run's
+    assert client.get("/api/v1/audits/1").get_json()["budget_label"] == reduced
+    assert client.get("/api/v1/audits/2").get_json()["budget_label"] == "standard"
+    predictor.close()
+    store.close()

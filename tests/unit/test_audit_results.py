@@ -77,3 +77,49 @@ def test_the_json_document_carries_every_new_figure():
     assert len(doc["samples"]) == 8 and doc["audit_set"]["class_names"] == ["a", "b", "c"]
     # The attack side's fields default to nothing, so existing constructors still work.
     assert make_result().to_json()["fooled_by"] == {} and make_result().seed == 0
+
+
+def test_the_json_names_the_budget_and_the_stages_run():
+    from dataclasses import replace
+
+    from tests.audit_runs import make_result
+
+    reduced = replace(make_result(), attack="ensemble", steps=25, budget={"steps": 25, "queries": 300},
+                      stages=("apgd_ce", "apgd_dlr", "fab_t", "square"))
+    doc = reduced.to_json()
+    assert doc["budget_label"] == "reduced (25 iterations, 300 queries)" == reduced.budget_label
+    assert doc["budget"] == {"steps": 25, "queries": 300} and doc["stages"] == ["apgd_ce", "apgd_dlr", "fab_t", "square"]
+    standard = replace(reduced, steps=100, budget={"steps": 100, "queries": 5000})
+    assert standard.to_json()["budget_label"] == "standard"
+
+
+def test_the_command_lines_table_names_the_budget_and_the_stages():
+    from dataclasses import replace
+
+    from medrobust.commands.audit import _table
+    from tests.audit_runs import make_result
+
+    reduced = replace(make_result(), attack="ensemble", steps=25, budget={"steps": 25, "queries": 300},
+                      stages=("apgd_ce", "apgd_dlr", "fab_t", "square"))
+    text = _table(reduced, 1)
+    assert "budget: reduced (25 iterations, 300 queries)" in text.splitlines()[0]
+    assert "stages, in turn on the images still standing: apgd_ce, apgd_dlr, fab_t, square" in text
+    assert "budget: standard" in _table(replace(reduced, steps=100, budget={"steps": 100, "queries": 5000}), 2)
+
+
+def test_a_stored_run_labels_its_budget_from_its_config_and_an_unregistered_attack_as_unknown(tmp_path):
+    from audit.store import AuditStore
+    from tests.audit_runs import CARD, make_result
+
+    store = AuditStore(f"sqlite:///{tmp_path / 'a.sqlite'}")
+    try:
+        run_id = store.start_run(model="m", version=1, card=CARD, backend="embedded", attack="ensemble",
+                                 config={"steps": 25, "queries": 300, "step_ratio": 2.5})
+        store.finish_run(run_id, make_result(model="m"))
+        run = store.get_run(run_id)
+        assert run.budget_label == "reduced (25 iterations, 300 queries)" == run.to_json()["budget_label"]
+        from dataclasses import replace
+
+        assert replace(run, attack="retired_attack").budget_label == "unknown"
+    finally:
+        store.close()

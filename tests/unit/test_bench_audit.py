@@ -146,6 +146,7 @@ def test_a_tiny_run_prints_tables_then_one_json_line_whose_ratios_match_its_time
     assert result["goals_met"] == {"apgd_ce_within_1.3x_compiled": result["apgd_ce_cost_ratio"] <= 1.3}
     ensemble = result["ensemble"]
     assert ensemble["images"] == 6 and ensemble["image_size"] == 32 and ensemble["square_queries"] == 3
+    assert ensemble["budget_label"].startswith("reduced (") and ensemble["stages"][2:] == ["fab_t", "square"]
     assert ensemble["seconds"] > 0 and len(ensemble["robust_accuracy"]) == len(bench.EPSILONS)
     assert "ensemble: skipped (--no-ensemble)" in bench.table({**result, "ensemble": None})
     # The synthetic set has three classes: exact APGD-CE and APGD-DLR take a forward beside each vjp.

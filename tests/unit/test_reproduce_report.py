@@ -123,9 +123,11 @@ def test_the_table_states_each_attacks_budget_beside_the_results(both):
     table = markdown_table(summarise(both, CLASSES))
     assert table.startswith("# demo: attention against baseline under L-inf PGD and AutoAttack's ensemble\n")
     assert "Attack budgets (per image and epsilon, on 8 images):" in table
-    assert "- **PGD** (`linf_pgd`; the paper's attack): 2 steps, 1 restart; 4 models." in table
-    assert ("- **ensemble** (`ensemble`; AutoAttack's standard protocol: APGD-CE, then APGD-T, then Square on the images "
-            "still standing): 2 APGD iterations, 20 Square queries, 1 restart; 4 models.") in table
+    assert "- **PGD** (`linf_pgd`; the paper's attack): 2 steps, 1 restart; budget: reduced (2 steps); 4 models." in table
+    assert ("- **ensemble** (`ensemble`; AutoAttack's standard version: APGD-CE, then APGD-T, then FAB-T, then Square on "
+            "the images still standing): 2 APGD iterations, 20 Square queries, 1 restart; budget: reduced (2 iterations, "
+            "20 queries); 4 models.") in table
+    assert "standard" not in table.split("Attack budgets", 1)[1].split("\n\n", 1)[0].replace("standard version", "")
     assert "the figures draw PGD solid, ensemble dashed and clean accuracy dotted" in table
     assert "smallest epsilon that fooled it), summed over its models: apgd_ce 12, apgd_t 4." in table
 
@@ -155,7 +157,7 @@ def test_a_state_with_only_pgd_audits_reads_as_before(both):
     assert table.startswith("# demo: attention against baseline under L-inf PGD\n")
     assert "| model | clean | ε=0.01 | ε=0.04 | balanced clean | test acc. (full test split) |" in table
     assert "Worst-class" not in table and "Degenerate" not in table
-    assert "- **PGD** (`linf_pgd`; the paper's attack): 2 steps, 1 restart; 4 models." in table
+    assert "- **PGD** (`linf_pgd`; the paper's attack): 2 steps, 1 restart; budget: reduced (2 steps); 4 models." in table
 
 
 def test_seeds_missing_for_one_attack_are_said_and_left_out_of_its_columns(both):
@@ -174,7 +176,8 @@ def test_an_attack_audited_at_two_budgets_says_so(both):
     assert ensemble["budget"] is None and len(ensemble["budgets"]) == 2
     table = markdown_table(summarise(both, CLASSES))
     assert ("budgets differ between models; 4 models. Budgets per model: "
-            "2 APGD iterations, 20 Square queries, 1 restart; 2 APGD iterations, 5000 Square queries, 1 restart.") in table
+            "2 APGD iterations, 20 Square queries, 1 restart; budget: reduced (2 iterations, 20 queries); "
+            "2 APGD iterations, 5000 Square queries, 1 restart; budget: reduced (2 iterations, 5000 queries).") in table
 
 
 def test_write_report_tags_every_results_entry_with_its_attack(both, tmp_path):
@@ -209,7 +212,7 @@ def test_the_figures_title_fits_with_both_attacks_at_real_budgets(both):
     try:
         fig.canvas.draw()
         title = fig.axes[0].title
-        assert "10-step PGD solid, ensemble (25 it., 300 queries) dashed" in title.get_text()
+        assert "10-step PGD solid, ensemble (25 it., 300 queries, reduced) dashed" in title.get_text()
         box = title.get_window_extent(fig.canvas.get_renderer())
         assert box.x0 >= 0 and box.x1 <= fig.bbox.width, f"the title runs off the figure: {box} in {fig.bbox}"
     finally:

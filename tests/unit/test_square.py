@@ -19,16 +19,51 @@ def four() -> Case:
     return case(4)
 
 
-def test_p_halves_at_the_reference_query_counts():
+def _reference_p_selection(it: int, p_init: float) -> float:
+    """auto-attack's SquareAttack.p_selection with resc_schedule=False (AutoAttack's standard setting), verbatim."""
+    if 10 < it <= 50:
+        return p_init / 2
+    if 50 < it <= 200:
+        return p_init / 4
+    if 200 < it <= 500:
+        return p_init / 8
+    if 500 < it <= 1000:
+        return p_init / 16
+    if 1000 < it <= 2000:
+        return p_init / 32
+    if 2000 < it <= 4000:
+        return p_init / 64
+    if 4000 < it <= 6000:
+        return p_init / 128
+    if 6000 < it <= 8000:
+        return p_init / 256
+    if 8000 < it:
+        return p_init / 512
+    return p_init
+
+
+def test_p_halves_at_the_reference_query_counts_whatever_the_budget():
     halvings = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
-    assert p_schedule(0, 10000, 0.8) == 0.8
+    assert p_schedule(0, 0.8) == 0.8
     for j, h in enumerate(halvings):
-        assert p_schedule(h, 10000, 0.8) == 0.8 / 2**j
-        assert p_schedule(h + 1, 10000, 0.8) == 0.8 / 2 ** (j + 1)
-    assert p_schedule(9999, 10000, 0.8) == 0.8 / 512
-    # Another budget rescales the schedule: 5 of 5000 queries is 10 of 10000.
-    assert p_schedule(5, 5000, 0.8) == 0.8 and p_schedule(6, 5000, 0.8) == 0.4
-    assert p_schedule(1, 100, 0.5) == 0.5 / 4  # 1 of 100 is 100 of 10000: past 10 and 50
+        assert p_schedule(h, 0.8) == 0.8 / 2**j
+        assert p_schedule(h + 1, 0.8) == 0.8 / 2 ** (j + 1)
+    for step in (*range(0, 600), 999, 1000, 1001, 2500, 4999, 5000, 7000, 8001, 9999):
+        assert p_schedule(step, 0.8) == _reference_p_selection(step, 0.8), step
+    # Not rescaled: at query 240 of a 300-query budget the square is the standard's, 20 px of a 64 px side.
+    assert round(np.sqrt(p_schedule(240, 0.8) * 64 * 64)) == 20
+
+
+def test_a_small_budget_keeps_the_standard_squares(four, monkeypatch):
+    """The square sides a 30-query run draws are those of the first 30 queries of the standard 5000."""
+    import audit.square as square_module
+
+    seen = []
+    real = square_module.p_schedule
+    monkeypatch.setattr(square_module, "p_schedule", lambda step, p_init: seen.append(step) or real(step, p_init))
+    square_linf(four.logits, four.images[:2], four.labels[:2], 1e-4, clean_logits=four.clean_logits[:2],
+                queries=30, rng=rng())
+    assert seen == list(range(29))
 
 
 @pytest.mark.parametrize("eps", [EPSILON, 0.3])

@@ -89,15 +89,22 @@ _SPECS = (
         "targeted APGD towards each of the top min(9, K-1) other classes", _APGD_BUDGET, random=True,
     ),
     AttackSpec(
+        "fab_t", "FAB-T", "linf", "white-box",
+        "targeted FAB (Croce & Hein 2020), minimum-norm, towards each of the top min(9, K-1) other classes; no "
+        "random start, as AutoAttack's FAB-T", _APGD_BUDGET,
+    ),
+    AttackSpec(
         "square", "Square", "linf", "score-based",
         "Square Attack (Andriushchenko et al. 2020), query-only: `queries` per image and epsilon", _SQUARE_BUDGET,
         random=True,
     ),
     AttackSpec(
         "ensemble", "ensemble", "linf", "white-box",
-        "AutoAttack's standard protocol: `apgd_ce`, then `apgd_t`, then `square` on the images still standing; "
-        "the JSON's `fooled_by` says which attack fooled how many",
-        _APGD_BUDGET + _SQUARE_BUDGET, stages=("apgd_ce", "apgd_t", "square"),  # cheap and strong first
+        "AutoAttack's standard version: `apgd_ce`, then `apgd_t`, then `fab_t`, then `square` on the images still "
+        "standing (for K = 2, where APGD-T is APGD-CE again, `apgd_dlr`'s margin loss from another start instead); "
+        "the JSON's `stages` and `fooled_by` say what ran and which attack fooled how many; a budget below the "
+        "defaults is labelled reduced wherever its figures appear",
+        _APGD_BUDGET + _SQUARE_BUDGET, stages=("apgd_ce", "apgd_t", "fab_t", "square"),  # cheap and strong first
     ),
     AttackSpec("fgsm", "FGSM", "linf", "white-box", "one signed-gradient step of size epsilon (Foolbox)"),
     AttackSpec(
@@ -138,6 +145,36 @@ def default_budget(budget_field: str) -> BudgetValue:
     if len(values) != 1:
         raise ValueError(f"expected one default of {budget_field!r} over the attacks, got {sorted(values)}")
     return values.pop()
+
+
+STANDARD = "standard"
+_BUDGET_WORDS = {"steps": "iterations", "queries": "queries"}
+
+
+def budget_label(name: str, budget: Mapping[str, object]) -> str:
+    """The words every figure of attack `name` run at `budget` is shown with.
+
+    "standard" only at the spec's defaults (AutoAttack's for APGD, FAB-T, Square and the ensemble;
+    the paper's for PGD); below them "reduced (25 iterations, 300 queries)", naming the whole budget;
+    any other "non-standard (...)". Fields the attack does not take are ignored; a missing one is
+    its default (runs stored before a field existed ran with its default).
+    """
+    defaults = attack_spec(name).defaults
+    given = {f: budget.get(f, default) for f, default in defaults.items()}
+    differs = [f for f in defaults if given[f] != defaults[f]]
+    if not differs:
+        return STANDARD
+    smaller = all(
+        isinstance(given[f], (int, float)) and not isinstance(given[f], bool) and given[f] < defaults[f]  # type: ignore[operator]
+        for f in differs
+    )
+    words = []
+    for f, value in given.items():
+        if f in _BUDGET_WORDS:
+            words.append(f"{value} {'steps' if name == DEFAULT_ATTACK and f == 'steps' else _BUDGET_WORDS[f]}")
+        elif f in differs:
+            words.append(f"{f.replace('_', ' ')} {value}")
+    return f"{'reduced' if smaller else 'non-standard'} ({', '.join(words)})"
 
 
 _THREAT = {"white-box": "white-box (`vjp`)", "score-based": "score-based (`serving_default`)", "model-free": "model-free"}
