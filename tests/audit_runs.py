@@ -43,7 +43,9 @@ def make_result(model="demo-resnet50-attention", version=1, attention=True, robu
 def one_class_result(model="demo-resnet50-attention", version=1, attention=True, **changes):
     """A model that answers "a" to all of EIGHT and is never fooled: 0.5 everywhere, the most 'robust' of all."""
     points = tuple(
-        EpsilonPoint(eps, 0.5, 1 / 3, {"a": 1.0, "b": 0.0, "c": 0.0}, 4, 0, 0.5, samples=8) for eps in ("0", "0.01", "0.02")
+        EpsilonPoint(eps, 0.5, 1 / 3, {"a": 1.0, "b": 0.0, "c": 0.0}, 4, 0, 0.5, samples=8,
+                     class_counts={"a": (4, 4), "b": (0, 2), "c": (0, 2)})
+        for eps in ("0", "0.01", "0.02")
     )
     samples = tuple(SampleOutcome(s, label, 0, "0" if label else None, None) for s, label in zip(EIGHT.sample_ids, EIGHT.labels))
     fields = dict(
