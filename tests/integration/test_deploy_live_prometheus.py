@@ -240,7 +240,7 @@ def test_the_front_end_shows_the_audit_workers_runs(stack, tiny_repo) -> None:
     assert {r["model"] for r in runs if r["status"] == "succeeded"} == set(tiny_repo.models)
     status, page = http(f"{base}/audits")
     assert status == 200 and tiny_repo.baseline.encode() in page
-    assert b"<th>worst class</th>" in page and b"<th>95% interval</th>" in page
+    assert b"<th>worst class [95%]</th>" in page and b"<th>robust accuracy [95%]</th>" in page
     run = next(r for r in runs if r["status"] == "succeeded")
     status, figure = http(f"{base}/audits/{run['id']}/accuracy.png", timeout=120)  # drawn by the front end
     assert status == 200 and figure.startswith(b"\x89PNG"), figure[:200]
