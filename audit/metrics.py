@@ -8,8 +8,10 @@ them at once, and nothing can drift from the database. Each family is one method
 job queue's) is one more method named in `FAMILIES`.
 
 Per epsilon, beside the plain robust accuracy (a one-class model keeps its class's share of it at
-every epsilon), the balanced and worst-class figures and the Wilson lower bound are published, so
-that neither alerts nor dashboards need to read the plain mean alone.
+every epsilon), the balanced, worst-class and per-class figures are published, each with the lower
+bound of its 95% interval (Wilson for the mean, each class and the worst class; the seeded
+stratified bootstrap for the balanced figure), so that neither alerts nor dashboards need to read
+a point estimate alone.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from audit.results import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, DEGENERATE_SHARE
 from audit.store import AuditStore, RunRecord, comparable
 
 log = logging.getLogger(__name__)
@@ -118,9 +121,26 @@ class AuditCollector(Collector):
                 "medrobust_audit_robust_accuracy_lower", "Lower bound of the 95% Wilson score interval of robust accuracy",
                 POINT_LABELS,
             ),
+            "worst_class_robust_accuracy_lower": _gauge(
+                "medrobust_audit_worst_class_robust_accuracy_lower",
+                "Lower bound of the 95% Wilson score interval of the worst class's robust accuracy (the class with the "
+                "lowest figure), over that class's images",
+                POINT_LABELS,
+            ),
+            "balanced_robust_accuracy_lower": _gauge(
+                "medrobust_audit_balanced_robust_accuracy_lower",
+                "Lower bound of the 95% interval of balanced robust accuracy (percentile bootstrap over images, "
+                f"stratified by class, {BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED})",
+                POINT_LABELS,
+            ),
         }
         per_class = _gauge(
             "medrobust_audit_class_robust_accuracy", "Robust accuracy on the audit set's images of one class",
+            (*POINT_LABELS, "class"),
+        )
+        per_class_lower = _gauge(
+            "medrobust_audit_class_robust_accuracy_lower",
+            "Lower bound of the 95% Wilson score interval of one class's robust accuracy, over its images",
             (*POINT_LABELS, "class"),
         )
         for run in snapshot.runs if snapshot else ():
@@ -131,13 +151,25 @@ class AuditCollector(Collector):
                         family.add_metric(labels, p[key])
                 for name, value in (p["per_class"] or {}).items():
                     per_class.add_metric([*labels, name], value)
-        return [*families.values(), per_class]
+                for name, (lower, _upper) in (p.get("class_intervals") or {}).items():
+                    per_class_lower.add_metric([*labels, name], lower)
+        return [*families.values(), per_class, per_class_lower]
 
     def model_figures(self, snapshot: Snapshot | None) -> list[Metric]:
         """Per model version (and attack): clean accuracy, score, audit set size, degenerate."""
         clean = _gauge("medrobust_audit_clean_accuracy", "Clean accuracy of a served model version on its audit set", MODEL_LABELS)
         balanced = _gauge(
             "medrobust_audit_balanced_clean_accuracy", "Mean over classes of the per-class clean accuracy", MODEL_LABELS,
+        )
+        clean_lower = _gauge(
+            "medrobust_audit_clean_accuracy_lower", "Lower bound of the 95% Wilson score interval of clean accuracy",
+            MODEL_LABELS,
+        )
+        balanced_lower = _gauge(
+            "medrobust_audit_balanced_clean_accuracy_lower",
+            "Lower bound of the 95% interval of balanced clean accuracy (percentile bootstrap over images, stratified "
+            f"by class, {BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED})",
+            MODEL_LABELS,
         )
         score = _gauge(
             "medrobust_audit_robustness_score", "Mean robust accuracy over the grid's non-zero epsilons",
@@ -154,8 +186,8 @@ class AuditCollector(Collector):
         )
         degenerate = _gauge(
             "medrobust_audit_degenerate",
-            "1 when the model version answers one class for at least 95% of its audit set (its robust figures "
-            "then measure that class's share, not robustness), else 0",
+            f"1 when the model version answers one class for at least {DEGENERATE_SHARE:.0%} of its audit set, each true "
+            "class weighted equally (its robust figures then measure that class's share, not robustness), else 0",
             SHORT_LABELS,
         )
         # Series without the attack label are shared by the version's runs of every attack: the newest sets them.
@@ -175,6 +207,10 @@ class AuditCollector(Collector):
                 clean.add_metric(list(shared_labels), run.clean_accuracy)
             if run.balanced_clean_accuracy is not None:
                 balanced.add_metric(list(shared_labels), run.balanced_clean_accuracy)
+            if run.clean_accuracy_lower is not None:
+                clean_lower.add_metric(list(shared_labels), run.clean_accuracy_lower)
+            if run.balanced_clean_accuracy_lower is not None:
+                balanced_lower.add_metric(list(shared_labels), run.balanced_clean_accuracy_lower)
         newest_degenerate: dict[tuple[str, str, str], RunRecord] = {}
         for run in shared.values():
             key = (run.task, run.model, str(run.version))
@@ -182,7 +218,7 @@ class AuditCollector(Collector):
                 newest_degenerate[key] = run
         for key, run in newest_degenerate.items():
             degenerate.add_metric(list(key), 1.0 if run.degenerate else 0.0)
-        return [clean, balanced, score, samples, budget, degenerate]
+        return [clean, balanced, clean_lower, balanced_lower, score, samples, budget, degenerate]
 
     def attention_gain(self, snapshot: Snapshot | None) -> list[Metric]:
         """Attentive minus baseline per epsilon, from the newest run of each, when comparable.

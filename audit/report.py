@@ -1,7 +1,7 @@
 """Per-run reports: the paper's accuracy-against-epsilon figure, example perturbations, Grad-CAM.
 
 The accuracy figure shows each class's robust accuracy beside the mean (with its 95% Wilson band)
-and the worst class, and a degenerate model says so. Figures are drawn on matplotlib Figure
+and the worst class (with its own), and a degenerate model says so. Figures are drawn on matplotlib Figure
 objects, never pyplot's global state, so front-end threads can draw them at once.
 
 Drawn from the store and the run's saved examples alone (no model server needed), as PNG files
@@ -14,14 +14,13 @@ import contextlib
 import html
 import os
 import textwrap
-from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, SupportsInt
 
 import numpy as np
 
-from audit.results import DEGENERATE_SHARE
+from audit.results import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, DEGENERATE_SHARE, balanced_max_share
 from audit.store import AuditStore, RunRecord
 from service.readable import duration_text, epsilon_text, grey_levels
 
@@ -50,6 +49,16 @@ def _band(ax: Axes, pts: Sequence[Mapping[str, Any]], colour: str, label: str) -
         ax.fill_between(
             [p["epsilon_value"] for p in pts], [p["robust_accuracy_lower"] for p in pts],
             [p["robust_accuracy_upper"] for p in pts], color=colour, alpha=0.15, linewidth=0, label=label,
+        )
+
+
+def _worst_band(ax: Axes, pts: Sequence[Mapping[str, Any]], colour: str, label: str) -> None:
+    """The worst class's own 95% Wilson band (over that class's images), where the points have one."""
+    if pts and all(p.get("worst_class_robust_accuracy_lower") is not None for p in pts):
+        ax.fill_between(
+            [p["epsilon_value"] for p in pts], [p["worst_class_robust_accuracy_lower"] for p in pts],
+            [p["worst_class_robust_accuracy_upper"] for p in pts], color=colour, alpha=0.12, linewidth=0, hatch="//",
+            label=label,
         )
 
 
@@ -98,8 +107,14 @@ def _chance(ax: Axes, classes: int) -> None:
         )
 
 
+def _share(run: RunRecord) -> float | None:
+    """The share `degenerate` was judged on: class-balanced since revision 0003, by image before."""
+    return run.balanced_predicted_class_max_share if run.balanced_predicted_class_max_share is not None \
+        else run.predicted_class_max_share
+
+
 def _degenerate_note(run: RunRecord) -> str:
-    share = run.predicted_class_max_share
+    share = _share(run)
     return f"DEGENERATE: {share:.0%} of answers are one class" if run.degenerate and share is not None else ""
 
 
@@ -149,6 +164,7 @@ def draw_accuracy(runs: list[RunRecord], class_names: Sequence[str] = ()) -> Fig
         ax.plot(eps, [p["robust_accuracy"] for p in pts], "-", color="black", linewidth=3, alpha=0.5, label="mean")
         # Drawn under the classes (a class at the bottom stays visible on it).
         _worst(ax, pts, "black", "worst class", linewidth=4, alpha=0.35, markersize=9)
+        _worst_band(ax, pts, "black", "95% interval of the worst class")
         for c in classes:
             if all(c in (p["per_class"] or {}) for p in pts):
                 ax.plot(eps, [p["per_class"][c] for p in pts], ".-", color=palette[c], linewidth=1.2, label=f"class {c}")
@@ -275,11 +291,12 @@ def report_dir(run: RunRecord, default_root: Path) -> Path:
 
 
 def dominant_class(store: AuditStore, run: RunRecord) -> str | None:
-    """The class a run's model answers most often on its audit set's clean images (its name when known)."""
-    counts = Counter(s["clean_class"] for s in store.samples(run.id))
-    if not counts:
+    """The class a run's model answers most often on its audit set's clean images, each true class
+    weighted equally as `degenerate` weighs them (its name when known)."""
+    samples = store.samples(run.id)
+    _share, top = balanced_max_share([s["label"] for s in samples], [s["clean_class"] for s in samples])
+    if top is None:
         return None
-    top = counts.most_common(1)[0][0]
     names = store.audit_set(run.audit_set).class_names if run.audit_set else ()
     return names[top] if 0 <= top < len(names) else str(top)
 
@@ -289,9 +306,10 @@ def degenerate_warning(run: RunRecord, dominant: str | None) -> str | None:
     if not run.degenerate:
         return None
     which = f"class {dominant}" if dominant is not None else "one class"
+    share = _share(run)
     return (
-        f"Degenerate model: it answers {which} for {run.predicted_class_max_share:.0%} of the audit set's images "
-        f"(threshold {DEGENERATE_SHARE:.0%}). Its robust accuracy is that class's share, not robustness: "
+        f"Degenerate model: it answers {which} for {share or 0:.0%} of the audit set's images, each true class weighted "
+        f"equally (threshold {DEGENERATE_SHARE:.0%}). Its robust accuracy is that class's share, not robustness: "
         "read the worst class."
     )
 
@@ -300,25 +318,55 @@ def _number(value: float | None) -> str:
     return "" if value is None else f"{value:.3f}"
 
 
+def with_interval(value: float | None, lower: float | None, upper: float | None) -> str:
+    """'a [lo, hi]': a figure with its 95% interval, or the figure alone when it has none."""
+    if value is None:
+        return ""
+    if lower is None or upper is None:
+        return _number(value)
+    return f"{value:.3f} [{lower:.3f}, {upper:.3f}]"
+
+
+INTERVALS_NOTE = (
+    "Each figure is followed by its 95% interval [lower, upper]: the 95% Wilson score interval for robust accuracy "
+    "(over all images) and for each class (over that class's images); the worst class is the class with the lowest "
+    "figure (of equals, the one with fewer images) and carries that class's own Wilson interval; balanced accuracy's "
+    f"interval is a percentile bootstrap over images, stratified by class, {BOOTSTRAP_RESAMPLES} resamples, seed "
+    f"{BOOTSTRAP_SEED}."
+)
+
+
 def points_table(run: RunRecord) -> tuple[list[str], list[list[str]]]:
     """The per-epsilon figures as a header and text rows: the epsilon (and, for L-inf, in grey
-    levels of 255), the mean with its 95% Wilson interval beside the worst class, the balanced
-    figure and every class's robust accuracy, by name."""
+    levels of 255), the mean, the worst class (and which), the balanced figure and every class's
+    robust accuracy, by name, each as 'a [lo, hi]' with its 95% interval where the run has one."""
     classes = sorted({c for p in run.points for c in (p["per_class"] or {})})
     levels = ["in 1/255"] if _linf(run) else []
-    header = ["epsilon", *levels, "robust accuracy", "95% interval", "worst class", "balanced",
-              *(f"class {c}" for c in classes), "attacked", "fooled", "uniform noise"]
+    header = ["epsilon", *levels, "robust accuracy [95%]", "worst class [95%]", "balanced [95%]",
+              *(f"class {c} [95%]" for c in classes), "attacked", "fooled", "uniform noise"]
     rows = []
     for p in run.points:
-        lower, upper = p.get("robust_accuracy_lower"), p.get("robust_accuracy_upper")
+        per_class = p["per_class"] or {}
+        intervals = p.get("class_intervals") or {}
+        worst = with_interval(p.get("worst_class_robust_accuracy"), p.get("worst_class_robust_accuracy_lower"),
+                              p.get("worst_class_robust_accuracy_upper"))
         rows.append([
-            p["epsilon"], *([grey_levels(p["epsilon_value"])] if levels else []), _number(p["robust_accuracy"]),
-            "" if lower is None else f"{lower:.3f}-{upper:.3f}",
-            _number(p.get("worst_class_robust_accuracy")), _number(p["balanced_robust_accuracy"]),
-            *(_number((p["per_class"] or {}).get(c)) for c in classes), str(p["attacked"]), str(p["fooled"]),
-            _number(p["noise_robust_accuracy"]),
+            p["epsilon"], *([grey_levels(p["epsilon_value"])] if levels else []),
+            with_interval(p["robust_accuracy"], p.get("robust_accuracy_lower"), p.get("robust_accuracy_upper")),
+            worst + (f" ({p['worst_class']})" if worst and p.get("worst_class") else ""),
+            with_interval(p["balanced_robust_accuracy"], p.get("balanced_robust_accuracy_lower"),
+                          p.get("balanced_robust_accuracy_upper")),
+            *(with_interval(per_class.get(c), *(intervals.get(c) or (None, None))) for c in classes),
+            str(p["attacked"]), str(p["fooled"]), _number(p["noise_robust_accuracy"]),
         ])
     return header, rows
+
+
+def clean_figures(run: RunRecord) -> str:
+    """'clean accuracy a [lo, hi] (balanced b [lo, hi])', as the page and the report say it."""
+    clean = with_interval(run.clean_accuracy, run.clean_accuracy_lower, run.clean_accuracy_upper)
+    balanced = with_interval(run.balanced_clean_accuracy, run.balanced_clean_accuracy_lower, run.balanced_clean_accuracy_upper)
+    return f"clean accuracy {clean}" + (f" (balanced {balanced})" if balanced else "")
 
 
 def write_report(store: AuditStore, run_id: int, *, artefacts_root: Path, out_dir: Path | None = None) -> Path:
@@ -375,7 +423,7 @@ def render_page(
 <p>{e(run.attack)} through the {e(run.backend)} backend, <strong id="budget">budget: {e(run.budget_label)}</strong>,
 {e(str(run.config.get('steps')))} steps,
 {e(str(run.config.get('restarts')))} restart(s), {e(str(run.config.get('samples')))} images of {e(str(run.config.get('dataset')))};
-clean accuracy {run.clean_accuracy:.3f} (balanced {run.balanced_clean_accuracy:.3f}), robustness score {run.robustness_score:.3f}
+{e(clean_figures(run))}, robustness score {run.robustness_score:.3f}
 (mean robust accuracy over the non-zero epsilons), {e(duration_text(run.duration_seconds))}. {provenance}</p>
 {warning}
 {compared}
@@ -383,7 +431,7 @@ clean accuracy {run.clean_accuracy:.3f} (balanced {run.balanced_clean_accuracy:.
 <table><thead><tr>{head}</tr></thead>
 <tbody>{rows}</tbody></table>
 <p>Every figure above is {e(run.attack)} at the {e(run.budget_label)} budget.
-Robust accuracy is counted over {e(str(run.audit_set_size))} images; the interval is the 95% Wilson score interval.
+Robust accuracy is counted over {e(str(run.audit_set_size))} images. {e(INTERVALS_NOTE)}
 Epsilon is the largest change allowed to any pixel on a 0-1 scale: 0.01 is {grey_levels(0.01)} grey levels.{chance}</p>
 <h2>Sanity checks</h2><ul>{checks}</ul>
 {examples}

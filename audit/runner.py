@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from audit.auditset import draw_audit_set
 from training.contract.config import AttackConfig, AuditConfig
 from audit.foolbox_model import AuditError, ServedModel
-from audit.results import AuditResult, EpsilonPoint, SampleOutcome
+from audit.results import AuditResult, EpsilonPoint, SampleOutcome, class_counts, rates, standing
 from audit.attacks import Attacker
 from audit.sanity import run_checks
 from audit.store import AuditStore, ClaimedJob, LeaseLost
@@ -78,15 +78,6 @@ class Audit:
     images: np.ndarray
 
 
-def _accuracy(mask: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> tuple[float, float, dict[str, float]]:
-    """(accuracy, balanced accuracy, per-class accuracy) of a correct-mask; classes absent from `labels` are left out."""
-    per_class = {
-        class_names[c]: float(mask[labels == c].mean()) for c in range(len(class_names)) if (labels == c).any()
-    }
-    balanced = float(np.mean(list(per_class.values()))) if per_class else 0.0
-    return float(mask.mean()) if len(mask) else 0.0, balanced, per_class
-
-
 def audit_model(
     predictor: Predictor, model: str, dataset: Dataset, config: AuditConfig, *, version: int | None = None,
     attack: str | None = None, progress: Callable[[int, int], None] | None = None,
@@ -135,19 +126,6 @@ def audit_model(
     sanity = run_checks(
         served, Attacker(served, config.attack), sweep, images, labels, config.attack, clean_logits=served.logits(images)
     )
-    names = audit_set.class_names
-    clean, balanced_clean, _ = _accuracy(sweep.correct, labels, names)
-    points: list[EpsilonPoint] = []
-    for i, eps in enumerate(config.attack.epsilons):
-        robust, balanced, per_class = _accuracy(sweep.robust_mask(i), labels, names)
-        noise = sweep.noise_robust_mask(i)
-        points.append(
-            EpsilonPoint(
-                epsilon=eps, robust_accuracy=robust, balanced_robust_accuracy=balanced, per_class=per_class,
-                attacked=sweep.attacked[i], fooled=sweep.fooled[i],
-                noise_robust_accuracy=None if noise is None else float(noise.mean()), samples=len(labels),
-            )
-        )
     samples = tuple(
         SampleOutcome(
             sample_id=sid, label=int(labels[i]), clean_class=int(sweep.clean_class[i]),
@@ -156,11 +134,22 @@ def audit_model(
         )
         for i, sid in enumerate(audit_set.sample_ids)
     )
+    # Every figure is counted from the per-image outcomes the store keeps, class by class, so the
+    # mean, the balanced figure, each class and their intervals are one count read several ways.
+    names = audit_set.class_names
+    points: list[EpsilonPoint] = []
+    for i, eps in enumerate(config.attack.epsilons):
+        noise = sweep.noise_robust_mask(i)
+        points.append(EpsilonPoint.counted(
+            eps, class_counts(standing(samples, eps), labels.tolist(), names), attacked=sweep.attacked[i],
+            fooled=sweep.fooled[i], noise_robust_accuracy=None if noise is None else float(noise.mean()),
+        ))
+    clean, balanced_clean, _ = rates(class_counts(sweep.correct.tolist(), labels.tolist(), names))
     result = AuditResult(
         model=model, version=served.version, task=str(card.get("task", "")), backbone=str(card.get("backbone", "")),
         attention=bool(card.get("attention", False)), backend=predictor.backend_name, attack=config.attack.attack,
-        steps=config.attack.iterations, restarts=config.attack.restarts, audit_set=audit_set, clean_accuracy=clean,
-        balanced_clean_accuracy=balanced_clean, points=tuple(points), samples=samples,
+        steps=config.attack.iterations, restarts=config.attack.restarts, audit_set=audit_set,
+        clean_accuracy=clean, balanced_clean_accuracy=balanced_clean, points=tuple(points), samples=samples,
         sanity=sanity, seconds=time.perf_counter() - started, seed=config.attack.seed,
         fooled_by=sweep.fooled_by_counts(), budget=config.attack.budget(), stages=sweep.stages,
     )

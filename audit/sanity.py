@@ -15,7 +15,7 @@ clean image, so neither of those says anything about the attack; the checks here
   logits' scale.
 - noise_not_stronger: per image, uniform noise must not fool an image the attack left standing.
 - perturbations_bounded: every candidate lay inside the ball and [0, 1].
-- degenerate_predictions: the clean predictions are not (nearly) all one class.
+- degenerate_predictions: the clean predictions are not (nearly) all one class, each true class weighted equally.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from audit.attacks import Attacker, stages
 from training.contract.attacks import NOISE_REFERENCE, attack_spec
 from training.contract.config import AttackConfig
 from audit.foolbox_model import ServedModel
-from audit.results import DEGENERATE_SHARE, SanityCheck
+from audit.results import DEGENERATE_SHARE, SanityCheck, balanced_max_share
 from audit.sweep import NEVER, Sweep, attack_level
 
 CHECKS = (
@@ -153,17 +153,16 @@ def bounds_check(sweep: Sweep) -> SanityCheck:
     )
 
 
-def degenerate_check(clean_class: np.ndarray, num_classes: int, class_names: Sequence[str] = ()) -> SanityCheck:
-    """The clean predictions are spread: under DEGENERATE_SHARE of them go to one class (named when
-    the card names it: "class 1" tells a reader nothing)."""
+def degenerate_check(labels: np.ndarray, clean_class: np.ndarray, class_names: Sequence[str] = ()) -> SanityCheck:
+    """The clean predictions are spread: with each true class weighted equally, under DEGENERATE_SHARE
+    of them go to one class (named when the card names it: "class 1" tells a reader nothing); the
+    rule of `AuditResult.degenerate`."""
     name = "degenerate_predictions"
     if len(clean_class) == 0:
         return SanityCheck(name, True, "no image")
-    counts = np.bincount(clean_class, minlength=num_classes)
-    top = int(counts.argmax())
-    share = float(counts[top]) / len(clean_class)
-    which = f"class {class_names[top]}" if 0 <= top < len(class_names) else f"class {top}"
-    detail = f"{share:.1%} of the clean predictions are {which}"
+    share, top = balanced_max_share(labels.tolist(), clean_class.tolist())
+    which = f"class {class_names[top]}" if top is not None and 0 <= top < len(class_names) else f"class {top}"
+    detail = f"{share:.1%} of the clean predictions are {which}, each true class weighted equally"
     if share >= DEGENERATE_SHARE:
         detail += f" (>= {DEGENERATE_SHARE:.0%}: its robust accuracy is that class's share, not robustness)"
     return SanityCheck(name, share < DEGENERATE_SHARE, detail)
@@ -188,7 +187,7 @@ def run_checks(
     if not gradient_attack:
         checks.append(SanityCheck("black_box_not_stronger", True, f"{base} is itself query-only: nothing to witness"))
     elif "square" in stages(config.attack):
-        checks.append(_ensemble_witness(sweep))
+        checks.append(_ensemble_witness(sweep, stages(config.attack)))
     else:
         checks.append(_witness(attacker, sweep, images, labels, clean_logits, config, survivors_at))
 
@@ -198,7 +197,7 @@ def run_checks(
     checks.append(gradient_check(norms, logits))
     checks.append(noise_check(sweep))
     checks.append(bounds_check(sweep))
-    checks.append(degenerate_check(sweep.clean_class, served.num_classes, tuple(served.card.get("class_names", ()))))
+    checks.append(degenerate_check(sweep.labels, sweep.clean_class, tuple(served.card.get("class_names", ()))))
     return tuple(checks)
 
 
@@ -226,9 +225,26 @@ def _independent(
     return independent_check((sweep.epsilons[small], sweep.epsilons[large]), (standing[0], standing[1]), len(idx), base)
 
 
-def _ensemble_witness(sweep: Sweep) -> SanityCheck:
+def square_attacked(sweep: Sweep, order: Sequence[str]) -> np.ndarray:
+    """bool [n]: the images Square attacked at some non-zero epsilon, each once however many epsilons it stood at.
+
+    At each epsilon Square ran (`order` is the ensemble's stages), it attacked every image standing
+    then that no stage before it fooled there."""
+    before = list(order[: order.index("square")])
+    fooled_by = sweep.fooled_by if sweep.fooled_by is not None else np.full(len(sweep.labels), "")
+    attacked = np.zeros(len(sweep.labels), bool)
+    for i in sorted({p.epsilon_index for p in sweep.progress if p.attack == "square"}):
+        if float(sweep.epsilons[i]) <= 0:
+            continue
+        fooled_earlier = (sweep.fooled_at != NEVER) & (sweep.fooled_at < i)
+        fooled_before_square = (sweep.fooled_at == i) & np.isin(fooled_by, before)
+        attacked |= sweep.correct & ~fooled_earlier & ~fooled_before_square
+    return attacked
+
+
+def _ensemble_witness(sweep: Sweep, order: Sequence[str]) -> SanityCheck:
     """In the ensemble Square attacks only what APGD-CE and APGD-T left standing: each image it fools is one they missed."""
-    witnessed = sum(len(p.start) for p in sweep.progress if p.attack == "square")
+    witnessed = int(square_attacked(sweep, order).sum())
     if not witnessed:
         return black_box_check(0, 0, None, "")
     fooled = sweep.fooled_by == "square" if sweep.fooled_by is not None else np.zeros(len(sweep.labels), bool)

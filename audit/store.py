@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from audit.results import AuditResult, AuditSet
+from audit.results import INTERVALS, AuditResult, AuditSet
 from training.contract.attacks import ATTACKS, budget_label
 
 if TYPE_CHECKING:
@@ -89,6 +89,12 @@ audit_runs = sa.Table(
     sa.Column("progress_total", sa.Integer),
     sa.Column("progress_eta_seconds", sa.Float),
     sa.Column("progress_at", sa.Float),
+    # Added with intervals on every figure (revision 0003); NULL in runs whose outcomes could not be recounted.
+    sa.Column("balanced_predicted_class_max_share", sa.Float),  # what `degenerate` reads since 0003
+    sa.Column("clean_accuracy_lower", sa.Float),  # 95% Wilson
+    sa.Column("clean_accuracy_upper", sa.Float),
+    sa.Column("balanced_clean_accuracy_lower", sa.Float),  # 95% stratified bootstrap, seeded
+    sa.Column("balanced_clean_accuracy_upper", sa.Float),
 )
 
 audit_points = sa.Table(
@@ -106,6 +112,14 @@ audit_points = sa.Table(
     sa.Column("worst_class_robust_accuracy", sa.Float),
     sa.Column("robust_accuracy_lower", sa.Float),  # 95% Wilson score interval of robust_accuracy
     sa.Column("robust_accuracy_upper", sa.Float),
+    # Added with intervals on every figure (revision 0003).
+    sa.Column("class_counts", sa.JSON),  # class -> [images standing, images]
+    sa.Column("class_intervals", sa.JSON),  # class -> [lower, upper], 95% Wilson
+    sa.Column("worst_class", sa.String(200)),
+    sa.Column("worst_class_robust_accuracy_lower", sa.Float),
+    sa.Column("worst_class_robust_accuracy_upper", sa.Float),
+    sa.Column("balanced_robust_accuracy_lower", sa.Float),  # 95% stratified bootstrap, seeded
+    sa.Column("balanced_robust_accuracy_upper", sa.Float),
 )
 
 audit_samples = sa.Table(
@@ -202,6 +216,11 @@ class RunRecord:
     progress_total: int | None = None
     progress_eta_seconds: float | None = None
     progress_at: float | None = None
+    balanced_predicted_class_max_share: float | None = None
+    clean_accuracy_lower: float | None = None
+    clean_accuracy_upper: float | None = None
+    balanced_clean_accuracy_lower: float | None = None
+    balanced_clean_accuracy_upper: float | None = None
     points: tuple[Mapping[str, Any], ...] = ()
     sanity: tuple[Mapping[str, Any], ...] = ()
 
@@ -245,6 +264,7 @@ class RunRecord:
         doc["sanity"] = [dict(s) for s in self.sanity]
         doc["progress"] = self.progress
         doc["note"] = self.note
+        doc["intervals"] = dict(INTERVALS)
         return doc
 
 
@@ -539,6 +559,7 @@ class AuditStore:
                         "noise_robust_accuracy": p.noise_robust_accuracy, "samples": p.samples,
                         "worst_class_robust_accuracy": p.worst_class_robust_accuracy,
                         "robust_accuracy_lower": p.robust_interval[0], "robust_accuracy_upper": p.robust_interval[1],
+                        **p.intervals(),
                     }
                     for p in result.points
                 ],
@@ -567,6 +588,10 @@ class AuditStore:
                     robustness_score=result.robustness_score, sanity_passed=result.sanity_passed, artefacts=artefacts,
                     seed=result.seed, fooled_by=dict(result.fooled_by), audit_set_size=len(result.audit_set),
                     predicted_class_max_share=result.predicted_class_max_share, degenerate=result.degenerate,
+                    balanced_predicted_class_max_share=result.balanced_predicted_class_max_share,
+                    clean_accuracy_lower=result.clean_interval[0], clean_accuracy_upper=result.clean_interval[1],
+                    balanced_clean_accuracy_lower=result.balanced_clean_interval[0],
+                    balanced_clean_accuracy_upper=result.balanced_clean_interval[1],
                     progress_done=sa.func.coalesce(audit_runs.c.progress_total, audit_runs.c.progress_done),
                     progress_eta_seconds=0.0, progress_at=now,
                 )

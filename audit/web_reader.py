@@ -68,6 +68,8 @@ class AuditPage:
     table: list[list[str]]
     warning: str | None
     class_names: tuple[str, ...] = ()  # the audit set's classes: chance level is 1/len
+    clean: str = ""  # "clean accuracy a [lo, hi] (balanced b [lo, hi])"
+    intervals_note: str = ""  # how every interval of the table was computed
 
 
 @dataclass(frozen=True)
@@ -141,12 +143,13 @@ class StoreReader:
 
     @_store_answers
     def page(self, run: RunRecord) -> AuditPage:
-        from audit.report import degenerate_warning, dominant_class, points_table
+        from audit.report import INTERVALS_NOTE, clean_figures, degenerate_warning, dominant_class, points_table
 
         header, table = points_table(run)
         names = tuple(self.store.audit_set(run.audit_set).class_names) if run.audit_set else ()
         return AuditPage(
-            self.store.partner_run(run), header, table, degenerate_warning(run, dominant_class(self.store, run)), names
+            self.store.partner_run(run), header, table, degenerate_warning(run, dominant_class(self.store, run)), names,
+            clean=clean_figures(run), intervals_note=INTERVALS_NOTE,
         )
 
     def picture(self, run: RunRecord, name: str) -> Path | None:

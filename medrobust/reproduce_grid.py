@@ -297,10 +297,13 @@ def _audit_record(audit, budget: dict[str, Any]) -> dict[str, Any]:
         "seed": result.seed,
         "clean_accuracy": result.clean_accuracy,
         "balanced_clean_accuracy": result.balanced_clean_accuracy,
-        # Per point: robust, balanced and worst-class robust accuracy, the Wilson 95% interval, per-class recall.
+        "clean_accuracy_interval": list(result.clean_interval),
+        "balanced_clean_accuracy_interval": list(result.balanced_clean_interval),
+        # Per point: robust, balanced and worst-class robust accuracy, per-class recall, each with its 95% interval.
         "points": [p.to_json() for p in result.points],
         "robustness_score": result.robustness_score,
         "predicted_class_max_share": result.predicted_class_max_share,
+        "balanced_predicted_class_max_share": result.balanced_predicted_class_max_share,
         "degenerate": result.degenerate,
         # Which of the ensemble's stages fooled each image first (the sweep's count until the result carries it).
         "fooled_by": dict(result.fooled_by) or audit.sweep.fooled_by_counts(),

@@ -176,11 +176,15 @@ def _variant_stats(seeded: dict[int, tuple[dict, dict]], epsilons: list[str], cl
 def _degenerate(seed: int, audit: dict[str, Any], classes: int) -> dict[str, Any] | None:
     """Why one model's robust accuracy says nothing about robustness, or None if nothing does.
 
-    The audit's own flag (clean answers nearly all one class); audits stored before it had one are
-    flagged by a balanced clean accuracy of exactly 1/K, as a one-class predictor has.
+    The audit's own flag (clean answers nearly all one class: each true class weighted equally since
+    the class-balanced rule, by image before); audits stored before it had one are flagged by a
+    balanced clean accuracy of exactly 1/K, as a one-class predictor has.
     """
     share = audit.get("predicted_class_max_share")
-    if audit.get("degenerate"):
+    balanced = audit.get("balanced_predicted_class_max_share")
+    if audit.get("degenerate") and balanced is not None:
+        reason = f"{balanced:.0%} of its clean answers are one class, each true class weighted equally"
+    elif audit.get("degenerate"):
         reason = f"{share:.0%} of its clean answers are one class"
     elif classes and abs(audit["balanced_clean_accuracy"] - 1 / classes) < 1e-9:
         reason = f"a balanced clean accuracy of exactly 1/{classes} on the audit set"

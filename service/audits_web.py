@@ -208,7 +208,7 @@ def audits_page():
         "audits.html", runs=runs, selected=selected, partner=page.partner if page else None,
         header=page.header if page else [], table=page.table if page else [], warning=page.warning if page else None,
         active=reader.active(), unauditable=reader.unauditable(), chance=1 / len(classes) if classes else None, classes=classes,
-        example_epsilon=grey_levels(0.01),
+        example_epsilon=grey_levels(0.01), clean=getattr(page, "clean", ""), intervals_note=getattr(page, "intervals_note", ""),
         has_examples=page is not None and reader.picture(selected, "examples.png") is not None,
     )
 

@@ -24,8 +24,11 @@ def make_result(model="demo-resnet50-attention", version=1, attention=True, robu
     """A run on AUDIT_SET whose clean answers are its labels (not degenerate); `changes` replace fields."""
     audit_set = changes.pop("audit_set", AUDIT_SET)
     epsilons = changes.pop("epsilons", ("0", "0.01", "0.02"))
+    # Class a's figure as a count of four images where it is one (0.75: 3 of 4), so the intervals are there.
     points = tuple(
-        EpsilonPoint(eps, acc, acc, {"a": acc}, 4, 1, acc, samples=len(audit_set)) for eps, acc in zip(epsilons, robust)
+        EpsilonPoint(eps, acc, acc, {"a": acc}, 4, 1, acc, samples=len(audit_set),
+                     class_counts={"a": (round(acc * 4), 4)} if (acc * 4).is_integer() else {})
+        for eps, acc in zip(epsilons, robust)
     )
     samples = tuple(
         SampleOutcome(s, label, label, "0.01" if i == 0 else None, 1 if i == 0 else None)
@@ -43,7 +46,9 @@ def make_result(model="demo-resnet50-attention", version=1, attention=True, robu
 def one_class_result(model="demo-resnet50-attention", version=1, attention=True, **changes):
     """A model that answers "a" to all of EIGHT and is never fooled: 0.5 everywhere, the most 'robust' of all."""
     points = tuple(
-        EpsilonPoint(eps, 0.5, 1 / 3, {"a": 1.0, "b": 0.0, "c": 0.0}, 4, 0, 0.5, samples=8) for eps in ("0", "0.01", "0.02")
+        EpsilonPoint(eps, 0.5, 1 / 3, {"a": 1.0, "b": 0.0, "c": 0.0}, 4, 0, 0.5, samples=8,
+                     class_counts={"a": (4, 4), "b": (0, 2), "c": (0, 2)})
+        for eps in ("0", "0.01", "0.02")
     )
     samples = tuple(SampleOutcome(s, label, 0, "0" if label else None, None) for s, label in zip(EIGHT.sample_ids, EIGHT.labels))
     fields = dict(

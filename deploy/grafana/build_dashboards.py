@@ -233,7 +233,8 @@ def robustness() -> dict:
               "Positive: attention helps, as the paper claims.",
               gain["targets"], transformations=gain["transformations"], options=gain["options"],
               unit="percentunit", thresholds=[("red", None), ("green", 0)]),
-        panel("stat", "Degenerate models", "1 = the model version answers one class for at least 95% of its audit set: "
+        panel("stat", "Degenerate models", "1 = the model version answers one class for at least 90% of its audit set, each true "
+              "class weighted equally: "
               "it has not learned the task, and its robust accuracy is that class's share, not robustness. "
               "Alert MedrobustDegenerateModel.",
               [query(audit("medrobust_audit_degenerate", selector), legend, instant=True)],
@@ -254,14 +255,17 @@ def robustness() -> dict:
               width=6, unit="percentunit", thresholds=[("red", None), ("green", 0)]),
         row("Across versions"),
         panel("timeseries", "Robust accuracy at ε = $epsilon over time, by version",
-              "One line per model version: the mean, the lower bound of its 95% Wilson interval and the worst class. "
+              "One line per model version: the mean, the lower bound of its 95% Wilson interval, the worst class and "
+              "the lower bound of the worst class's own 95% Wilson interval (over that class's images only). "
               "Alert MedrobustRobustAccuracyRegression fires when a new version's mean falls below the previous "
               "version's lower bound.",
               [query(with_budget(audit("medrobust_audit_robust_accuracy", at_epsilon)), budgeted),
                query(with_budget(audit("medrobust_audit_robust_accuracy_lower", at_epsilon)), budgeted + " 95% lower bound",
                      ref="B"),
                query(with_budget(audit("medrobust_audit_worst_class_robust_accuracy", at_epsilon)),
-                     budgeted + " worst class", ref="C")],
+                     budgeted + " worst class", ref="C"),
+               query(with_budget(audit("medrobust_audit_worst_class_robust_accuracy_lower", at_epsilon)),
+                     budgeted + " worst class 95% lower bound", ref="D")],
               **accuracy),
         panel("timeseries", "Clean accuracy over time, by version", "Clean accuracy of every audited version.",
               [query(audit("medrobust_audit_clean_accuracy", selector), legend)], **accuracy),

@@ -131,33 +131,42 @@ def _build(args, *, worker: bool = False):
         raise UsageError(str(exc)) from None
 
 
+def _interval(value: float | None, interval: tuple[float, float] | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:.3f}" if interval is None else f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
 def _table(result, run_id: int) -> str:
     lines = [
         f"run {run_id}: {result.model} v{result.version} ({result.backend}), {result.attack} "
         f"({result.steps} steps, seed {result.seed}; budget: {result.budget_label}), {len(result.audit_set)} images, "
         f"{result.seconds:.1f} s",
-        f"  clean accuracy {result.clean_accuracy:.3f} (balanced {result.balanced_clean_accuracy:.3f}), "
+        f"  clean accuracy {_interval(result.clean_accuracy, result.clean_interval)} "
+        f"(balanced {_interval(result.balanced_clean_accuracy, result.balanced_clean_interval)}), "
         f"robustness score {result.robustness_score:.3f} (mean over epsilon > 0)",
     ]
     if result.degenerate:
         lines.append(
-            f"  DEGENERATE: {result.predicted_class_max_share:.0%} of the clean predictions are one class; "
-            "its robust accuracy is that class's share, not robustness"
+            f"  DEGENERATE: {result.balanced_predicted_class_max_share:.0%} of the clean predictions are one class, "
+            "each true class weighted equally; its robust accuracy is that class's share, not robustness"
         )
     if len(result.stages) > 1:
         lines.append("  stages, in turn on the images still standing: " + ", ".join(result.stages))
     if result.fooled_by:
         lines.append("  fooled by " + ", ".join(f"{name} {count}" for name, count in sorted(result.fooled_by.items())))
+    lines.append("  figures with their 95% intervals: Wilson (robust, each class, worst class), stratified bootstrap (balanced)")
     lines.append(
-        f"  {'epsilon':>9} {'robust':>7} {'95% interval':>13} {'balanced':>9} {'worst':>6} {'attacked':>9} {'fooled':>7} {'noise':>7}"
+        f"  {'epsilon':>9} {'robust [95%]':>21} {'balanced [95%]':>21} {'worst class [95%]':>21} {'attacked':>9} "
+        f"{'fooled':>7} {'noise':>7}"
     )
     for p in result.points:
         noise = "" if p.noise_robust_accuracy is None else f"{p.noise_robust_accuracy:.3f}"
-        low, high = p.robust_interval
-        worst = "" if p.worst_class_robust_accuracy is None else f"{p.worst_class_robust_accuracy:.3f}"
+        worst = _interval(p.worst_class_robust_accuracy, p.worst_class_interval)
         lines.append(
-            f"  {p.epsilon:>9} {p.robust_accuracy:7.3f} {f'{low:.3f}-{high:.3f}':>13} {p.balanced_robust_accuracy:9.3f} "
-            f"{worst:>6} {p.attacked:9d} {p.fooled:7d} {noise:>7}"
+            f"  {p.epsilon:>9} {_interval(p.robust_accuracy, p.robust_interval):>21} "
+            f"{_interval(p.balanced_robust_accuracy, p.balanced_interval):>21} {worst:>21} {p.attacked:9d} {p.fooled:7d} {noise:>7}"
+            + (f"  worst: {p.worst_class}" if p.worst_class else "")
         )
     for c in result.sanity:
         lines.append(f"  sanity {'ok    ' if c.passed else 'FAILED'} {c.name}: {c.detail}")

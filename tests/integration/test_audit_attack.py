@@ -72,6 +72,13 @@ def test_an_independent_pgd_never_fools_more_than_the_audit(predictor, tiny_repo
     for index, eps in enumerate(EPSILONS):
         audit_robust = int(audit.sweep.robust_mask(index).sum())
         assert result.points[index].robust_accuracy == pytest.approx(audit_robust / SAMPLES)
+        # The per-class counts every interval is drawn from, read from the stored per-image outcomes,
+        # are the sweep's own, class by class.
+        mask = audit.sweep.robust_mask(index)
+        assert result.points[index].class_counts == {
+            name: (int(mask[labels == c].sum()), int((labels == c).sum()))
+            for c, name in enumerate(result.audit_set.class_names) if (labels == c).any()
+        }
         if eps == "0":
             assert audit_robust == int(correct.sum())
             continue

@@ -240,7 +240,7 @@ def test_the_front_end_shows_the_audit_workers_runs(stack, tiny_repo) -> None:
     assert {r["model"] for r in runs if r["status"] == "succeeded"} == set(tiny_repo.models)
     status, page = http(f"{base}/audits")
     assert status == 200 and tiny_repo.baseline.encode() in page
-    assert b"<th>worst class</th>" in page and b"<th>95% interval</th>" in page
+    assert b"<th>worst class [95%]</th>" in page and b"<th>robust accuracy [95%]</th>" in page
     run = next(r for r in runs if r["status"] == "succeeded")
     status, figure = http(f"{base}/audits/{run['id']}/accuracy.png", timeout=120)  # drawn by the front end
     assert status == 200 and figure.startswith(b"\x89PNG"), figure[:200]
@@ -353,12 +353,19 @@ def test_the_figures_beside_the_mean_are_exported_and_agree(stack, tiny_repo) ->
     balanced = _by_series(stack, "medrobust_audit_balanced_robust_accuracy")
     lower = _by_series(stack, "medrobust_audit_robust_accuracy_lower")
     per_class = _by_series(stack, "medrobust_audit_class_robust_accuracy")
-    assert set(mean) == set(worst) == set(balanced) == set(lower) == grid
+    worst_lower = _by_series(stack, "medrobust_audit_worst_class_robust_accuracy_lower")
+    balanced_lower = _by_series(stack, "medrobust_audit_balanced_robust_accuracy_lower")
+    class_lower = _by_series(stack, "medrobust_audit_class_robust_accuracy_lower")
+    assert set(mean) == set(worst) == set(balanced) == set(lower) == set(worst_lower) == set(balanced_lower) == grid
+    assert set(class_lower) == set(per_class)
     for key in grid:
         classes = [v for k, v in per_class.items() if k[:2] == key]
         assert len(classes) >= 2, key  # the audit set is class-stratified
         assert worst[key] == pytest.approx(min(classes)) and balanced[key] == pytest.approx(sum(classes) / len(classes))
         assert worst[key] <= balanced[key] and lower[key] <= mean[key]
+        assert worst_lower[key] <= worst[key] and balanced_lower[key] <= balanced[key]
+        # The worst class's bound is that class's own (the lowest figure's), among the classes' bounds.
+        assert worst_lower[key] in [v for k, v in class_lower.items() if k[:2] == key]
     samples = stack.query("medrobust_audit_samples")["data"]["result"]
     assert {(s["metric"]["model"], float(s["value"][1])) for s in samples} == {(m, 8.0) for m in tiny_repo.models}
     degenerate = {s["metric"]["model"]: float(s["value"][1]) for s in stack.query("medrobust_audit_degenerate")["data"]["result"]}

@@ -27,9 +27,14 @@ NAMES = {
     "medrobust_audit_balanced_robust_accuracy": POINT,
     "medrobust_audit_worst_class_robust_accuracy": POINT,
     "medrobust_audit_robust_accuracy_lower": POINT,
+    "medrobust_audit_worst_class_robust_accuracy_lower": POINT,
+    "medrobust_audit_balanced_robust_accuracy_lower": POINT,
     "medrobust_audit_class_robust_accuracy": POINT | {"class"},
+    "medrobust_audit_class_robust_accuracy_lower": POINT | {"class"},
     "medrobust_audit_clean_accuracy": MODEL,
     "medrobust_audit_balanced_clean_accuracy": MODEL,
+    "medrobust_audit_clean_accuracy_lower": MODEL,
+    "medrobust_audit_balanced_clean_accuracy_lower": MODEL,
     "medrobust_audit_robustness_score": MODEL | {"attack"},
     "medrobust_audit_samples": {"task", "model", "version", "attack"},
     "medrobust_audit_budget_info": {"task", "model", "version", "attack", "budget"},
@@ -221,6 +226,14 @@ def test_a_one_class_model_is_flagged_and_its_worst_class_is_zero(empty_store):
     assert {c: value("medrobust_audit_class_robust_accuracy", {**point, "class": c}) for c in "abc"} == {"a": 1.0, "b": 0.0, "c": 0.0}
     assert value("medrobust_audit_robust_accuracy_lower", point) == pytest.approx(wilson_interval(4, 8)[0])
     assert value("medrobust_audit_balanced_clean_accuracy", _labels("demo-resnet50-attention")) == pytest.approx(1 / 3)
+    # Every figure's lower bound: the worst class (b, 0 of 2), each class, balanced (its bootstrap), clean.
+    result = one_class_result()
+    assert value("medrobust_audit_worst_class_robust_accuracy_lower", point) == 0.0
+    assert value("medrobust_audit_class_robust_accuracy_lower", {**point, "class": "a"}) == pytest.approx(wilson_interval(4, 4)[0])
+    assert value("medrobust_audit_balanced_robust_accuracy_lower", point) == pytest.approx(result.points[1].balanced_interval[0])
+    assert value("medrobust_audit_clean_accuracy_lower", _labels("demo-resnet50-attention")) == pytest.approx(wilson_interval(4, 8)[0])
+    assert value("medrobust_audit_balanced_clean_accuracy_lower", _labels("demo-resnet50-attention")) == pytest.approx(
+        result.balanced_clean_interval[0])
     short = {"task": "demo", "version": "1"}
     assert value("medrobust_audit_degenerate", {**short, "model": "demo-resnet50-attention"}) == 1
     assert value("medrobust_audit_degenerate", {**short, "model": "demo-resnet50-baseline"}) == 0

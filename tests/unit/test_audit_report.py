@@ -46,21 +46,38 @@ def test_the_figure_shows_every_class_the_worst_class_and_the_wilson_band(store)
     assert any(label.startswith("worst class: ") for label in labels[summary])
 
 
-def test_the_table_puts_the_interval_and_the_worst_class_beside_the_mean(store):
+def _cell(value: float, interval: tuple[float, float]) -> str:
+    return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
+def test_the_table_puts_an_interval_beside_every_figure(store):
     header, rows = points_table(store.get_run(1))
-    assert header == ["epsilon", "in 1/255", "robust accuracy", "95% interval", "worst class", "balanced", "class a", "class b",
-                      "class c", "attacked", "fooled", "uniform noise"]
-    lower, upper = wilson_interval(4, 8)
-    assert rows[1] == ["0.01", "2.55/255", "0.500", f"{lower:.3f}-{upper:.3f}", "0.000", "0.333", "1.000", "0.000", "0.000", "4",
-                       "0", "0.500"]
+    assert header == ["epsilon", "in 1/255", "robust accuracy [95%]", "worst class [95%]", "balanced [95%]", "class a [95%]",
+                      "class b [95%]", "class c [95%]", "attacked", "fooled", "uniform noise"]
+    balanced = one_class_result().points[1].balanced_interval
+    assert balanced == (pytest.approx(1 / 3), pytest.approx(1 / 3))  # every class all right or all wrong: nothing to resample
+    assert rows[1] == [
+        "0.01", "2.55/255", _cell(0.5, wilson_interval(4, 8)), _cell(0.0, wilson_interval(0, 2)) + " (b)",
+        _cell(1 / 3, balanced), _cell(1.0, wilson_interval(4, 4)), _cell(0.0, wilson_interval(0, 2)),
+        _cell(0.0, wilson_interval(0, 2)), "4", "0", "0.500",
+    ]
+    # A run stored before intervals on every figure shows its figures alone where it has no interval.
+    old = make_result(robust=(0.9, 0.3, 0.1))
+    assert not old.points[1].class_counts
+    run_id = store.start_run(model="demo-resnet50-attention", version=2, card=CARD, backend="embedded", attack="linf_pgd", config={})
+    store.finish_run(run_id, old)
+    assert points_table(store.get_run(run_id))[1][1][2:6] == [_cell(0.3, wilson_interval(1, 4)), "0.300", "0.300", "0.300"]
 
 
 def test_the_report_of_a_one_class_model_says_it_is_degenerate(store, tmp_path):
     page = write_report(store, 1, artefacts_root=tmp_path / "artefacts")
     assert page.name == PAGE and (page.parent / FIGURE).read_bytes().startswith(b"\x89PNG")
     text = page.read_text()
-    assert "Degenerate model: it answers class a for 100% of the audit set&#x27;s images" in text
-    assert "<th>worst class</th>" in text and "<th>class c</th>" in text and "95% Wilson score interval" in text
+    assert "Degenerate model: it answers class a for 100% of the audit set&#x27;s images, each true class weighted equally" in text
+    assert "<th>worst class [95%]</th>" in text and "<th>class c [95%]</th>" in text and "95% Wilson score interval" in text
+    assert "stratified by class, 2000 resamples, seed 0" in text
+    clean, balanced = wilson_interval(4, 8), one_class_result().balanced_clean_interval
+    assert f"clean accuracy {_cell(0.5, clean)} (balanced {_cell(1 / 3, balanced)})" in text
     assert "Attack seed 7; apgd-ce fooled 0, square fooled 0." in text
     assert "Compared with attention (demo-resnet50-attention v1), run 2." in text
     assert "Chance level is 1/3 = 0.333." in text and "0.01 is 2.55/255 grey levels" in text
@@ -83,7 +100,9 @@ def test_the_audits_page_shows_the_same(store, tmp_path):
     client = app.test_client()
     text = client.get("/audits?run=1").get_data(as_text=True)
     assert "Degenerate model: it answers class a for 100%" in text
-    for cell in ("<th>95% interval</th>", "<th>worst class</th>", "<th>class b</th>", "Counted over 8 images"):
+    for cell in ("<th>robust accuracy [95%]</th>", "<th>worst class [95%]</th>", "<th>class b [95%]</th>", "Counted over 8 images",
+                 f"<td>{_cell(0.0, wilson_interval(0, 2))} (b)</td>", "2000 resamples, seed 0",
+                 f"Clean accuracy {_cell(0.5, wilson_interval(4, 8))} (balanced"):
         assert cell in text
     assert '<strong class="problem">degenerate</strong>' in text  # in the list of runs
     assert "Degenerate model" not in client.get("/audits?run=2").get_data(as_text=True)

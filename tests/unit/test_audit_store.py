@@ -149,6 +149,15 @@ def test_a_run_keeps_its_worst_class_interval_and_degenerate_flag(database_url):
         assert p["worst_class_robust_accuracy"] == 0.0 and p["per_class"] == {"a": 1.0, "b": 0.0, "c": 0.0}
         assert (p["samples"], p["robust_accuracy_lower"], p["robust_accuracy_upper"]) == (8, pytest.approx(lower), pytest.approx(upper))
     assert store.list_runs()[0].degenerate is True
+    # Every interval, as the result computed it, per point and for the clean figures.
+    result = one_class_result()
+    for stored, point in zip(run.points, result.points):
+        assert stored["worst_class"] == "b" and stored["class_counts"] == {"a": [4, 4], "b": [0, 2], "c": [0, 2]}
+        assert (stored["worst_class_robust_accuracy_lower"], stored["worst_class_robust_accuracy_upper"]) == pytest.approx(wilson_interval(0, 2))
+        assert (stored["balanced_robust_accuracy_lower"], stored["balanced_robust_accuracy_upper"]) == pytest.approx(point.balanced_interval)
+    assert (run.clean_accuracy_lower, run.clean_accuracy_upper) == pytest.approx(result.clean_interval)
+    assert (run.balanced_clean_accuracy_lower, run.balanced_clean_accuracy_upper) == pytest.approx(result.balanced_clean_interval)
+    assert run.balanced_predicted_class_max_share == 1.0
     doc = json.loads(json.dumps(run.to_json()))
     assert doc["degenerate"] is True and doc["fooled_by"] == {"apgd-ce": 0, "square": 0} and doc["seed"] == 7
     store.close()
@@ -181,6 +190,16 @@ def test_a_database_written_by_the_first_schema_opens_with_every_new_figure(tmp_
     assert {r.id: r.degenerate for r in store.list_runs()} == {1: True, 2: False, 3: None}
     with closing(sqlite3.connect(path)) as conn:
         assert conn.execute("SELECT COUNT(*) FROM audit_points WHERE robust_accuracy_lower IS NULL").fetchone() == (0,)
+    # Intervals on every figure, recounted from the stored outcomes where they give the stored figures:
+    # run 1's do (4 of 4 a, none of b or c); run 2's per-class figure ({"a": 0.75} of a model that got
+    # every image right) does not, so its points get no interval rather than a made-up one.
+    assert one_class.points[1]["class_counts"] == {"a": [4, 4], "b": [0, 2], "c": [0, 2]}
+    assert one_class.points[1]["worst_class"] == "b"
+    assert one_class.points[1]["worst_class_robust_accuracy_upper"] == pytest.approx(wilson_interval(0, 2)[1])
+    assert one_class.points[1]["balanced_robust_accuracy_lower"] == pytest.approx(1 / 3)
+    assert one_class.balanced_predicted_class_max_share == 1.0
+    assert [p["class_counts"] for p in trained.points] == [None, None, None]
+    assert trained.clean_accuracy_lower == pytest.approx(wilson_interval(8, 8)[0])
 
     run_id = store.start_run(model="demo-resnet50-attention", version=3, card=CARD, backend="embedded", attack="linf_pgd", config={})
     store.finish_run(run_id, make_result(version=3))
@@ -235,8 +254,12 @@ def test_columns_an_older_database_lacks_are_added_and_filled(database_url):
     store.finish_run(run_id, one_class_result())
     new = {
         "audit_runs": ("seed", "fooled_by", "audit_set_size", "predicted_class_max_share", "degenerate",
-                       "attempt", "progress_done", "progress_total", "progress_eta_seconds", "progress_at"),
-        "audit_points": ("samples", "worst_class_robust_accuracy", "robust_accuracy_lower", "robust_accuracy_upper"),
+                       "attempt", "progress_done", "progress_total", "progress_eta_seconds", "progress_at",
+                       "balanced_predicted_class_max_share", "clean_accuracy_lower", "clean_accuracy_upper",
+                       "balanced_clean_accuracy_lower", "balanced_clean_accuracy_upper"),
+        "audit_points": ("samples", "worst_class_robust_accuracy", "robust_accuracy_lower", "robust_accuracy_upper",
+                         "class_counts", "class_intervals", "worst_class", "worst_class_robust_accuracy_lower",
+                         "worst_class_robust_accuracy_upper", "balanced_robust_accuracy_lower", "balanced_robust_accuracy_upper"),
     }
     with store.engine.begin() as conn:
         for table in ("alembic_version", "audit_leases", "audit_jobs"):
@@ -249,6 +272,17 @@ def test_columns_an_older_database_lacks_are_added_and_filled(database_url):
     run = upgraded.get_run(run_id)
     assert (run.degenerate, run.audit_set_size, run.seed, run.fooled_by, run.attempt) == (True, 8, None, {}, None)
     assert run.points[1]["worst_class_robust_accuracy"] == 0.0 and run.points[1]["robust_accuracy_lower"] > 0
+    # Revision 0003 recounts the intervals from the stored outcomes: the ones the run was written with.
+    written = one_class_result()
+    assert run.balanced_predicted_class_max_share == 1.0
+    assert (run.clean_accuracy_lower, run.balanced_clean_accuracy_upper) == (
+        pytest.approx(written.clean_interval[0]), pytest.approx(written.balanced_clean_interval[1]))
+    expected = written.points[1].intervals()
+    assert {k: run.points[1][k] for k in expected} == {
+        **expected, "class_counts": {"a": [4, 4], "b": [0, 2], "c": [0, 2]},
+        "class_intervals": {c: [pytest.approx(lo), pytest.approx(hi)] for c, (lo, hi) in expected["class_intervals"].items()},
+        **{k: pytest.approx(v) for k, v in expected.items() if k.endswith(("_lower", "_upper"))},
+    }
     assert migrate.current(upgraded.engine) == migrate.head()
     # The old run has no job; a new one of the same model is queued beside it.
     assert upgraded.enqueue(model=run.model, version=1, card=CARD, backend="embedded", attack="linf_pgd", config={}).created

@@ -135,6 +135,6 @@ def test_the_degenerate_alert_matches_the_audits_threshold() -> None:
 
     rule = next(r for r in _rules() if r["alert"] == "MedrobustDegenerateModel")
     assert rule["expr"].strip() == "medrobust_audit_degenerate == 1"
-    assert f"at least {DEGENERATE_SHARE:.0%} of its audit set" in rule["annotations"]["summary"]
+    assert f"at least {DEGENERATE_SHARE:.0%} of its audit set (each class weighted equally)" in rule["annotations"]["summary"]
     masking = next(r for r in _rules() if r["alert"] == "MedrobustGradientMaskingSuspected")
     assert 'check!="degenerate_predictions"' in masking["expr"]

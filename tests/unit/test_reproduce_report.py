@@ -217,3 +217,15 @@ def test_the_figures_title_fits_with_both_attacks_at_real_budgets(both):
         assert box.x0 >= 0 and box.x1 <= fig.bbox.width, f"the title runs off the figure: {box} in {fig.bbox}"
     finally:
         plt.close(fig)
+
+
+def test_a_class_balanced_degenerate_flag_gives_the_share_it_was_judged_on():
+    from medrobust.reproduce_report import _degenerate
+
+    # Pneumonia's proportional audit set: "pneumonia" for 45 of 48 images, 3 of 18 normal ones right.
+    audit = {"degenerate": True, "predicted_class_max_share": 45 / 48, "balanced_predicted_class_max_share": (15 / 18 + 1) / 2,
+             "balanced_clean_accuracy": (3 / 18 + 1) / 2}
+    assert _degenerate(3, audit, 2) == {
+        "seed": 3, "predicted_class_max_share": 45 / 48,
+        "reason": "92% of its clean answers are one class, each true class weighted equally",
+    }
