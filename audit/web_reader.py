@@ -68,6 +68,7 @@ class AuditPage:
     table: list[list[str]]
     warning: str | None
     class_names: tuple[str, ...] = ()  # the audit set's classes: chance level is 1/len
+    black_box: str | None = None  # why the run's figures are a query-only attack's, when they are
 
 
 @dataclass(frozen=True)
@@ -141,12 +142,13 @@ class StoreReader:
 
     @_store_answers
     def page(self, run: RunRecord) -> AuditPage:
-        from audit.report import degenerate_warning, dominant_class, points_table
+        from audit.report import black_box_warning, degenerate_warning, dominant_class, points_table
 
         header, table = points_table(run)
         names = tuple(self.store.audit_set(run.audit_set).class_names) if run.audit_set else ()
         return AuditPage(
-            self.store.partner_run(run), header, table, degenerate_warning(run, dominant_class(self.store, run)), names
+            self.store.partner_run(run), header, table, degenerate_warning(run, dominant_class(self.store, run)), names,
+            black_box_warning(run),
         )
 
     def picture(self, run: RunRecord, name: str) -> Path | None:

@@ -19,6 +19,12 @@ from training.contract.config import AttackConfig
 SIZE = 32
 K = 3
 GRID = ("0", "0.01", "0.02", "0.04")
+# The decoy's forward: the honest model plus CHECKER_GAIN x (the image's mean along a +-1 pixel
+# checkerboard) x (-1, 0, +1). A step of 0.02 along the checkerboard moves a logit by 3.2, more than
+# any fixture image's margin (at most 2.4), so its true gradient fools every image there; Square's
+# constant-sign squares and stripes cancel on a checkerboard, and uniform noise averages out.
+CHECKER_GAIN = 160.0
+LIE = 1e-5  # the decoy's vjp: this times the gradient of an unrelated random linear map
 PATCH = slice(15, 17)  # the plateau model's trigger: the 2x2 pixels at the centre, where Square's squares fall
 TRIGGER = 0.5 + 0.9 * 0.04  # the patch's mean must rise by 0.9 x 0.04: only a whole +0.04 patch reaches it
 
@@ -36,6 +42,8 @@ def _logits_fn(kind: str):
     import tensorflow as tf
 
     phases = tf.constant(np.random.default_rng(3).choice([-1.0, 1.0], (SIZE * SIZE * K, K)).astype(np.float32))
+    rows, cols, channels = np.indices((SIZE, SIZE, 3))
+    checker = tf.constant(((-1.0) ** (rows + cols + channels)).astype(np.float32))
 
     def base(image, weight=20.0):
         return weight * tf.reduce_mean(image, axis=(1, 2))
@@ -54,9 +62,31 @@ def _logits_fn(kind: str):
             patch = tf.reduce_mean(image[:, PATCH, PATCH, :], axis=(1, 2, 3))
             gate = tf.sigmoid(1e4 * (patch - TRIGGER))
             return base(image) + 20.0 * gate[:, None] * tf.constant([1.0, 0.0, 0.0])
+        if kind in ("decoy", "checkerboard"):  # the same forward; only the decoy's vjp lies
+            along = tf.reduce_mean(checker * image, axis=(1, 2, 3))
+            return base(image) + CHECKER_GAIN * along[:, None] * tf.constant([-1.0, 0.0, 1.0])
+        if kind == "random_forward":  # a randomised defence: noise on every answer
+            return base(image) + tf.random.normal(tf.shape(base(image)), stddev=0.5)
         raise ValueError(kind)
 
     return logits
+
+
+def _gradient_fn(kind: str, logits_of):
+    """The `vjp` signature's gradient: the forward's own, except the decoy's, which lies."""
+    import tensorflow as tf
+
+    unrelated = tf.constant(np.random.default_rng(11).normal(size=(SIZE * SIZE * 3, K)).astype(np.float32))
+
+    def gradient(image, cotangent):
+        if kind == "decoy":
+            return LIE * tf.reshape(tf.matmul(cotangent, unrelated, transpose_b=True), tf.shape(image))
+        with tf.GradientTape() as tape:
+            tape.watch(image)
+            total = tf.reduce_sum(logits_of(image) * cotangent)
+        return tape.gradient(total, image, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+    return gradient
 
 
 def export_fixture(kind: str, repo) -> str:
@@ -66,6 +96,7 @@ def export_fixture(kind: str, repo) -> str:
     name = f"{kind}-resnet50-baseline"  # the repository serves task-backbone-variant names only
     target = repo / name / "1"
     logits_of = _logits_fn(kind)
+    gradient_of = _gradient_fn(kind, logits_of)
     image_spec = tf.TensorSpec([None, SIZE, SIZE, 3], tf.float32, name="image")
 
     class Fixture(tf.Module):
@@ -84,11 +115,7 @@ def export_fixture(kind: str, repo) -> str:
 
         @tf.function(input_signature=[image_spec, tf.TensorSpec([None, K], tf.float32, name="cotangent")])
         def vjp(self, image, cotangent):
-            with tf.GradientTape() as tape:
-                tape.watch(image)
-                z = logits_of(image)
-                total = tf.reduce_sum(z * cotangent)
-            return {"logits": z, "gradient": tape.gradient(total, image, unconnected_gradients=tf.UnconnectedGradients.ZERO)}
+            return {"logits": logits_of(image), "gradient": gradient_of(image, cotangent)}
 
     module = Fixture()
     tf.saved_model.save(module, str(target), signatures={"serving_default": module.serve, "gradcam": module.gradcam, "vjp": module.vjp})
@@ -106,7 +133,7 @@ def export_fixture(kind: str, repo) -> str:
     return name
 
 
-KINDS = ("honest", "one_class", "zero_gradient", "shattered", "plateau")
+KINDS = ("honest", "one_class", "zero_gradient", "shattered", "plateau", "decoy", "checkerboard", "random_forward")
 
 
 @pytest.fixture(scope="module")
