@@ -19,10 +19,11 @@ from training.contract.config import AttackConfig
 SIZE = 32
 K = 3
 GRID = ("0", "0.01", "0.02", "0.04")
-# The decoy's forward: the honest model plus CHECKER_GAIN x (the image's mean along a +-1 pixel
-# checkerboard) x (-1, 0, +1). A step of 0.02 along the checkerboard moves a logit by 3.2, more than
-# any fixture image's margin (at most 2.4), so its true gradient fools every image there; Square's
-# constant-sign squares and stripes cancel on a checkerboard, and uniform noise averages out.
+# The decoy's forward: the honest model plus CHECKER_GAIN x each channel's mean along a +-1 pixel
+# checkerboard, on that channel's logit. Moving 0.02 along the checkerboards (down on the true
+# class's channel, up on the others) moves the margin by 6.4, more than any fixture image's (at
+# most 2.4): its true gradient fools every image there. Square's constant-sign squares and stripes
+# cancel on a checkerboard, and uniform noise averages out.
 CHECKER_GAIN = 160.0
 LIE = 1e-5  # the decoy's vjp: this times the gradient of an unrelated random linear map
 PATCH = slice(15, 17)  # the plateau model's trigger: the 2x2 pixels at the centre, where Square's squares fall
@@ -63,8 +64,7 @@ def _logits_fn(kind: str):
             gate = tf.sigmoid(1e4 * (patch - TRIGGER))
             return base(image) + 20.0 * gate[:, None] * tf.constant([1.0, 0.0, 0.0])
         if kind in ("decoy", "checkerboard"):  # the same forward; only the decoy's vjp lies
-            along = tf.reduce_mean(checker * image, axis=(1, 2, 3))
-            return base(image) + CHECKER_GAIN * along[:, None] * tf.constant([-1.0, 0.0, 1.0])
+            return base(image) + CHECKER_GAIN * tf.reduce_mean(checker * image, axis=(1, 2))
         if kind == "random_forward":  # a randomised defence: noise on every answer
             return base(image) + tf.random.normal(tf.shape(base(image)), stddev=0.5)
         raise ValueError(kind)
@@ -252,3 +252,123 @@ def test_noise_stronger_than_the_attack_is_judged_per_image():
     assert not check.passed and "uniform noise fooled 1 images at a smaller epsilon than the attack" in check.detail
     same = Sweep(**{**sweep.__dict__, "noise_fooled_at": np.array([NEVER, 2])})
     assert noise_check(same).passed
+
+
+def _fixture_images():
+    labels = np.arange(24, dtype=np.int64) % K
+    return _images(np.linspace(0.011, 0.06, 24).astype(np.float32), labels), labels
+
+
+@pytest.mark.parametrize("attack", ["linf_pgd", "ensemble"])
+def test_the_decoy_fails_the_gradient_check_and_is_attacked_black_box_only(fixtures, attack):
+    """The decoy's vjp is 1e-5 x an unrelated linear map's gradient: it must not be trusted, whatever the attack."""
+    from audit.foolbox_model import ServedModel
+    from audit.sanity import preflight
+
+    predictor, names = fixtures
+    images, labels = _fixture_images()
+    config = AttackConfig(attack=attack, epsilons=GRID, steps=10, queries=300)
+    before = preflight(ServedModel(predictor, names["decoy"], 1), images, labels, config)
+    checks = {c.name: c for c in before.checks}
+    assert not checks["gradient_consistent"].passed, checks["gradient_consistent"].detail
+    assert checks["forward_deterministic"].passed
+    assert before.black_box_only and before.config.attack == "square" and before.config.queries == 300
+    assert f"{attack} was not trusted; the audit ran square (query-only) in its place: black-box only" in checks["gradient_consistent"].detail
+
+
+@pytest.mark.parametrize("kind", ["honest", "checkerboard"])
+@pytest.mark.parametrize("attack", ["linf_pgd", "ensemble"])
+def test_an_honest_gradient_passes_the_gradient_check(fixtures, kind, attack):
+    """The honest model, and the decoy's own forward served with its true gradient, keep their attack."""
+    from audit.foolbox_model import ServedModel
+    from audit.sanity import preflight
+
+    predictor, names = fixtures
+    images, labels = _fixture_images()
+    config = AttackConfig(attack=attack, epsilons=GRID)
+    before = preflight(ServedModel(predictor, names[kind], 1), images, labels, config)
+    assert all(c.passed for c in before.checks), before.checks
+    assert not before.black_box_only and before.config == config
+    assert "relative error 0.00" in before.checks[1].detail  # agreement to better than 1%
+
+
+def test_a_query_only_attack_is_not_gradient_checked(fixtures):
+    from audit.foolbox_model import ServedModel
+    from audit.sanity import preflight
+
+    predictor, names = fixtures
+    images, labels = _fixture_images()
+    config = AttackConfig(attack="square", epsilons=GRID)
+    before = preflight(ServedModel(predictor, names["decoy"], 1), images, labels, config)
+    assert [c.name for c in before.checks] == ["forward_deterministic"] and before.config == config
+
+
+def test_a_random_forward_fails_forward_deterministic(fixtures):
+    from audit.foolbox_model import ServedModel
+    from audit.sanity import preflight
+
+    predictor, names = fixtures
+    images, labels = _fixture_images()
+    before = preflight(ServedModel(predictor, names["random_forward"], 1), images, labels, AttackConfig(epsilons=GRID))
+    checks = {c.name: c for c in before.checks}
+    assert not checks["forward_deterministic"].passed
+    assert "predictions changed (a randomised forward" in checks["forward_deterministic"].detail
+    assert not before.checks[0].passed
+
+
+def test_the_decoys_forward_falls_to_its_true_gradient(fixtures):
+    """What the decoy's lie hides: served with its true gradient, 10 PGD steps leave nothing standing at 0.02 and 0.04."""
+    sweep, _ = audit_checks(fixtures, "checkerboard")
+    assert not sweep.robust_mask(GRID.index("0.02")).any() and not sweep.robust_mask(GRID.index("0.04")).any()
+
+
+def _fixture_dataset():
+    """The fixture images as a dataset the runner draws its audit set from (all 24 in the test split)."""
+    from training.dataset_types import Dataset, Split
+
+    images, labels = _fixture_images()
+    pixels = np.round(images * 255.0).astype(np.uint8)
+    ids = tuple(f"f{i}" for i in range(len(labels)))
+    test = Split(ids=ids, labels=labels, groups=ids, images=pixels)
+    empty = test.subset([])
+    return Dataset("fixture", "fixture:24", "fixture", ("a", "b", "c"), empty, empty, test, "c" * 64, synthetic=True)
+
+
+@pytest.mark.slow  # two audits with Square's witness and reference runs: ~20 s
+@pytest.mark.parametrize("attack", ["linf_pgd", "ensemble"])
+def test_an_audit_of_the_decoy_is_black_box_only_and_says_so_everywhere(fixtures, attack, tmp_path):
+    """Through the worker's path: the result, the store's run and its JSON, both pages and the sanity metric."""
+    from prometheus_client import CollectorRegistry
+
+    from audit.jobs import Enqueuer
+    from audit.metrics import AuditCollector
+    from audit.report import render_page
+    from audit.runner import AuditRunner
+    from audit.store import AuditStore
+    from training.contract.config import AuditConfig
+
+    predictor, names = fixtures
+    dataset = _fixture_dataset()
+    config = AuditConfig(
+        dataset=dataset.source, samples=24, progress=False, artefacts_dir=tmp_path / "art",
+        attack=AttackConfig(epsilons=GRID, steps=10, queries=300), attacks=(attack,),
+    )
+    store = AuditStore(f"sqlite:///{tmp_path / 'a.sqlite'}")
+    registry = CollectorRegistry()
+    registry.register(AuditCollector(store))
+    runner = AuditRunner(config, predictor, store, load_dataset=lambda _spec: dataset)
+    queued = Enqueuer(config, predictor, store, runner).enqueue(names["decoy"], trigger="cli")
+    outcome = runner.carry_out(store.claim(config.lease_seconds, run_ids=(queued.run_id,)))
+    assert outcome.status == "succeeded", outcome.error
+    result = outcome.audit.result
+    assert result.black_box_only and not result.sanity_passed and result.attack == attack
+    assert set(result.fooled_by) <= {"square"}  # no gradient attack ran
+    assert result.to_json()["black_box_only"] is True
+    run = store.get_run(queued.run_id)
+    assert run.black_box_only and run.to_json()["black_box_only"] is True and run.sanity_passed is False
+    page = render_page(run, None, has_examples=False)
+    assert 'id="black-box-only"' in page and f"so {attack} was not run; these figures are square" in page
+    assert registry.get_sample_value(
+        "medrobust_audit_sanity_check_failed",
+        {"model": names["decoy"], "version": "1", "attack": attack, "check": "gradient_consistent"},
+    ) == 1

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from audit.gradient_check import (
-    Agreement, black_box_attack, central_difference, compare, forward_deterministic, margin_pair,
+    Agreement,
+    black_box_attack,
+    central_difference,
+    compare,
+    forward_deterministic,
+    margin_pair,
 )
 
 SHAPE = (4, 6, 6, 3)
