@@ -36,6 +36,8 @@ from training.contract.attacks import ATTACKS, attack_names, attack_spec
 STEP = 1e-4  # h: the L-infinity length of each finite-difference step, in [0, 1] pixel units
 RANDOM_DIRECTIONS = 3  # random sign directions per image, beside the served gradient's sign
 PROBE_IMAGES = 8
+# Probe points are the images moved by up to half a grey level per pixel: anywhere in their 8-bit cell.
+JITTER = 0.5 / 255
 # Agreement: median relative error |fd - vjp| / (max(|fd|, |vjp|) + floor) at most this, along
 # the gradient's sign and along the random directions. An honest model is far inside (a smooth one
 # at ~1e-4, the tests' tiny ResNet-50s at <= 0.04, a 224 px ResNet-50 at ~1e-2: 73.4 against 74.0);
@@ -127,7 +129,8 @@ def compare(
     signs = rng.choice(np.array([-1.0, 1.0], np.float32), size=(n, random_directions, *points.shape[1:]))
     directions = np.concatenate([np.sign(gradient)[:, None].astype(np.float32), signs], axis=1)
     fd = central_difference(value, points, directions, step)
-    served = (directions.astype(np.float64) * gradient[:, None].astype(np.float64)).reshape(n, 1 + random_directions, -1)
+    pixels = int(np.prod(points.shape[1:]))
+    served = (directions.astype(np.float64) * gradient[:, None].astype(np.float64)).reshape(n, 1 + random_directions, pixels)
     floor = NOISE_ULPS * FLOAT32_EPS * np.maximum(np.asarray(scale, np.float64), 1.0) / step
     return Agreement(fd, served.sum(axis=2), floor)
 
@@ -188,10 +191,15 @@ def gradient_consistency(
     served: ServedModel, images: np.ndarray, labels: np.ndarray, *, seed: int, probe: int = PROBE_IMAGES,
     step: float = STEP, random_directions: int = RANDOM_DIRECTIONS,
 ) -> GradientConsistency:
-    """Finite differences through `serving_default` against `vjp` on the first `probe` correctly classified images."""
+    """Finite differences through `serving_default` against `vjp` near the first `probe` correctly classified images."""
     labels = np.asarray(labels, np.int64)
-    # Probed inside [h, 1 - h] so every shifted point is a valid image.
-    points = np.clip(np.asarray(images, np.float32), step, 1.0 - step)
+    rng = np.random.default_rng([seed, 97])
+    # Probed off the 8-bit grid, where the attacks evaluate gradients too (a random start, every
+    # iterate): an input quantiser is flat within half a grey level of a grid point (every image read
+    # from a PNG or DICOM lies on it), its zero gradient true there and false at each step between.
+    # Inside [h, 1 - h] so every shifted point is a valid image.
+    jitter = rng.uniform(-JITTER, JITTER, np.shape(images)).astype(np.float32)
+    points = np.clip(np.asarray(images, np.float32) + jitter, step, 1.0 - step)
     picked: list[int] = []
     for start in range(0, len(points), 4 * probe):  # a few batches find them; an audit set is mostly correct
         chunk = np.arange(start, min(start + 4 * probe, len(points)))
@@ -199,6 +207,9 @@ def gradient_consistency(
         if len(picked) >= probe:
             break
     idx = np.asarray(picked, np.int64)
+    if len(idx) == 0:
+        empty = np.zeros((0, 1 + random_directions))
+        return GradientConsistency(Agreement(empty, empty, np.zeros(0)), 0, step)
     x, y = points[idx], labels[idx]
     logits = served.logits(x).astype(np.float64)
     pair = margin_pair(logits, y)
@@ -210,8 +221,8 @@ def gradient_consistency(
         return out
 
     agreement = compare(
-        margin, gradient, x, scale=np.abs(logits).max(axis=1) if len(idx) else np.zeros(0),
-        rng=np.random.default_rng([seed, 97]), step=step, random_directions=random_directions,
+        margin, gradient, x, scale=np.abs(logits).max(axis=1),
+        rng=rng, step=step, random_directions=random_directions,
     )
     return GradientConsistency(agreement, len(idx), step)
 

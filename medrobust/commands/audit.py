@@ -143,6 +143,11 @@ def _table(result, run_id: int) -> str:
             f"  DEGENERATE: {result.predicted_class_max_share:.0%} of the clean predictions are one class; "
             "its robust accuracy is that class's share, not robustness"
         )
+    if result.black_box_only:
+        lines.append(
+            f"  BLACK-BOX ONLY: the served gradient failed gradient_consistent, so {result.attack} was not run; "
+            "the figures are a query-only attack's, an upper bound on robust accuracy"
+        )
     if result.fooled_by:
         lines.append("  fooled by " + ", ".join(f"{name} {count}" for name, count in sorted(result.fooled_by.items())))
     lines.append(

@@ -303,6 +303,16 @@ def test_a_query_only_attack_is_not_gradient_checked(fixtures):
     assert [c.name for c in before.checks] == ["forward_deterministic"] and before.config == config
 
 
+def test_with_no_correctly_classified_image_there_is_nothing_to_probe(fixtures):
+    from audit.foolbox_model import ServedModel
+    from audit.sanity import preflight
+
+    predictor, names = fixtures
+    images, labels = _fixture_images()
+    before = preflight(ServedModel(predictor, names["decoy"], 1), images, (labels + 1) % K, AttackConfig(epsilons=GRID))
+    assert before.checks[1].passed and before.checks[1].detail == "no correctly classified image to probe"
+
+
 def test_a_random_forward_fails_forward_deterministic(fixtures):
     from audit.foolbox_model import ServedModel
     from audit.sanity import preflight

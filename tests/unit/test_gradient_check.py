@@ -168,3 +168,9 @@ def test_two_forward_calls_must_agree():
                                                      ("fgsm", "square"), ("l2_pgd", None)])
 def test_the_black_box_replacement_is_a_query_only_attack_of_the_same_norm(attack, replacement):
     assert black_box_attack(attack) == replacement
+
+
+def test_no_point_compares_to_an_agreement_that_passes():
+    empty = np.zeros((0, *SHAPE[1:]), np.float32)
+    agreement = compare(lambda x: np.zeros(len(x)), empty, empty, scale=np.zeros(0), rng=np.random.default_rng(9))
+    assert agreement.finite_difference.shape == (0, 4) and agreement.passed
