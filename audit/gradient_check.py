@@ -14,9 +14,10 @@ must agree with g . d, g the margin gradient `vjp` returns at x. The directions 
 L-infinity epsilon) and a few random sign vectors (a gradient right only along its own sign is
 still a lie). Central differences cancel the second-order term, so a smooth model agrees to a few
 percent; a ReLU network's error grows with h, from the kinks x +- h d crosses (the tiny ResNet-50s
-of the tests, 64 px: 0.05 of the derivative at h = 1e-3, 0.004 at h = 1e-4), so h is 1e-4, a
-fortieth of a grey level; float32 noise is still far below the derivatives there. Derivatives under the float32 noise
-floor of the forward's logits count as agreeing: a flat model has nothing to lie about.
+of the tests, 64 px: 0.05 of the derivative at h = 1e-3, 0.006 at h = 1e-4), so h is 1e-4, a
+fortieth of a grey level; float32 noise is still far below the derivatives there. Derivatives
+under the float32 noise floor of the forward's logits count as agreeing: a flat model has nothing
+to lie about.
 
 AutoAttack's randomised-forward check sits here too: two forward calls on the same images must
 agree, or no attack (and no finite difference) measures anything.
@@ -177,14 +178,17 @@ def black_box_attack(name: str) -> str | None:
     return found[0] if found else None
 
 
-def margin_pair(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """+1 on each row's true class, -1 on its runner-up: the margin's cotangent, fixed at these logits."""
-    others = np.where(np.eye(logits.shape[1], dtype=bool)[labels], -np.inf, logits)
-    pair = np.zeros(logits.shape, np.float32)
+def margin_cotangent(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """d(true logit - best other logit)/d logits: unlike cross-entropy it never vanishes when softmax saturates.
+
+    +1 on each row's true class, -1 on its runner-up at these logits."""
+    k = logits.shape[1]
+    others = np.where(np.eye(k, dtype=bool)[labels], -np.inf, logits)
+    cot = np.zeros_like(logits, dtype=np.float32)
     rows = np.arange(len(labels))
-    pair[rows, labels] = 1.0
-    pair[rows, np.argmax(others, axis=1)] = -1.0
-    return pair
+    cot[rows, labels] = 1.0
+    cot[rows, np.argmax(others, axis=1)] = -1.0
+    return cot
 
 
 def gradient_consistency(
@@ -212,7 +216,7 @@ def gradient_consistency(
         return GradientConsistency(Agreement(empty, empty, np.zeros(0)), 0, step)
     x, y = points[idx], labels[idx]
     logits = served.logits(x).astype(np.float64)
-    pair = margin_pair(logits, y)
+    pair = margin_cotangent(logits, y)
     _, gradient = served.logits_and_gradient(x, pair)
     rows = np.repeat(np.arange(len(idx)), 2 * random_directions + 2)  # central_difference's order: point-major
 

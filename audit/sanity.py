@@ -35,7 +35,7 @@ from training.contract.attacks import NOISE_REFERENCE, attack_spec
 from training.contract.config import AttackConfig
 from audit.foolbox_model import AuditError, ServedModel
 from audit.gradient_check import PROBE_IMAGES as GRADIENT_PROBE_IMAGES
-from audit.gradient_check import black_box_attack, forward_deterministic, gradient_consistency
+from audit.gradient_check import black_box_attack, forward_deterministic, gradient_consistency, margin_cotangent
 from audit.results import DEGENERATE_SHARE, GRADIENT_CHECK, SanityCheck
 from audit.sweep import NEVER, Sweep, attack_level
 
@@ -82,17 +82,6 @@ def preflight(served: ServedModel, images: np.ndarray, labels: np.ndarray, confi
     if replacement is None:
         raise AuditError(f"{served.model} version {served.version} cannot be audited: {check.detail}")
     return Preflight((*checks, check), config.for_attack(replacement))
-
-
-def margin_cotangent(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """d(true logit - best other logit)/d logits: unlike cross-entropy it never vanishes when softmax saturates."""
-    k = logits.shape[1]
-    others = np.where(np.eye(k, dtype=bool)[labels], -np.inf, logits)
-    cot = np.zeros_like(logits, dtype=np.float32)
-    rows = np.arange(len(labels))
-    cot[rows, labels] = 1.0
-    cot[rows, np.argmax(others, axis=1)] = -1.0
-    return cot
 
 
 def _margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:

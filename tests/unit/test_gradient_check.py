@@ -11,7 +11,7 @@ from audit.gradient_check import (
     central_difference,
     compare,
     forward_deterministic,
-    margin_pair,
+    margin_cotangent,
 )
 
 SHAPE = (4, 6, 6, 3)
@@ -116,7 +116,7 @@ def test_a_tensorflow_function_agrees_with_its_tape_gradient_and_not_with_anothe
 
     x = _points()
     labels = np.array([0, 1, 2, 0])
-    pair = margin_pair(logits(x).numpy(), labels)
+    pair = margin_cotangent(logits(x).numpy(), labels)
     rows = np.repeat(np.arange(4), 8)
 
     def margin(points):
@@ -140,8 +140,8 @@ def test_a_tensorflow_function_agrees_with_its_tape_gradient_and_not_with_anothe
     assert not lying.passed
 
 
-def test_margin_pair_marks_the_true_class_and_the_runner_up():
-    pair = margin_pair(np.array([[3.0, 1.0, 2.0], [0.0, 5.0, 4.0]]), np.array([0, 2]))
+def test_margin_cotangent_marks_the_true_class_and_the_runner_up():
+    pair = margin_cotangent(np.array([[3.0, 1.0, 2.0], [0.0, 5.0, 4.0]]), np.array([0, 2]))
     assert pair.tolist() == [[1.0, 0.0, -1.0], [0.0, -1.0, 1.0]]
 
 
