@@ -19,12 +19,14 @@ from training.contract.config import AttackConfig
 SIZE = 32
 K = 3
 GRID = ("0", "0.01", "0.02", "0.04")
-# The decoy's forward: the honest model plus CHECKER_GAIN x each channel's mean along a +-1 pixel
-# checkerboard, on that channel's logit. Moving 0.02 along the checkerboards (down on the true
-# class's channel, up on the others) moves the margin by 6.4, more than any fixture image's (at
-# most 2.4): its true gradient fools every image there. Square's constant-sign squares and stripes
-# cancel on a checkerboard, and uniform noise averages out.
+# The decoy (issue 30): the honest model plus CHECKER_GAIN x each channel's mean along a +-1 pixel
+# checkerboard, on that channel's logit, its vjp a lie. On images of contrast DECOY_CONTRAST (margins
+# 4 to 6) moving along the checkerboards (down on the true class's channel, up on the others) moves
+# the margin by 3.2 at 0.01 and 6.4 at 0.02: its true gradient fools every image at 0.02 and none at
+# 0.01. Square's constant-sign squares and stripes cancel on a checkerboard, uniform noise averages
+# out, and the channel means alone move a margin by at most 1.6 at 0.04: nothing else fools it.
 CHECKER_GAIN = 160.0
+DECOY_CONTRAST = np.linspace(0.1, 0.15, 24).astype(np.float32)
 LIE = 1e-5  # the decoy's vjp: this times the gradient of an unrelated random linear map
 PATCH = slice(15, 17)  # the plateau model's trigger: the 2x2 pixels at the centre, where Square's squares fall
 TRIGGER = 0.5 + 0.9 * 0.04  # the patch's mean must rise by 0.9 x 0.04: only a whole +0.04 patch reaches it
@@ -254,9 +256,16 @@ def test_noise_stronger_than_the_attack_is_judged_per_image():
     assert noise_check(same).passed
 
 
-def _fixture_images():
+def _fixture_images(contrast=DECOY_CONTRAST):
     labels = np.arange(24, dtype=np.int64) % K
-    return _images(np.linspace(0.011, 0.06, 24).astype(np.float32), labels), labels
+    return _images(contrast, labels), labels
+
+
+def test_without_the_gradient_check_the_decoy_passes_every_other_check_at_full_robustness(fixtures):
+    """The issue's finding, kept as a fixture: the seven checks after the attack cannot see the lie."""
+    sweep, checks = audit_checks(fixtures, "decoy", attack="ensemble", contrast=DECOY_CONTRAST)
+    assert all(c.passed for c in checks.values()), [c for c in checks.values() if not c.passed]
+    assert all(sweep.robust_mask(i).all() for i in range(len(GRID)))
 
 
 @pytest.mark.parametrize("attack", ["linf_pgd", "ensemble"])
@@ -331,7 +340,8 @@ def test_a_random_forward_fails_forward_deterministic(fixtures):
 
 def test_the_decoys_forward_falls_to_its_true_gradient(fixtures):
     """What the decoy's lie hides: served with its true gradient, 10 PGD steps leave nothing standing at 0.02 and 0.04."""
-    sweep, _ = audit_checks(fixtures, "checkerboard")
+    sweep, _ = audit_checks(fixtures, "checkerboard", contrast=DECOY_CONTRAST)
+    assert sweep.robust_mask(GRID.index("0.01")).all()
     assert not sweep.robust_mask(GRID.index("0.02")).any() and not sweep.robust_mask(GRID.index("0.04")).any()
 
 
@@ -347,7 +357,7 @@ def _fixture_dataset():
     return Dataset("fixture", "fixture:24", "fixture", ("a", "b", "c"), empty, empty, test, "c" * 64, synthetic=True)
 
 
-@pytest.mark.slow  # two audits with Square's witness and reference runs: ~20 s
+@pytest.mark.slow  # a whole audit through the worker, store and report: 5-15 s each
 @pytest.mark.parametrize("attack", ["linf_pgd", "ensemble"])
 def test_an_audit_of_the_decoy_is_black_box_only_and_says_so_everywhere(fixtures, attack, tmp_path):
     """Through the worker's path: the result, the store's run and its JSON, both pages and the sanity metric."""
@@ -376,6 +386,8 @@ def test_an_audit_of_the_decoy_is_black_box_only_and_says_so_everywhere(fixtures
     result = outcome.audit.result
     assert result.black_box_only and not result.sanity_passed and result.attack == attack
     assert set(result.fooled_by) <= {"square"}  # no gradient attack ran
+    # Square cannot see the checkerboard either: the figures still read robust, and only the flag says why not to trust them.
+    assert result.points[-1].robust_accuracy == 1.0
     assert result.to_json()["black_box_only"] is True
     run = store.get_run(queued.run_id)
     assert run.black_box_only and run.to_json()["black_box_only"] is True and run.sanity_passed is False
