@@ -17,7 +17,7 @@ clean image, so neither of those says anything about the attack; the checks here
 - perturbations_bounded: every candidate lay inside the ball and [0, 1].
 - degenerate_predictions: the clean predictions are not (nearly) all one class.
 
-Two more run before any attack (`preflight`, in audit.gradient_check): forward_deterministic (two
+Two more run before any attack (`preflight`, with audit.gradient_check): forward_deterministic (two
 forward calls agree) and, for an attack that uses gradients, gradient_consistent (`vjp` agrees
 with finite differences of `serving_default`). A model failing gradient_consistent is audited
 black-box only: Square runs in place of the gradient attacks, whose figures could not be trusted.
