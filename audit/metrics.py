@@ -240,7 +240,8 @@ class AuditCollector(Collector):
             baseline = newest.get((task, backbone, attack, False))
             if not attention or baseline is None or not comparable(attentive, baseline):
                 continue
-            if attentive.degenerate or baseline.degenerate:
+            # A black-box-only run's figures are Square's, not its attack's: no pair with a run that was attacked.
+            if attentive.degenerate or baseline.degenerate or attentive.black_box_only or baseline.black_box_only:
                 continue
             base = {p["epsilon"]: p["robust_accuracy"] for p in baseline.points}
             for p in attentive.points:

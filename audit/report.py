@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, SupportsInt
 
 import numpy as np
 
-from audit.results import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, DEGENERATE_SHARE, balanced_max_share
+from audit.gradient_check import black_box_attack
+from audit.results import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, DEGENERATE_SHARE, GRADIENT_CHECK, balanced_max_share
 from audit.store import AuditStore, RunRecord
 from service.readable import duration_text, epsilon_text, grey_levels
 
@@ -314,6 +315,18 @@ def degenerate_warning(run: RunRecord, dominant: str | None) -> str | None:
     )
 
 
+def black_box_warning(run: RunRecord) -> str | None:
+    """One sentence for a run whose served gradient failed its consistency check (plain text), None for any other."""
+    if not run.black_box_only:
+        return None
+    ran = black_box_attack(run.attack) or "a query-only attack"
+    return (
+        f"Black-box only: the served gradient does not agree with finite differences of the served forward "
+        f"({GRADIENT_CHECK} failed), so {run.attack} was not run; these figures are {ran}'s, an upper bound on "
+        "robust accuracy that no gradient attack has tested."
+    )
+
+
 def _number(value: float | None) -> str:
     return "" if value is None else f"{value:.3f}"
 
@@ -399,6 +412,8 @@ def render_page(
     rows = "".join("<tr>" + "".join(f"<td>{e(cell)}</td>" for cell in cells) + "</tr>" for cells in table)
     warning = degenerate_warning(run, dominant)
     warning = f'<p class="problem"><strong>{e(warning)}</strong></p>' if warning else ""
+    black_box = black_box_warning(run)
+    warning += f'<p class="problem" id="black-box-only"><strong>{e(black_box)}</strong></p>' if black_box else ""
     attacks = ", ".join(f"{e(name)} fooled {count}" for name, count in run.fooled_by.items())
     provenance = f"Attack seed {run.seed}" + (f"; {attacks}" if attacks else "") + "." if run.seed is not None else ""
     checks = "".join(

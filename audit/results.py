@@ -36,6 +36,9 @@ INTERVALS = {
                 f"seed {BOOTSTRAP_SEED}",
     "degenerate": f"at least {DEGENERATE_SHARE:.0%} of the clean answers go to one class, each true class weighted equally",
 }
+# The sanity check whose failure makes an audit black-box only (audit.gradient_check): the served
+# gradient is not the forward's, so a query-only attack ran in place of the gradient attacks.
+GRADIENT_CHECK = "gradient_consistent"
 
 
 def wilson_interval(successes: int, n: int, *, z: float = WILSON_Z) -> tuple[float, float]:
@@ -360,6 +363,11 @@ class AuditResult:
     def sanity_passed(self) -> bool:
         return all(c.passed for c in self.sanity)
 
+    @property
+    def black_box_only(self) -> bool:
+        """The served gradient failed its consistency check: the figures are a query-only attack's, not the configured one's."""
+        return any(c.name == GRADIENT_CHECK and not c.passed for c in self.sanity)
+
     def to_json(self, run_id: int | None = None) -> dict[str, Any]:
         """A JSON-ready document: the audit set's sample ids and the per-epsilon figures."""
         doc = {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -378,6 +386,7 @@ class AuditResult:
         doc["clean_accuracy_lower"], doc["clean_accuracy_upper"] = self.clean_interval
         doc["balanced_clean_accuracy_lower"], doc["balanced_clean_accuracy_upper"] = self.balanced_clean_interval
         doc["intervals"] = dict(INTERVALS)
+        doc["black_box_only"] = self.black_box_only
         doc["points"] = [p.to_json() for p in self.points]
         if run_id is not None:
             doc = {"run_id": run_id, **doc}

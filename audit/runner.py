@@ -26,7 +26,7 @@ from training.contract.config import AttackConfig, AuditConfig
 from audit.foolbox_model import AuditError, ServedModel
 from audit.results import AuditResult, EpsilonPoint, SampleOutcome, class_counts, rates, standing
 from audit.attacks import Attacker
-from audit.sanity import run_checks
+from audit.sanity import preflight, run_checks
 from audit.store import AuditStore, ClaimedJob, LeaseLost
 from audit.sweep import NEVER, Sweep, run_sweep, sweep_work
 from service.predictor import Predictor
@@ -111,6 +111,9 @@ def audit_model(
                     config.samples, len(audit_set), dataset.source, len(audit_set))
     labels = np.asarray(audit_set.labels, np.int64)
     served.check_vjp(images)
+    # A served gradient that is not the forward's would make every gradient attack, and the checks
+    # after it, measure nothing: checked first, and the attack made query-only when it fails.
+    before = preflight(served, images, labels, config.attack)
     tick = None
     if progress is not None:
         total, done = sweep_work(len(labels), config.attack), [0]
@@ -122,9 +125,9 @@ def audit_model(
 
     # A caller counting progress shows it its own way (the worker's rows, `audit run`'s bar); else
     # the sweep's own bar per epsilon (`reproduce`).
-    sweep = run_sweep(served, images, labels, config.attack, progress=config.progress and progress is None, tick=tick)
-    sanity = run_checks(
-        served, Attacker(served, config.attack), sweep, images, labels, config.attack, clean_logits=served.logits(images)
+    sweep = run_sweep(served, images, labels, before.config, progress=config.progress and progress is None, tick=tick)
+    sanity = before.checks + run_checks(
+        served, Attacker(served, before.config), sweep, images, labels, before.config, clean_logits=served.logits(images)
     )
     samples = tuple(
         SampleOutcome(

@@ -16,23 +16,31 @@ clean image, so neither of those says anything about the attack; the checks here
 - noise_not_stronger: per image, uniform noise must not fool an image the attack left standing.
 - perturbations_bounded: every candidate lay inside the ball and [0, 1].
 - degenerate_predictions: the clean predictions are not (nearly) all one class, each true class weighted equally.
+
+Two more run before any attack (`preflight`, with audit.gradient_check): forward_deterministic (two
+forward calls agree) and, for an attack that uses gradients, gradient_consistent (`vjp` agrees
+with finite differences of `serving_default`). A model failing gradient_consistent is audited
+black-box only: Square runs in place of the gradient attacks, whose figures could not be trusted.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from audit.attacks import Attacker, stages
 from training.contract.attacks import NOISE_REFERENCE, attack_spec
 from training.contract.config import AttackConfig
-from audit.foolbox_model import ServedModel
-from audit.results import DEGENERATE_SHARE, SanityCheck, balanced_max_share
+from audit.foolbox_model import AuditError, ServedModel
+from audit.gradient_check import PROBE_IMAGES as GRADIENT_PROBE_IMAGES
+from audit.gradient_check import black_box_attack, forward_deterministic, gradient_consistency, margin_cotangent
+from audit.results import DEGENERATE_SHARE, GRADIENT_CHECK, SanityCheck, balanced_max_share
 from audit.sweep import NEVER, Sweep, attack_level
 
 CHECKS = (
+    "forward_deterministic", GRADIENT_CHECK,
     "independent_epsilons_consistent", "black_box_not_stronger", "attack_made_progress", "gradients_not_vanishing",
     "noise_not_stronger", "perturbations_bounded", "degenerate_predictions",
 )
@@ -47,15 +55,33 @@ WITNESS_QUERIES = 500
 WITNESS_QUERIES_PER_STEP = 25
 
 
-def margin_cotangent(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """d(true logit - best other logit)/d logits: unlike cross-entropy it never vanishes when softmax saturates."""
-    k = logits.shape[1]
-    others = np.where(np.eye(k, dtype=bool)[labels], -np.inf, logits)
-    cot = np.zeros_like(logits, dtype=np.float32)
-    rows = np.arange(len(labels))
-    cot[rows, labels] = 1.0
-    cot[rows, np.argmax(others, axis=1)] = -1.0
-    return cot
+@dataclass(frozen=True)
+class Preflight:
+    """The checks run before attacking, and the attack to run after them."""
+
+    checks: tuple[SanityCheck, ...]
+    config: AttackConfig  # the configured attack's, or a query-only attack's in its place
+
+    @property
+    def black_box_only(self) -> bool:
+        return any(c.name == GRADIENT_CHECK and not c.passed for c in self.checks)
+
+
+def preflight(served: ServedModel, images: np.ndarray, labels: np.ndarray, config: AttackConfig) -> Preflight:
+    """Before attacking: the forward is deterministic, and an attack that uses gradients gets gradients that
+    agree with the forward, else a query-only attack of its norm (with the configured queries) runs in its
+    place. Raises AuditError when that norm has none: no figure is better than a false one."""
+    checks = [forward_deterministic(served, images[:GRADIENT_PROBE_IMAGES])]
+    if all(attack_spec(stage).gradient_free for stage in stages(config.attack)):
+        return Preflight(tuple(checks), config)
+    consistency = gradient_consistency(served, images, labels, seed=config.seed)
+    replacement = black_box_attack(config.attack)
+    check = consistency.sanity_check(config.attack, replacement)
+    if consistency.passed:
+        return Preflight((*checks, check), config)
+    if replacement is None:
+        raise AuditError(f"{served.model} version {served.version} cannot be audited: {check.detail}")
+    return Preflight((*checks, check), config.for_attack(replacement))
 
 
 def _margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from audit.results import INTERVALS, AuditResult, AuditSet
+from audit.results import GRADIENT_CHECK, INTERVALS, AuditResult, AuditSet
 from training.contract.attacks import ATTACKS, budget_label
 
 if TYPE_CHECKING:
@@ -250,6 +250,12 @@ class RunRecord:
         }
 
     @property
+    def black_box_only(self) -> bool:
+        """The run's served gradient failed its consistency check: a query-only attack ran in place of its own
+        (read from the stored sanity checks: False when they were not loaded)."""
+        return any(s["check"] == GRADIENT_CHECK and not s["passed"] for s in self.sanity)
+
+    @property
     def note(self) -> str | None:
         """Why this run was tried more than once, for the page and the API."""
         return f"{RESTARTED} (attempt {self.attempt})" if self.attempt and self.attempt > 1 else None
@@ -265,6 +271,7 @@ class RunRecord:
         doc["progress"] = self.progress
         doc["note"] = self.note
         doc["intervals"] = dict(INTERVALS)
+        doc["black_box_only"] = self.black_box_only
         return doc
 
 

@@ -70,6 +70,7 @@ class AuditPage:
     class_names: tuple[str, ...] = ()  # the audit set's classes: chance level is 1/len
     clean: str = ""  # "clean accuracy a [lo, hi] (balanced b [lo, hi])"
     intervals_note: str = ""  # how every interval of the table was computed
+    black_box: str | None = None  # why the run's figures are a query-only attack's, when they are
 
 
 @dataclass(frozen=True)
@@ -143,13 +144,13 @@ class StoreReader:
 
     @_store_answers
     def page(self, run: RunRecord) -> AuditPage:
-        from audit.report import INTERVALS_NOTE, clean_figures, degenerate_warning, dominant_class, points_table
+        from audit.report import INTERVALS_NOTE, black_box_warning, clean_figures, degenerate_warning, dominant_class, points_table
 
         header, table = points_table(run)
         names = tuple(self.store.audit_set(run.audit_set).class_names) if run.audit_set else ()
         return AuditPage(
             self.store.partner_run(run), header, table, degenerate_warning(run, dominant_class(self.store, run)), names,
-            clean=clean_figures(run), intervals_note=INTERVALS_NOTE,
+            clean=clean_figures(run), intervals_note=INTERVALS_NOTE, black_box=black_box_warning(run),
         )
 
     def picture(self, run: RunRecord, name: str) -> Path | None:

@@ -45,7 +45,7 @@ class AuditReader(Protocol):
 
     def get_run(self, run_id: int) -> Any | None: ...
 
-    def page(self, run: Any) -> Any: ...  # partner, header, table, warning
+    def page(self, run: Any) -> Any: ...  # partner, header, table, warning, black_box
 
     def picture(self, run: Any, name: str) -> Path | None: ...
 
@@ -207,6 +207,7 @@ def audits_page():
     return render_template(
         "audits.html", runs=runs, selected=selected, partner=page.partner if page else None,
         header=page.header if page else [], table=page.table if page else [], warning=page.warning if page else None,
+        black_box=getattr(page, "black_box", None),
         active=reader.active(), unauditable=reader.unauditable(), chance=1 / len(classes) if classes else None, classes=classes,
         example_epsilon=grey_levels(0.01), clean=getattr(page, "clean", ""), intervals_note=getattr(page, "intervals_note", ""),
         has_examples=page is not None and reader.picture(selected, "examples.png") is not None,

@@ -153,6 +153,11 @@ def _table(result, run_id: int) -> str:
         )
     if len(result.stages) > 1:
         lines.append("  stages, in turn on the images still standing: " + ", ".join(result.stages))
+    if result.black_box_only:
+        lines.append(
+            f"  BLACK-BOX ONLY: the served gradient failed gradient_consistent, so {result.attack} was not run; "
+            "the figures are a query-only attack's, an upper bound on robust accuracy"
+        )
     if result.fooled_by:
         lines.append("  fooled by " + ", ".join(f"{name} {count}" for name, count in sorted(result.fooled_by.items())))
     lines.append("  figures with their 95% intervals: Wilson (robust, each class, worst class), stratified bootstrap (balanced)")

@@ -91,6 +91,8 @@ def test_a_masked_gradient_fails_the_gradient_check_and_is_exported(masked_repo,
     assert not checks["gradients_not_vanishing"].passed
     assert " images have a non-finite margin gradient or one under 0.001 of the logits' scale" in checks["gradients_not_vanishing"].detail
     assert not audit.result.sanity_passed
+    # Rounding's zero gradient is not the forward's: the audit is black-box only, and the honest one is not.
+    assert not checks["gradient_consistent"].passed and audit.result.black_box_only
     run = store.get_run(run_id)
     assert run.status == "succeeded" and run.sanity_passed is False
     assert {s["check"]: s["passed"] for s in run.sanity}["gradients_not_vanishing"] is False
@@ -103,5 +105,6 @@ def test_a_masked_gradient_fails_the_gradient_check_and_is_exported(masked_repo,
     # degenerate_predictions reports (test_audit_sanity_fixtures covers it); every other check passes.
     failed = [c for c in honest_audit.result.sanity if not c.passed and c.name != "degenerate_predictions"]
     assert not failed, failed
+    assert not honest_audit.result.black_box_only
     # The masked model's forward pass is the honest one's on 8-bit-rounded input: same predictions, near enough.
     assert (audit.sweep.clean_class == honest_audit.sweep.clean_class).mean() >= 0.75

@@ -305,8 +305,9 @@ def test_a_served_list_that_fails_leaves_every_stored_version(empty_store, caplo
         ({"audit_set": EIGHT}, {"steps": 20}),  # another audit set
         ({}, {"steps": 10}),  # other steps
         ({"epsilons": ("0", "0.01", "0.04")}, {"steps": 20}),  # another grid
+        ({"sanity": (SanityCheck("gradient_consistent", False, "vjp lies"),)}, {"steps": 20}),  # Square's figures
     ],
-    ids=["audit-set", "steps", "grid"],
+    ids=["audit-set", "steps", "grid", "black-box-only"],
 )
 def test_the_attention_gain_pairs_only_comparable_runs(empty_store, baseline_changes, baseline_config):
     registry = registered(empty_store)

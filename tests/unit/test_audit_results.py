@@ -259,3 +259,16 @@ def test_a_stored_run_labels_its_budget_from_its_config_and_an_unregistered_atta
         assert replace(run, attack="retired_attack").budget_label == "unknown"
     finally:
         store.close()
+
+
+def test_a_failed_gradient_check_makes_a_result_black_box_only_in_its_json_and_the_terminal():
+    from audit.results import GRADIENT_CHECK, SanityCheck
+    from medrobust.commands.audit import _table
+    from tests.audit_runs import make_result
+
+    honest = make_result(sanity=(SanityCheck(GRADIENT_CHECK, True, "agrees"),))
+    assert not honest.black_box_only and honest.to_json()["black_box_only"] is False
+    assert "BLACK-BOX ONLY" not in _table(honest, 1)
+    lying = make_result(sanity=(SanityCheck(GRADIENT_CHECK, False, "disagrees"),), fooled_by={"square": 1})
+    assert lying.black_box_only and lying.to_json()["black_box_only"] is True and not lying.sanity_passed
+    assert "BLACK-BOX ONLY: the served gradient failed gradient_consistent, so linf_pgd was not run" in _table(lying, 1)

@@ -92,3 +92,33 @@ def test_a_run_that_cannot_exist_is_a_json_404(client, path):
     response = client.get(path)
     assert response.status_code == 404
     assert response.json["error"]["code"] in ("audit_not_found", "not_found")
+
+
+def test_a_black_box_only_run_says_so_on_the_page_and_an_honest_one_does_not(client, tmp_path):
+    """A run whose served gradient failed its check: the figures are Square's, and the page's first warning says so."""
+    from audit.results import SanityCheck
+    from audit.web_reader import StoreReader
+    from service.app import create_app
+    from service.audits_web import audits_extension
+    from service.embedded import EmbeddedPredictor
+    from training.contract.config import ServiceConfig
+
+    honest_client, _ = client
+    assert 'id="black-box-only"' not in honest_client.get("/audits?run=1").get_data(as_text=True)
+    store = AuditStore(f"sqlite:///{tmp_path / 'a.sqlite'}")
+    failed = SanityCheck("gradient_consistent", False, "the served gradient is not the forward's")
+    result = make_result(sanity=(failed,), fooled_by={"square": 1})
+    run_id = store.start_run(model=result.model, version=1, card=CARD, backend="embedded", attack="linf_pgd", config={"steps": 20})
+    store.finish_run(run_id, result)
+    (tmp_path / "repo").mkdir()
+    predictor = EmbeddedPredictor(tmp_path / "repo")
+    try:
+        app = create_app(ServiceConfig(model_repo=tmp_path / "repo"), predictor=predictor,
+                         extensions=[audits_extension(StoreReader(store, tmp_path / "artefacts"))])
+        page = app.test_client().get(f"/audits?run={run_id}").get_data(as_text=True)
+        api = app.test_client().get(f"/api/v1/audits/{run_id}").get_json()
+    finally:
+        predictor.close()
+        store.close()
+    assert 'id="black-box-only"' in page and "so linf_pgd was not run; these figures are square" in page
+    assert api["black_box_only"] is True
