@@ -144,7 +144,14 @@ class StoreReader:
 
     @_store_answers
     def page(self, run: RunRecord) -> AuditPage:
-        from audit.report import INTERVALS_NOTE, black_box_warning, clean_figures, degenerate_warning, dominant_class, points_table
+        from audit.report import (
+            INTERVALS_NOTE,
+            black_box_warning,
+            clean_figures,
+            degenerate_warning,
+            dominant_class,
+            points_table,
+        )
 
         header, table = points_table(run)
         names = tuple(self.store.audit_set(run.audit_set).class_names) if run.audit_set else ()
