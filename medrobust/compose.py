@@ -223,6 +223,23 @@ def build_app(config: ServiceConfig, *, predictor=None, registry=None, audits=No
     return create_app(config, predictor=predictor, registry=registry, extensions=extensions)
 
 
+def import_master_audit_collector(database_url: str) -> None:
+    """Imports every module `register_master_audit_collector` uses, the database's driver included,
+    in the calling thread. gunicorn's master calls it before it forks its workers and before the
+    thread that waits for the store starts: a module half-imported by another thread when a worker
+    is forked stays locked in that worker, whose own import of it then waits forever (a worker hung
+    at boot, which gunicorn's timeout does not catch)."""
+    import importlib
+
+    import sqlalchemy as sa
+
+    for module in ("audit.audit_sets", "audit.metrics", "audit.migrate", "audit.store", "training.contract.repository",
+                   # what audit.migrate imports inside its functions, to read the schema's revision
+                   "alembic.command", "alembic.config", "alembic.runtime.migration", "alembic.script"):
+        importlib.import_module(module)
+    sa.engine.make_url(database_url).get_dialect().import_dbapi()
+
+
 def register_master_audit_collector(config: ServiceConfig, registry) -> None:
     """`medrobust serve`'s /metrics is the gunicorn master's, which loads no model: with a store, the
     audit's figures are read there, the served models from the mounted repository (if any)."""

@@ -132,8 +132,12 @@ class _MasterMetrics:
         self.server = start_metrics_server(host, self.config.metrics_port, registry, healthy, name="frontend-metrics")
         log.info("metrics on http://%s:%d/metrics", host, self.server.port)
         if self.config.database_url:
+            from medrobust.compose import import_master_audit_collector
+
             # The audit's figures join once the store answers: waiting for a database that is not up yet
-            # must delay neither the liveness answer above nor gunicorn's start.
+            # must delay neither the liveness answer above nor gunicorn's start. The waiting thread
+            # imports nothing: gunicorn forks its workers right after this hook returns.
+            import_master_audit_collector(self.config.database_url)
             threading.Thread(target=self._add_audit_figures, args=(registry,), name="audit-collector", daemon=True).start()
 
     def _add_audit_figures(self, registry) -> None:

@@ -113,7 +113,7 @@ def test_writes_the_figure_the_tables_and_the_manifest(resumed):
     assert gain["values"] == pytest.approx(expected)
     table = (out / RESULTS_MD).read_text()
     assert "| attention gain |" in table and all(f"ε={e} |" in table for e in EPSILONS)
-    assert "- **PGD** (`linf_pgd`; the paper's attack): 2 steps, 1 restart; 2 models." in table
+    assert "- **PGD** (`linf_pgd`; the paper's attack): 2 steps, 1 restart; budget: reduced (2 steps); 2 models." in table
     assert "Worst-class robust accuracy" in table
     assert figure.name in table
     manifest = json.loads((out / MANIFEST).read_text())
@@ -375,8 +375,8 @@ def test_the_report_shows_pgd_and_the_ensemble_side_by_side(reaudited):
     table = (out / RESULTS_MD).read_text()
     assert table.startswith("# demo: attention against baseline under L-inf PGD and AutoAttack's ensemble\n")
     assert "| model | clean | ε=0.01 PGD | ε=0.01 ensemble | ε=0.04 PGD | ε=0.04 ensemble | ε=0.16 PGD |" in table
-    assert "- **PGD** (`linf_pgd`; the paper's attack): 2 steps, 1 restart; 2 models." in table
-    assert "2 APGD iterations, 20 Square queries, 1 restart; 2 models." in table
+    assert "- **PGD** (`linf_pgd`; the paper's attack): 2 steps, 1 restart; budget: reduced (2 steps); 2 models." in table
+    assert "2 APGD iterations, 20 Square queries, 1 restart; budget: reduced (2 iterations, 20 queries); 2 models." in table
     assert "n/a: PGD audits stored before audits recorded the worst class." in table
     assert (out / figure_name("demo", "resnet50")).stat().st_size > 10_000
     manifest = json.loads((out / MANIFEST).read_text())

@@ -427,3 +427,31 @@ def test_the_queue_and_the_running_jobs_progress_are_read_at_each_scrape(empty_s
     assert registry.get_sample_value("medrobust_audit_jobs_running") == 0
     assert registry.get_sample_value("medrobust_audit_jobs_failed") == 1
     assert registry.get_sample_value("medrobust_audit_progress_ratio", progress) is None
+
+
+MASTER_IMPORTS = """
+import sys
+from prometheus_client import CollectorRegistry
+from medrobust.compose import import_master_audit_collector, register_master_audit_collector
+from training.contract.config import ServiceConfig
+
+config = ServiceConfig(model_repo=sys.argv[1], database_url=sys.argv[2])
+import_master_audit_collector(config.database_url)
+before = set(sys.modules)
+register_master_audit_collector(config, CollectorRegistry())
+print(sorted(set(sys.modules) - before))
+"""
+
+
+def test_the_masters_waiting_thread_imports_nothing_gunicorns_workers_could_inherit_half_done(empty_store, tmp_path):
+    """gunicorn forks its workers while the master's thread waits for the store: a module that thread
+    was importing at the fork stays locked in the worker, which hung at boot on it (seen in CI). So
+    everything the thread runs is imported before it starts; a fresh interpreter shows nothing is left."""
+    import subprocess
+    import sys
+
+    url = empty_store.engine.url.render_as_string(hide_password=False)
+    done = subprocess.run([sys.executable, "-c", MASTER_IMPORTS, str(tmp_path), url],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
